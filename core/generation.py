@@ -1,0 +1,162 @@
+"""Streaming chat generation. Several conversations that share the base model run as ONE batched
+`generate` (left-padded), and each row's tokens are streamed separately, with per-row timings."""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+from core.errors import InputError
+from core.models import Generator
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 200
+    temperature: float = 0.0  # 0 means greedy: the same question gives the same answer
+    top_p: float = 0.9
+    repetition_penalty: float = 1.0  # >1 made the small model paraphrase away from the passages
+
+
+@dataclass
+class RowStats:
+    prompt_tokens: int
+    new_tokens: int = 0
+    ttft_s: float | None = None  # time to first token, from the call
+    total_s: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        # Decode rate after the first token, the usual definition (prefill is in ttft).
+        decode_time = self.total_s - (self.ttft_s or 0.0)
+        return (self.new_tokens - 1) / decode_time if self.new_tokens > 1 and decode_time > 0 else 0.0
+
+
+@dataclass
+class Delta:
+    row: int
+    text: str
+
+
+@dataclass
+class RowDone:
+    row: int
+    text: str
+    stats: RowStats
+
+
+class _RowStreamer:
+    """transformers streamer protocol: put() gets the prompt once, then one token per row per step."""
+
+    def __init__(self):
+        self.queue: queue.Queue = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value):
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.queue.put(value.reshape(-1).tolist())
+
+    def end(self):
+        self.queue.put(None)
+
+
+def _eos_ids(generator: Generator) -> set[int]:
+    ids = generator.model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
+    if generator.tokenizer.eos_token_id is not None:
+        ids.add(generator.tokenizer.eos_token_id)
+    return ids
+
+
+def stream_chat(generator: Generator, conversations: list[list[dict]], config: GenerationConfig) -> Iterator[Delta | RowDone]:
+    """Generate a reply to each conversation at once; yield text deltas per row, then a RowDone per row."""
+    import torch
+
+    tokenizer, model = generator.tokenizer, generator.model
+    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    limit = getattr(model.config, "max_position_embeddings", 2048)
+    longest = encoded["input_ids"].shape[1]
+    if longest + config.max_new_tokens > limit:
+        raise InputError(
+            f"the prompt is {longest} tokens; with {config.max_new_tokens} new tokens that is over the model's "
+            f"{limit}-token context. Shorten the question or use fewer passages."
+        )
+    encoded = encoded.to(generator.device)
+    stats = [RowStats(prompt_tokens=int(mask.sum())) for mask in encoded["attention_mask"]]
+    streamer = _RowStreamer()
+    sampling = config.temperature > 0
+    kwargs = dict(
+        **encoded,
+        max_new_tokens=config.max_new_tokens,
+        do_sample=sampling,
+        repetition_penalty=config.repetition_penalty,
+        pad_token_id=tokenizer.pad_token_id,
+        streamer=streamer,
+    )
+    if sampling:
+        kwargs.update(temperature=config.temperature, top_p=config.top_p)
+
+    failure: list[BaseException] = []
+
+    def run():
+        try:
+            with torch.inference_mode():
+                model.generate(**kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+            failure.append(exc)
+            streamer.end()
+
+    eos = _eos_ids(generator)
+    ids: list[list[int]] = [[] for _ in conversations]
+    texts = ["" for _ in conversations]
+    finished = [False] * len(conversations)
+    t0 = time.perf_counter()
+    with _generate_lock(generator):
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        while True:
+            step = streamer.queue.get()
+            if step is None:
+                break
+            now = time.perf_counter() - t0
+            for row, token in enumerate(step):
+                if finished[row]:
+                    continue
+                if token in eos:
+                    finished[row] = True
+                    stats[row].total_s = now
+                    yield RowDone(row, texts[row], stats[row])
+                    continue
+                ids[row].append(token)
+                stats[row].new_tokens += 1
+                if stats[row].ttft_s is None:
+                    stats[row].ttft_s = now
+                text = tokenizer.decode(ids[row], skip_special_tokens=True)
+                if text.endswith("\ufffd"):
+                    continue  # half of a multi-byte character; wait for the rest
+                if len(text) > len(texts[row]):
+                    delta, texts[row] = text[len(texts[row]):], text
+                    yield Delta(row, delta)
+        thread.join()
+    if failure:
+        raise failure[0]
+    end = time.perf_counter() - t0
+    for row in range(len(conversations)):
+        if not finished[row]:  # stopped by max_new_tokens
+            stats[row].total_s = end
+            texts[row] = tokenizer.decode(ids[row], skip_special_tokens=True)
+            yield RowDone(row, texts[row], stats[row])
+
+
+_locks: dict[int, threading.Lock] = {}
+
+
+def _generate_lock(generator: Generator) -> threading.Lock:
+    # One generate at a time per model: on a small CPU, two at once only slow each other down;
+    # callers batch instead (the UI's queue shows waiting users their place).
+    return _locks.setdefault(id(generator.model), threading.Lock())

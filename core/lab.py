@@ -1,0 +1,210 @@
+"""The engine's front door: everything the UI and the CLI do goes through a Lab."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from core.config import Settings, load_settings
+from core.errors import InputError, LabError
+from core.generation import Delta, GenerationConfig, RowDone, stream_chat
+from core.ingest import IngestResult, ingest_files
+from core.models import describe_model, load_embedder, load_generator
+from core.progress import ProgressFn
+from core.store import DEFAULT_KB, Hit, open_store
+from core.variants import Variant, get_variant
+
+MAX_QUESTION_CHARS = 4000
+
+
+@dataclass
+class Answer:
+    variant: str
+    question: str
+    answer: str = ""
+    sources: list[dict] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AnswerEvent:
+    """One step of a streamed answer: `sources` (RAG passages found), `delta` (new text), `done`, or `error`."""
+
+    kind: str
+    variant: str
+    text: str = ""
+    answer: Answer | None = None
+
+
+def relevant(hits: list[Hit], min_score: float) -> list[Hit]:
+    """The hits worth showing the model: those at or above min_score, and always the best one."""
+    return [h for i, h in enumerate(hits) if i == 0 or h.score >= min_score]
+
+
+def hit_to_source(hit: Hit) -> dict:
+    return {"file": hit.file, "page": hit.page, "score": round(hit.score, 4), "text": hit.text}
+
+
+class Lab:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or load_settings()
+        self.store = open_store(self.settings.data_dir)
+
+    # ---- models (loaded lazily, once per process) ------------------------------------------
+    @property
+    def embedder(self):
+        return load_embedder(self.settings)
+
+    @property
+    def generator(self):
+        return load_generator(self.settings)
+
+    def info(self) -> dict:
+        return {
+            "base_model": describe_model(self.settings.base_model),
+            "embed_model": describe_model(self.settings.embed_model),
+            "device": self.settings.resolved_device,
+            "data_dir": str(self.settings.data_dir),
+        }
+
+    # ---- knowledge bases ----------------------------------------------------------------------
+    def kb_list(self) -> list[dict]:
+        out = []
+        for name in self.store.kb_names():
+            files = self.store.files(name)
+            out.append({"name": name, "files": len(files), "chunks": sum(f.chunks for f in files)})
+        return out
+
+    def kb_show(self, kb: str) -> dict:
+        kb = self.store.require_kb(kb)
+        files = [
+            {"file": f.name, "pages": f.pages, "chunks": f.chunks,
+             "added": time.strftime("%Y-%m-%d %H:%M", time.localtime(f.added)), "sha256": f.sha256}
+            for f in self.store.files(kb)
+        ]
+        return {"name": kb, "files": files, "chunks": sum(f["chunks"] for f in files)}
+
+    def kb_create(self, kb: str) -> str:
+        return self.store.create_kb(kb)
+
+    def kb_delete(self, kb: str) -> None:
+        self.store.delete_kb(kb)
+
+    def delete_file(self, kb: str, name: str) -> dict:
+        record = self.store.delete_file(kb, name)
+        return {"file": record.name, "chunks_removed": record.chunks}
+
+    def ingest(self, paths: list[str | Path], kb: str = DEFAULT_KB, progress: ProgressFn | None = None) -> list[IngestResult]:
+        from core.store import check_kb_name
+
+        kb = check_kb_name(kb)
+        if not paths:
+            raise InputError("no files given")
+        return ingest_files(paths, kb, self.settings, self.store, self.embedder, progress)
+
+    # ---- retrieval and answers ---------------------------------------------------------------
+    def search(self, question: str, kb: str = DEFAULT_KB, top_k: int | None = None) -> tuple[list[Hit], float]:
+        """Return the top passages and the retrieval time in ms."""
+        question = _check_question(question)
+        top_k = top_k or self.settings.top_k
+        if not 1 <= top_k <= 50:
+            raise InputError(f"top-k must be between 1 and 50, got {top_k}")
+        kb = self.store.require_kb(kb)
+        embedder = self.embedder  # loaded before the clock starts: timings measure retrieval, not loading
+        t0 = time.perf_counter()
+        vector = embedder.encode([question], normalize_embeddings=True, convert_to_numpy=True)[0]
+        hits = self.store.query(kb, vector.tolist(), top_k)
+        return hits, (time.perf_counter() - t0) * 1000
+
+    def ask_stream(
+        self,
+        question: str,
+        variants: list[str] = ("base", "rag"),
+        kb: str = DEFAULT_KB,
+        top_k: int | None = None,
+        config: GenerationConfig | None = None,
+        system_prompt: str | None = None,
+    ) -> Iterator[AnswerEvent]:
+        """Answer one question with several variants at once (one batched generate), streaming every column."""
+        question = _check_question(question)
+        config = config or GenerationConfig(max_new_tokens=self.settings.max_new_tokens)
+        chosen: list[Variant] = [get_variant(name) for name in dict.fromkeys(variants)]
+        if not chosen:
+            raise InputError("choose at least one variant")
+        answers = {v.name: Answer(v.name, question) for v in chosen}
+        generator = self.generator  # load before any timing starts
+        runnable, conversations = [], []
+        hits, retrieval_ms = None, 0.0
+        for variant in chosen:
+            answer = answers[variant.name]
+            passages: list[Hit] = []
+            if variant.uses_retrieval:
+                try:
+                    if hits is None:
+                        hits, retrieval_ms = self.search(question, kb, top_k)
+                    if not hits:
+                        raise InputError(f"knowledge base {kb!r} has no documents yet; add some first")
+                except LabError as exc:
+                    answer.error = str(exc)
+                    yield AnswerEvent("error", variant.name, str(exc), answer)
+                    continue
+                passages = relevant(hits, self.settings.min_score)
+                answer.sources = [hit_to_source(h) for h in passages]
+                answer.timings["retrieval_ms"] = round(retrieval_ms, 1)
+                yield AnswerEvent("sources", variant.name, answer=answer)
+            runnable.append(variant)
+            conversations.append(variant.messages(question, passages, system_prompt))
+        if not runnable:
+            return
+        try:
+            for event in stream_chat(generator, conversations, config):
+                variant = runnable[event.row]
+                answer = answers[variant.name]
+                if isinstance(event, Delta):
+                    answer.answer += event.text
+                    yield AnswerEvent("delta", variant.name, event.text, answer)
+                elif isinstance(event, RowDone):
+                    answer.answer = event.text.strip()
+                    s = event.stats
+                    extra = answer.timings.get("retrieval_ms", 0.0)
+                    answer.timings.update(
+                        ttft_ms=round((s.ttft_s or s.total_s) * 1000 + extra, 1),
+                        total_ms=round(s.total_s * 1000 + extra, 1),
+                        prompt_tokens=s.prompt_tokens,
+                        new_tokens=s.new_tokens,
+                        tokens_per_s=round(s.tokens_per_s, 2),
+                    )
+                    yield AnswerEvent("done", variant.name, answer.answer, answer)
+        except LabError as exc:
+            for variant in runnable:
+                answers[variant.name].error = str(exc)
+                yield AnswerEvent("error", variant.name, str(exc), answers[variant.name])
+
+    def ask(self, question: str, variant: str = "rag", **kwargs) -> Answer:
+        answer = None
+        for event in self.ask_stream(question, [variant], **kwargs):
+            answer = event.answer
+        if answer is not None and answer.error:
+            raise LabError(answer.error)
+        return answer
+
+    def compare(self, question: str, variants: list[str], **kwargs) -> list[Answer]:
+        final: dict[str, Answer] = {}
+        for event in self.ask_stream(question, variants, **kwargs):
+            if event.kind in ("done", "error"):
+                final[event.variant] = event.answer
+        return [final[v] for v in dict.fromkeys(variants) if v in final]
+
+
+def _check_question(question: str) -> str:
+    question = (question or "").strip()
+    if not question:
+        raise InputError("the question is empty")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise InputError(f"the question is {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
+    return question

