@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,8 @@ def _read_pdf(path: Path, name: str) -> list[Page]:
 
 
 def _tidy(text: str) -> str:
+    # NFKC turns typographic ligatures (the "fi" in "misfits") back into letters, so keyword search finds them.
+    text = unicodedata.normalize("NFKC", text)
     # pypdf keeps hyphenated line breaks and runs of spaces from column layouts.
     text = re.sub(r"(\w)-\n(\w)", r"\1\2", text)
     text = re.sub(r"[ \t]+", " ", text)

@@ -64,6 +64,14 @@ class Lab:
     def generator(self):
         return load_generator(self.settings)
 
+    def warm_up(self) -> None:
+        """Load both models and run each once, so the first real question is not slowed by first-call costs."""
+        self.embedder.encode(["warm up"], normalize_embeddings=True)
+        from core.generation import stream_chat
+
+        for _ in stream_chat(self.generator, [[{"role": "user", "content": "Hi"}]], GenerationConfig(max_new_tokens=2)):
+            pass
+
     def info(self) -> dict:
         return {
             "base_model": describe_model(self.settings.base_model),

@@ -1,0 +1,130 @@
+"""Shared fixtures: real models, a real Chroma store in a temporary folder, PDFs written by the tests."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+# Converted checkpoints are reused across runs (scripts/test.sh sets the same place).
+os.environ.setdefault("LAB_MODEL_CACHE", str(ROOT / ".cache" / "models"))
+
+import core  # noqa: E402,F401 - offline environment first
+from core.config import load_settings  # noqa: E402
+from core.lab import Lab  # noqa: E402
+
+# A fictional organisation: facts no model has seen, so only RAG can know them.
+HANDBOOK = """# Zorblat Institute staff handbook
+
+The Zorblat Institute was founded in 1987 by Mirela Quanz in the town of Vettelborg.
+The institute's mascot is a purple heron named Pim.
+
+## Leave
+Every member of staff gets 31 days of paid leave per year. Leave requests go to the Office of Quiet Hours.
+
+## Food
+The cafeteria serves cardamom porridge every Tuesday.
+"""
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def lab(data_dir: Path) -> Lab:
+    """A Lab on a fresh, empty store; the models are loaded once per test session and shared."""
+    return Lab(load_settings(data_dir=data_dir, model_cache_dir=Path(os.environ["LAB_MODEL_CACHE"])))
+
+
+@pytest.fixture
+def handbook(tmp_path: Path) -> Path:
+    path = tmp_path / "handbook.md"
+    path.write_text(HANDBOOK)
+    return path
+
+
+def write_pdf(path: Path, pages: list[str], password: str | None = None) -> Path:
+    """A real PDF with a text layer, one string per page."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=12)
+    for text in pages:
+        pdf.add_page()
+        pdf.multi_cell(0, 8, text)
+    if password:
+        pdf.set_encryption(owner_password=password + "-owner", user_password=password)
+    pdf.output(str(path))
+    return path
+
+
+def write_scanned_pdf(path: Path) -> Path:
+    """A PDF whose page is only a picture (a drawn shape), like a scan without OCR."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_fill_color(30, 30, 30)
+    pdf.rect(20, 20, 150, 80, style="F")
+    pdf.output(str(path))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def subprocess_env(data_dir: Path, **extra: str) -> dict:
+    env = {**os.environ, "LAB_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", **extra}
+    return env
+
+
+def run_cli(args: list[str], data_dir: Path, timeout: int = 300, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "core", *args], cwd=ROOT, env=subprocess_env(data_dir, **env),
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """The real app (python app.py) on a free port with its own empty data folder; yields (url, data_dir)."""
+    data_dir = tmp_path_factory.mktemp("app") / "data"
+    port = free_port()
+    log = open(data_dir.parent / "app.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        env=subprocess_env(data_dir, GRADIO_SERVER_PORT=str(port)),
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited early: {(data_dir.parent / 'app.log').read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("app did not start within 240 s")
+    yield url, data_dir
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()

@@ -1,0 +1,147 @@
+"""Ingestion into a real on-disk Chroma store: listing, dedup, replace, delete, crash recovery, other processes."""
+import json
+
+import pytest
+
+from conftest import SHARED_DATA, run_cli, write_pdf, write_scanned_pdf
+from core.errors import InputError
+from core.store import FileRecord, open_store
+
+
+def test_ingest_lists_file_and_retrieves_with_page_and_cosine_score(lab, tmp_path):
+    pdf = write_pdf(tmp_path / "guide.pdf", ["Nothing much here about anything.", "The Quorvin Bridge was designed by Tessaly Brandt."])
+    [result] = lab.ingest([pdf])
+    assert (result.status, result.pages) == ("added", 2)
+    assert lab.kb_show("default")["files"][0]["file"] == "guide.pdf"
+    hits, ms = lab.search("Who designed the Quorvin Bridge?", top_k=2)
+    assert hits[0].file == "guide.pdf" and hits[0].page == "2"
+    assert 0.3 < hits[0].score <= 1.0  # cosine similarity, not llama-index's exp(-distance)
+    assert hits[0].score > hits[1].score
+    assert ms < 5000
+
+
+def test_chunks_fit_the_embedder_window(lab, tmp_path):
+    path = tmp_path / "long.txt"
+    path.write_text(" ".join(f"Sentence number {i} talks about topic {i % 7}." for i in range(600)))
+    [result] = lab.ingest([path])
+    assert result.chunks > 10
+    collection = lab.store._collection("default")
+    tokenizer = lab.embedder.tokenizer
+    for text in collection.get(include=["documents"])["documents"]:
+        assert len(tokenizer.encode(text, add_special_tokens=False)) <= lab.settings.chunk_size
+
+
+def test_same_bytes_again_is_a_no_op(lab, handbook):
+    lab.ingest([handbook])
+    before = lab.store.chunk_count("default")
+    [again] = lab.ingest([handbook])
+    assert again.status == "unchanged"
+    assert lab.store.chunk_count("default") == before
+    assert len(lab.kb_show("default")["files"]) == 1
+
+
+def test_changed_file_replaces_old_chunks(lab, tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("The secret ingredient is saffron.")
+    lab.ingest([path])
+    path.write_text("The secret ingredient is smoked paprika. " * 3)
+    [result] = lab.ingest([path])
+    assert result.status == "updated"
+    texts = lab.store._collection("default").get(include=["documents"])["documents"]
+    assert all("saffron" not in t for t in texts) and any("paprika" in t for t in texts)
+    assert lab.kb_show("default")["chunks"] == lab.store.chunk_count("default") == result.chunks
+
+
+def test_delete_file_removes_every_chunk(lab, handbook, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text("An unrelated document about tomatoes.")
+    lab.ingest([handbook, other])
+    removed = lab.delete_file("default", "handbook.md")
+    assert removed["chunks_removed"] > 0
+    assert [f["file"] for f in lab.kb_show("default")["files"]] == ["other.txt"]
+    files = {m["file"] for m in lab.store._collection("default").get(include=["metadatas"])["metadatas"]}
+    assert files == {"other.txt"}
+    with pytest.raises(InputError, match="no such file"):
+        lab.delete_file("default", "handbook.md")
+
+
+def test_bad_files_are_reported_and_store_untouched(lab, handbook, tmp_path):
+    lab.ingest([handbook])
+    before = (lab.store.chunk_count("default"), lab.kb_show("default")["files"])
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    corrupt = tmp_path / "broken.pdf"
+    corrupt.write_bytes(b"%PDF-1.4 garbage")
+    results = lab.ingest([empty, write_scanned_pdf(tmp_path / "scan.pdf"), corrupt, tmp_path / "slides.pptx"])
+    assert [r.status for r in results] == ["failed"] * 4
+    assert [r.file for r in results] == ["empty.txt", "scan.pdf", "broken.pdf", "slides.pptx"]
+    assert (lab.store.chunk_count("default"), lab.kb_show("default")["files"]) == before
+
+
+def test_good_file_goes_in_beside_a_bad_one(lab, handbook, tmp_path):
+    (tmp_path / "empty.md").write_bytes(b"")
+    results = lab.ingest([tmp_path / "empty.md", handbook])
+    assert [r.status for r in results] == ["failed", "added"]
+
+
+def test_interrupted_ingest_is_cleaned_up_on_next_open(lab, handbook, data_dir):
+    """Simulates a kill -9 between writing chunks and listing the file."""
+    lab.ingest([handbook])
+    store = lab.store
+    [node_source] = [handbook]
+    from core.ingest import make_splitter, split_pages
+    from core.documents import read_pages
+
+    nodes = split_pages("half.md", read_pages(handbook, "half.md", 50), make_splitter(lab.settings, lab.embedder))
+    for node in nodes:
+        node.embedding = [0.0] * 383 + [1.0]
+        node.metadata["ingest_id"] = "dead-ingest"
+    with store._db() as db:
+        db.execute("INSERT INTO pending VALUES ('dead-ingest', 'default', 'half.md', 0)")
+    store._vector_store("default").add(nodes)
+    listed_chunks = lab.kb_show("default")["chunks"]
+    assert store.chunk_count("default") == listed_chunks + len(nodes)
+    assert store.recover() == 1  # what opening the store does at start-up
+    assert store.chunk_count("default") == listed_chunks
+    assert [f["file"] for f in lab.kb_show("default")["files"]] == ["handbook.md"]
+
+
+def test_other_process_writes_are_seen_without_restart(lab, handbook, tmp_path, data_dir):
+    lab.ingest([handbook])
+    assert [h.file for h in lab.search("Zorblat", top_k=1)[0]] == ["handbook.md"]
+    extra = tmp_path / "bridges.txt"
+    extra.write_text("The Quorvin Bridge was designed by Tessaly Brandt in 1962.")
+    done = run_cli(["ingest", str(extra), "--json"], data_dir)
+    assert done.returncode == 0, done.stderr
+    hits, _ = lab.search("Who designed the Quorvin Bridge?", top_k=1)
+    assert hits[0].file == "bridges.txt"
+    assert {f["file"] for f in lab.kb_show("default")["files"]} == {"handbook.md", "bridges.txt"}
+
+
+def test_store_survives_reopen(lab, handbook, data_dir):
+    lab.ingest([handbook])
+    shown = run_cli(["kb", "show", "default", "--json"], data_dir)
+    assert json.loads(shown.stdout)["files"][0]["file"] == "handbook.md"
+
+
+def test_kb_names_are_checked(lab):
+    for bad in ["", "a b", "../x", "-x", "x" * 80]:
+        with pytest.raises(InputError, match="knowledge base name"):
+            lab.kb_create(bad)
+    assert lab.kb_create("team.docs_2") == "team.docs_2"
+    assert "team.docs_2" in lab.store.kb_names()
+    lab.kb_delete("team.docs_2")
+    assert "team.docs_2" not in lab.store.kb_names()
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is not beside this checkout")
+def test_real_pdf_citations_point_to_the_right_page(lab):
+    lab.ingest([SHARED_DATA / "pdfs" / "UC_Berkeley_short.pdf"])
+    qa = json.loads((SHARED_DATA / "pdfs" / "smoke_qa.json").read_text())["items"]
+    berkeley = [item for item in qa if item["pdf"] == "UC_Berkeley_short.pdf"]
+    assert berkeley
+    for item in berkeley:
+        question, answer = item["question"], item["answer"]
+        hits, _ = lab.search(question, top_k=4)
+        assert any(answer.lower() in h.text.lower() for h in hits), (question, answer)
+        assert all(h.page in {"1", "2", "3", "4", "5"} for h in hits)

@@ -1,0 +1,33 @@
+"""Small display helpers shared by the tabs (text only; no engine logic)."""
+from __future__ import annotations
+
+import html
+
+# Plain words, not emoji: emoji fonts are missing on many Linux desktops and headless browsers.
+STATUS_LABEL = {"added": "Added", "updated": "Updated", "unchanged": "Unchanged", "failed": "Not added"}
+
+
+def escape(text: str) -> str:
+    """Model output and file names are shown as text, never as HTML."""
+    return html.escape(text or "", quote=False)
+
+
+def timing_line(timings: dict) -> str:
+    if not timings or "total_ms" not in timings:
+        return ""
+    parts = [
+        f"first token {timings['ttft_ms'] / 1000:.1f} s",
+        f"total {timings['total_ms'] / 1000:.1f} s",
+        f"{timings['tokens_per_s']:.1f} tokens/s",
+        f"{timings['new_tokens']} tokens",
+    ]
+    if "retrieval_ms" in timings:
+        parts.insert(0, f"retrieval {timings['retrieval_ms']:.0f} ms")
+    return " · ".join(parts)
+
+
+def sources_rows(sources: list[dict]) -> list[list]:
+    return [[i, s["file"], s["page"] or "–", round(s["score"], 3), s["text"]] for i, s in enumerate(sources, 1)]
+
+
+SOURCES_HEADERS = ["#", "File", "Page", "Score", "Passage"]

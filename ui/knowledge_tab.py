@@ -1,0 +1,79 @@
+"""Knowledge base tab: upload documents, watch them being indexed, see and delete what is stored."""
+from __future__ import annotations
+
+import gradio as gr
+
+from core.errors import LabError
+from core.lab import Lab
+from core.store import DEFAULT_KB
+from ui.formatting import STATUS_LABEL, escape
+
+FILE_HEADERS = ["File", "Pages", "Chunks", "Added"]
+
+
+def kb_choices(lab: Lab) -> list[str]:
+    names = lab.store.kb_names()
+    return names if DEFAULT_KB in names else [DEFAULT_KB, *names]
+
+
+def file_rows(lab: Lab, kb: str) -> list[list]:
+    if not lab.store.has_kb(kb):
+        return []
+    return [[f["file"], f["pages"], f["chunks"], f["added"]] for f in lab.kb_show(kb)["files"]]
+
+
+def build(lab: Lab) -> None:
+    with gr.Tab("1 · Knowledge base", id="kb") as tab:
+        gr.Markdown(
+            "Add your documents here. They are split into short passages, embedded, and stored on this machine "
+            "so the **RAG** answers in the *Compare* tab can quote them. Supported: **PDF** (with a text layer), "
+            "**.txt**, **.md**. Uploading the same file again changes nothing; a changed file replaces its old version."
+        )
+        with gr.Row():
+            kb = gr.Dropdown(
+                choices=kb_choices(lab), value=DEFAULT_KB, label="Knowledge base", allow_custom_value=True,
+                info="Pick one, or type a new name to create it when you add files.", scale=2,
+            )
+        uploads = gr.File(label="Documents to add", file_count="multiple", type="filepath", elem_id="kb-upload")
+        add = gr.Button("Add to knowledge base", variant="primary", elem_id="kb-add")
+        status = gr.Markdown(elem_id="kb-status")
+        table = gr.Dataframe(
+            headers=FILE_HEADERS, value=file_rows(lab, DEFAULT_KB), interactive=False,
+            label="Stored in this knowledge base", elem_id="kb-files",
+        )
+        with gr.Row():
+            to_delete = gr.Dropdown(label="File to delete", choices=[r[0] for r in file_rows(lab, DEFAULT_KB)], scale=3)
+            delete = gr.Button("Delete file", variant="stop", scale=1)
+
+        def refresh(kb_name):
+            rows = file_rows(lab, kb_name)
+            return (
+                gr.update(choices=kb_choices(lab), value=kb_name),
+                rows,
+                gr.update(choices=[r[0] for r in rows], value=None),
+            )
+
+        def add_files(paths, kb_name, progress=gr.Progress()):
+            if not paths:
+                raise gr.Error("Choose one or more files first.")
+            try:
+                results = lab.ingest(paths, kb_name, progress=lambda f, m: progress(f, desc=m))
+            except LabError as exc:
+                raise gr.Error(str(exc)) from None
+            lines = [f"**{STATUS_LABEL[r.status]}** · {escape(r.file)}: {escape(r.message)}" for r in results]
+            return ("\n\n".join(lines), None, *refresh(kb_name))
+
+        def delete_file(kb_name, name):
+            if not name:
+                raise gr.Error("Pick a file to delete.")
+            try:
+                removed = lab.delete_file(kb_name, name)
+            except LabError as exc:
+                raise gr.Error(str(exc)) from None
+            message = f"**Deleted** **{escape(removed['file'])}** ({removed['chunks_removed']} chunks)."
+            return (message, *refresh(kb_name))
+
+        add.click(add_files, [uploads, kb], [status, uploads, kb, table, to_delete], concurrency_limit=1)
+        delete.click(delete_file, [kb, to_delete], [status, kb, table, to_delete], concurrency_limit=1)
+        kb.change(lambda name: refresh(name)[1:], [kb], [table, to_delete])
+        tab.select(refresh, [kb], [kb, table, to_delete])
