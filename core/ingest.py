@@ -53,7 +53,8 @@ def split_pages(name: str, pages, splitter) -> list:
     for page in pages:
         if not page.text.strip():
             continue
-        doc = Document(text=page.text, metadata={"file": name, "page": page.label}, id_=name)
+        # One id per page: llama-index keys documents by id, and shared ids gave every chunk the last page's label.
+        doc = Document(text=page.text, metadata={"file": name, "page": page.label}, id_=f"{name}#page={page.label}")
         # Metadata is stored with each chunk but is neither embedded nor counted against the chunk size.
         doc.excluded_embed_metadata_keys = ["file", "page", "ingest_id"]
         doc.excluded_llm_metadata_keys = ["file", "page", "ingest_id"]

@@ -134,14 +134,25 @@ def test_kb_names_are_checked(lab):
     assert "team.docs_2" not in lab.store.kb_names()
 
 
+def _squash(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is not beside this checkout")
 def test_real_pdf_citations_point_to_the_right_page(lab):
-    lab.ingest([SHARED_DATA / "pdfs" / "UC_Berkeley_short.pdf"])
+    from core.documents import read_pages
+
+    pdf = SHARED_DATA / "pdfs" / "UC_Berkeley_short.pdf"
+    lab.ingest([pdf])
+    page_text = {p.label: _squash(p.text) for p in read_pages(pdf, pdf.name, 50)}
     qa = json.loads((SHARED_DATA / "pdfs" / "smoke_qa.json").read_text())["items"]
     berkeley = [item for item in qa if item["pdf"] == "UC_Berkeley_short.pdf"]
     assert berkeley
     for item in berkeley:
         question, answer = item["question"], item["answer"]
         hits, _ = lab.search(question, top_k=4)
-        assert any(answer.lower() in h.text.lower() for h in hits), (question, answer)
-        assert all(h.page in {"1", "2", "3", "4", "5"} for h in hits)
+        assert any(_squash(answer) in _squash(h.text) for h in hits), (question, answer)
+        for hit in hits:  # each cited page really holds the passage (its middle, clear of overlap edges)
+            words = _squash(hit.text).split()
+            middle = " ".join(words[len(words) // 3 : len(words) // 3 + 8])
+            assert middle in page_text[hit.page], (hit.page, middle)

@@ -1,0 +1,63 @@
+"""Answers from the real bundled model: RAG uses and cites the document, base does not have it."""
+import pytest
+
+from core.errors import InputError, LabError
+from core.generation import GenerationConfig
+
+SHORT = GenerationConfig(max_new_tokens=40)
+
+
+def test_rag_answers_from_the_document_and_base_does_not(lab, handbook):
+    lab.ingest([handbook])
+    answers = {a.variant: a for a in lab.compare("Who founded the Zorblat Institute?", ["base", "rag"], config=SHORT)}
+    rag, base = answers["rag"], answers["base"]
+    assert "Quanz" in rag.answer
+    assert rag.sources and rag.sources[0]["file"] == "handbook.md"
+    assert "Quanz" not in base.answer and base.sources == []
+    for answer in (rag, base):
+        t = answer.timings
+        assert 0 < t["ttft_ms"] <= t["total_ms"] and t["new_tokens"] > 0 and t["tokens_per_s"] > 0
+    assert rag.timings["retrieval_ms"] > 0 and "retrieval_ms" not in base.timings
+
+
+def test_stream_order_sources_then_text_then_done(lab, handbook):
+    lab.ingest([handbook])
+    events = list(lab.ask_stream("How many days of paid leave do staff get?", ["base", "rag"], config=SHORT))
+    kinds = {name: [e.kind for e in events if e.variant == name] for name in ("base", "rag")}
+    assert kinds["rag"][0] == "sources" and kinds["rag"][-1] == "done"
+    assert kinds["base"][-1] == "done" and "delta" in kinds["base"]
+    streamed = "".join(e.text for e in events if e.variant == "rag" and e.kind == "delta")
+    final = next(e.answer.answer for e in events if e.variant == "rag" and e.kind == "done")
+    assert streamed.strip() == final and final
+
+
+def test_rag_without_documents_explains_and_base_still_answers(lab):
+    answers = {a.variant: a for a in lab.compare("What is the capital of France?", ["base", "rag"], config=SHORT)}
+    assert "no documents" in answers["rag"].error or "no such knowledge base" in answers["rag"].error
+    assert answers["base"].error is None and answers["base"].answer
+
+
+def test_weak_passages_are_left_out(lab, handbook, tmp_path):
+    unrelated = tmp_path / "tomatoes.txt"
+    unrelated.write_text("Tomatoes grow best in warm soil with plenty of sun and regular watering.")
+    lab.ingest([handbook, unrelated])
+    answer = lab.ask("Who founded the Zorblat Institute?", "rag", config=GenerationConfig(max_new_tokens=8))
+    assert [s["file"] for s in answer.sources] == ["handbook.md"]
+
+
+def test_bad_questions_and_variants(lab, handbook):
+    lab.ingest([handbook])
+    with pytest.raises(InputError, match="empty"):
+        lab.ask("   ", "rag")
+    with pytest.raises(InputError, match="limit"):
+        lab.ask("why? " * 2000, "rag")
+    with pytest.raises(InputError, match="unknown variant"):
+        lab.ask("hello", "telepathy")
+    with pytest.raises(LabError, match="no such knowledge base"):
+        lab.ask("hello", "rag", kb="missing")
+
+
+def test_non_english_question_is_answered(lab, handbook):
+    lab.ingest([handbook])
+    answer = lab.ask("¿Quién fundó el Instituto Zorblat? 谁创立了它？", "rag", config=GenerationConfig(max_new_tokens=16))
+    assert answer.answer and answer.sources

@@ -1,0 +1,244 @@
+"""End-to-end tests of the Gradio app: the real server (`python app.py`), real models, no mocks.
+
+One app server is shared by every test in the session (see `app_server` in conftest.py), so each test uses its
+own file names and none of them relies on what another test added or on the order they run in.
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import write_pdf, write_scanned_pdf
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run", "--disable-sync",
+]
+GENERATION_TIMEOUT_MS = 180_000
+UI_TIMEOUT_MS = 60_000
+MAX_NEW_TOKENS = 48  # keeps a two-column answer at ~10 s on two CPU cores
+OK_STATUSES = ("Added", "Unchanged", "Updated")  # the handbook may already be in the shared server's store
+
+
+# ---- helpers -----------------------------------------------------------------------------------------------
+
+def table_data(value) -> list[list]:
+    """Rows of a Dataframe output as gradio_client returns it (a dict with `data`, or already a list)."""
+    if isinstance(value, dict):
+        return value.get("data") or []
+    return list(value or [])
+
+
+def status_lines(markdown: str) -> list[str]:
+    return [line.strip() for line in markdown.splitlines() if line.strip()]
+
+
+def stored_files(client, kb: str = "default") -> list[str]:
+    """The file names the server really holds, via the knowledge tab's own refresh handler."""
+    _, table, _ = client.predict(kb, api_name="/refresh")
+    return [row[0] for row in table_data(table)]
+
+
+def dom_rows(page, elem_id: str) -> list[list[str]]:
+    """The body rows of a Gradio Dataframe as cell texts (header cells live in their own table)."""
+    return page.evaluate(
+        """(id) => [...document.querySelectorAll(`#${id} tbody tr`)]
+               .map(tr => [...tr.querySelectorAll('td')].map(td => td.textContent.trim()))
+               .filter(cells => cells.some(text => text !== ''))""",
+        elem_id,
+    )
+
+
+def dom_file_names(page) -> list[str]:
+    return [row[0] for row in dom_rows(page, "kb-files")]
+
+
+def wait_for_text(page, elem_id: str, *needles: str, timeout: int = UI_TIMEOUT_MS) -> None:
+    """Wait until the element's text contains every needle."""
+    page.wait_for_function(
+        """([id, needles]) => {
+               const el = document.getElementById(id);
+               return !!el && needles.every(n => el.textContent.includes(n));
+           }""",
+        arg=[elem_id, list(needles)],
+        timeout=timeout,
+    )
+
+
+def wait_for_files(page, expected: list[str], timeout: int = UI_TIMEOUT_MS) -> None:
+    """Wait until the knowledge tab's file table lists exactly `expected` (order ignored)."""
+    deadline = time.monotonic() + timeout / 1000
+    while sorted(names := dom_file_names(page)) != sorted(expected):
+        assert time.monotonic() < deadline, f"file table shows {names}, expected {expected}"
+        page.wait_for_timeout(200)
+
+
+def upload(page, paths: list[Path]) -> None:
+    """Put files into the knowledge tab's upload box and wait until the browser has sent them to the server."""
+    page.locator("#kb-upload input[type=file]").set_input_files([str(p) for p in paths])
+    # The names appear in the component's file list once the upload request has finished.
+    wait_for_text(page, "kb-upload", *(p.name for p in paths))
+
+
+def open_app(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector("#kb-add", timeout=UI_TIMEOUT_MS)
+    page.get_by_role("tab", name="1 · Knowledge base").wait_for(timeout=UI_TIMEOUT_MS)
+
+
+# ---- fixtures ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def client(app_server):
+    from gradio_client import Client
+
+    url, _ = app_server
+    c = Client(url, verbose=False)
+    yield c
+    close = getattr(c, "close", None)
+    if callable(close):
+        close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed; the browser tests need a system Chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, tmp_path, request):
+    """A fresh browser page; a full-page screenshot lands in the test's tmp_path whether the test passes or not."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    pg = context.new_page()
+    yield pg
+    shot = tmp_path / f"{request.node.name}.png"
+    try:
+        pg.screenshot(path=str(shot), full_page=True)
+        print(f"screenshot: {shot}")
+    except Exception as exc:  # noqa: BLE001 - a failed screenshot must not hide the test's own result
+        print(f"screenshot failed: {exc}")
+    context.close()
+
+
+# ---- tests -------------------------------------------------------------------------------------------------
+
+def test_client_add_handbook_then_ask(app_server, client, handbook):
+    """Through the public API: add the handbook with the knowledge tab's handler, then ask both columns."""
+    status, cleared, _kb, table, _to_delete = client.predict(
+        [_handle_file(handbook)], "default", api_name="/add_files"
+    )
+    lines = status_lines(status)
+    assert len(lines) == 1, status
+    assert "handbook.md" in lines[0] and lines[0].startswith(tuple(f"**{s}**" for s in OK_STATUSES)), status
+    assert not cleared, "the upload box should be emptied after adding"
+    assert "handbook.md" in [row[0] for row in table_data(table)]
+
+    base, base_stats, rag, rag_stats, sources = client.predict(
+        "Who founded the Zorblat Institute?", "default", 3, MAX_NEW_TOKENS, api_name="/ask"
+    )
+    rows = table_data(sources)
+    assert rows, "RAG read no passages"
+    assert "handbook.md" in [row[1] for row in rows], rows
+    assert 1 <= len(rows) <= 3, rows
+    assert "Quanz" in rag, rag
+    assert "Quanz" not in base, base
+    assert "tokens/s" in base_stats, base_stats
+    assert "tokens/s" in rag_stats, rag_stats
+    assert "retrieval" in rag_stats and "retrieval" not in base_stats
+    new_tokens = int(re.search(r"(\d+) tokens$", base_stats).group(1))
+    assert 0 < new_tokens <= MAX_NEW_TOKENS, base_stats
+
+
+@pytest.mark.browser
+def test_browser_upload_pdf_then_compare(app_server, page, tmp_path):
+    url, _ = app_server
+    pdf = write_pdf(
+        tmp_path / "quorvin_bridge.pdf",
+        ["The Quorvin Bridge in Larkspur was designed by engineer Tessaly Brandt in 1962."],
+    )
+    open_app(page, url)
+
+    upload(page, [pdf])
+    page.locator("#kb-add").click()
+    wait_for_text(page, "kb-status", "Added", pdf.name, timeout=GENERATION_TIMEOUT_MS)
+    status = page.locator("#kb-status").inner_text()
+    assert f"Added · {pdf.name}: added: 1 page(s)" in status, status
+    page.wait_for_function(
+        """(name) => [...document.querySelectorAll('#kb-files tbody tr td:first-child')]
+               .some(td => td.textContent.trim() === name)""",
+        arg=pdf.name,
+    )
+    row = next(r for r in dom_rows(page, "kb-files") if r[0] == pdf.name)
+    assert row[1] == "1", row  # pages
+
+    page.get_by_role("tab", name="2 · Compare").click()
+    page.locator("#question textarea").fill("Who designed the Quorvin Bridge?")
+    max_tokens = page.get_by_label("number input for Max answer length (tokens)")
+    max_tokens.fill(str(MAX_NEW_TOKENS))
+    max_tokens.press("Enter")
+    max_tokens.blur()
+    page.locator("#ask").click()
+
+    wait_for_text(page, "stats-base", "tokens/s", timeout=GENERATION_TIMEOUT_MS)
+    wait_for_text(page, "stats-rag", "tokens/s", timeout=GENERATION_TIMEOUT_MS)
+    base = page.locator("#answer-base").inner_text()
+    rag = page.locator("#answer-rag").inner_text()
+    base_stats = page.locator("#stats-base").inner_text()
+    assert "Brandt" in rag, rag
+    assert "Brandt" not in base, base
+    new_tokens = int(re.search(r"(\d+) tokens\s*$", base_stats).group(1))
+    assert new_tokens <= MAX_NEW_TOKENS, f"the max-length slider was not applied: {base_stats}"
+
+    sources = dom_rows(page, "sources")
+    assert sources, "the sources table is empty"
+    cited = [r for r in sources if r[1] == pdf.name]
+    assert cited, sources
+    assert cited[0][2] == "1", cited  # page
+    assert "Tessaly Brandt" in cited[0][4], cited
+
+
+@pytest.mark.browser
+def test_browser_bad_files_are_reported_and_not_added(app_server, client, page, tmp_path):
+    url, _ = app_server
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    scanned = write_scanned_pdf(tmp_path / "scanned_page.pdf")
+    before = stored_files(client)
+
+    open_app(page, url)
+    wait_for_files(page, before)  # the tab refreshes its table on load; start from what the server holds
+
+    upload(page, [empty, scanned])
+    page.locator("#kb-add").click()
+    wait_for_text(page, "kb-status", empty.name, scanned.name, timeout=GENERATION_TIMEOUT_MS)
+
+    lines = status_lines(page.locator("#kb-status").inner_text())
+    assert len(lines) == 2, lines
+    by_file = {name: next((line for line in lines if name in line), "") for name in (empty.name, scanned.name)}
+    assert by_file[empty.name].startswith("Not added"), lines
+    assert "empty" in by_file[empty.name].removeprefix(f"Not added · {empty.name}"), lines
+    assert by_file[scanned.name].startswith("Not added"), lines
+    assert "OCR" in by_file[scanned.name], lines
+    assert "Added ·" not in page.locator("#kb-status").inner_text()
+
+    # Nothing was added: not in the page's table (updated by the same event) and not on the server.
+    assert sorted(dom_file_names(page)) == sorted(before)
+    assert sorted(stored_files(client)) == sorted(before)
+
+
+def _handle_file(path: Path):
+    from gradio_client import handle_file
+
+    return handle_file(str(path))

@@ -1,0 +1,87 @@
+"""The CLI as a user runs it, and the proof that nothing reaches the network."""
+import json
+import sys
+
+import pytest
+
+from conftest import ROOT, run_cli, subprocess_env
+
+COMMANDS = [[], ["ingest"], ["ask"], ["search"], ["kb"], ["kb", "list"], ["kb", "show"], ["kb", "create"], ["kb", "delete"], ["info"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
+def test_help_everywhere(command, data_dir):
+    done = run_cli([*command, "--help"], data_dir)
+    assert done.returncode == 0 and "usage: python -m core" in done.stdout
+
+
+def test_ingest_ask_kb_roundtrip(handbook, data_dir, tmp_path):
+    added = run_cli(["ingest", str(handbook), "--json"], data_dir)
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["results"][0]["status"] == "added"
+
+    asked = run_cli(["ask", "Who founded the Zorblat Institute?", "--variant", "rag", "--top-k", "2",
+                     "--max-new-tokens", "32", "--json"], data_dir)
+    assert asked.returncode == 0, asked.stderr
+    answer = json.loads(asked.stdout)
+    assert answer["variant"] == "rag" and "Quanz" in answer["answer"]
+    assert answer["sources"][0]["file"] == "handbook.md" and {"page", "score", "text"} <= set(answer["sources"][0])
+    assert {"retrieval_ms", "ttft_ms", "tokens_per_s"} <= set(answer["timings"])
+
+    listed = json.loads(run_cli(["kb", "list", "--json"], data_dir).stdout)
+    assert listed["knowledge_bases"][0]["name"] == "default" and listed["knowledge_bases"][0]["files"] == 1
+    gone = run_cli(["kb", "delete", "default", "--file", "handbook.md", "--json"], data_dir)
+    assert gone.returncode == 0 and json.loads(gone.stdout)["file"] == "handbook.md"
+    assert json.loads(run_cli(["kb", "show", "default", "--json"], data_dir).stdout)["files"] == []
+
+
+def test_errors_are_clear_with_exit_codes(data_dir, tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    bad = run_cli(["ingest", str(tmp_path / "empty.txt")], data_dir)
+    assert bad.returncode == 1 and "empty.txt" in bad.stdout and "empty" in bad.stdout
+    missing = run_cli(["kb", "show", "nope", "--json"], data_dir)
+    assert missing.returncode == 1 and "no such knowledge base" in json.loads(missing.stdout)["error"]
+    usage = run_cli(["ask"], data_dir)
+    assert usage.returncode == 2 and "required" in usage.stderr
+
+
+# Runs the CLI with every socket connection outside loopback recorded and refused, on top of dead proxies.
+NO_NETWORK_RUNNER = r"""
+import socket, sys
+attempts = []
+def guard(event, args):
+    if event == "socket.connect":
+        address = args[1]
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if host not in ("127.0.0.1", "::1", "localhost") and not str(host).startswith("/"):
+            attempts.append(host)
+            raise OSError(f"network blocked by test: {address}")
+    if event == "socket.getaddrinfo" and args[0] not in ("127.0.0.1", "::1", "localhost", None):
+        attempts.append(args[0])
+        raise OSError(f"DNS blocked by test: {args[0]}")
+sys.addaudithook(guard)
+from core.cli import main
+code = main(sys.argv[1:])
+if attempts:
+    print("NETWORK ATTEMPTS:", attempts, file=sys.stderr)
+    code = 99
+raise SystemExit(code)
+"""
+
+
+def test_ingest_and_ask_work_with_no_network(handbook, data_dir):
+    import subprocess
+
+    dead = "http://127.0.0.1:9"
+    env = subprocess_env(data_dir, HTTP_PROXY=dead, HTTPS_PROXY=dead, http_proxy=dead, https_proxy=dead,
+                         ALL_PROXY=dead, NO_PROXY="", HF_HUB_OFFLINE="1")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-c", NO_NETWORK_RUNNER, *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    added = run("ingest", str(handbook), "--json")
+    assert added.returncode == 0, added.stderr[-2000:]
+    asked = run("ask", "When was the Zorblat Institute founded?", "--variant", "rag", "--max-new-tokens", "24", "--json")
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    assert "1987" in json.loads(asked.stdout)["answer"]
