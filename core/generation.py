@@ -18,6 +18,7 @@ class GenerationConfig:
     temperature: float = 0.0  # 0 means greedy: the same question gives the same answer
     top_p: float = 0.9
     repetition_penalty: float = 1.0  # >1 made the small model paraphrase away from the passages
+    min_new_tokens: int = 0  # benchmarks set it to compare answers of equal length
 
 
 @dataclass
@@ -98,6 +99,8 @@ def stream_chat(generator: Generator, conversations: list[list[dict]], config: G
         pad_token_id=tokenizer.pad_token_id,
         streamer=streamer,
     )
+    if config.min_new_tokens:
+        kwargs["min_new_tokens"] = config.min_new_tokens
     if sampling:
         kwargs.update(temperature=config.temperature, top_p=config.top_p)
 

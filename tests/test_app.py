@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from gradio_client import Client, handle_file
 
-from conftest import write_pdf, write_scanned_pdf
+from conftest import run_cli, write_pdf, write_scanned_pdf
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -22,6 +23,9 @@ GENERATION_TIMEOUT_MS = 180_000
 UI_TIMEOUT_MS = 60_000
 MAX_NEW_TOKENS = 48  # keeps a two-column answer at ~10 s on two CPU cores
 OK_STATUSES = ("Added", "Unchanged", "Updated")  # the handbook may already be in the shared server's store
+NO_CHROMIUM = f"{CHROMIUM} is not installed; the browser tests need a system Chromium"
+# Checked at collection time too, so a machine without Chromium does not start the app server just to skip.
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason=NO_CHROMIUM)
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------
@@ -37,18 +41,26 @@ def status_lines(markdown: str) -> list[str]:
     return [line.strip() for line in markdown.splitlines() if line.strip()]
 
 
-def stored_files(client, kb: str = "default") -> list[str]:
-    """The file names the server really holds, via the knowledge tab's own refresh handler."""
-    _, table, _ = client.predict(kb, api_name="/refresh")
-    return [row[0] for row in table_data(table)]
+def stored_files(app_server, kb: str = "default") -> list[str]:
+    """The file names the server's store really holds, read by another process (the CLI) from its data folder."""
+    import json
+
+    _, data_dir = app_server
+    shown = run_cli(["kb", "show", kb, "--json"], data_dir)
+    if shown.returncode != 0:
+        return []  # no knowledge base yet
+    return [f["file"] for f in json.loads(shown.stdout)["files"]]
 
 
 def dom_rows(page, elem_id: str) -> list[list[str]]:
-    """The body rows of a Gradio Dataframe as cell texts (header cells live in their own table)."""
+    """The body rows of a Gradio Dataframe as cell texts, in display order.
+
+    Gradio 6 renders the rows as ARIA grid rows (`[role=row]` holding `[role=gridcell]`s, virtualised for long
+    tables, which ours are not); the `<table>` inside only holds the header and a hidden sizing row."""
     return page.evaluate(
-        """(id) => [...document.querySelectorAll(`#${id} tbody tr`)]
-               .map(tr => [...tr.querySelectorAll('td')].map(td => td.textContent.trim()))
-               .filter(cells => cells.some(text => text !== ''))""",
+        """(id) => [...document.querySelectorAll(`#${id} [role=row]`)]
+               .map(row => [...row.querySelectorAll('[role=gridcell]')].map(cell => cell.textContent.trim()))
+               .filter(cells => cells.length > 0)""",
         elem_id,
     )
 
@@ -80,8 +92,11 @@ def wait_for_files(page, expected: list[str], timeout: int = UI_TIMEOUT_MS) -> N
 def upload(page, paths: list[Path]) -> None:
     """Put files into the knowledge tab's upload box and wait until the browser has sent them to the server."""
     page.locator("#kb-upload input[type=file]").set_input_files([str(p) for p in paths])
-    # The names appear in the component's file list once the upload request has finished.
-    wait_for_text(page, "kb-upload", *(p.name for p in paths))
+    # Once a file is on the server the component lists it with a download link to the server's copy. (Its
+    # visible name is split into stem and extension spans, and a transient progress view also shows names,
+    # so matching the text would be racy.)
+    for p in paths:
+        page.locator(f'#kb-upload a[download="{p.name}"][href*="/file="]').wait_for(timeout=UI_TIMEOUT_MS)
 
 
 def open_app(page, url: str) -> None:
@@ -94,8 +109,6 @@ def open_app(page, url: str) -> None:
 
 @pytest.fixture(scope="module")
 def client(app_server):
-    from gradio_client import Client
-
     url, _ = app_server
     c = Client(url, verbose=False)
     yield c
@@ -107,7 +120,7 @@ def client(app_server):
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is not installed; the browser tests need a system Chromium")
+        pytest.skip(NO_CHROMIUM)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -137,7 +150,7 @@ def page(browser, tmp_path, request):
 def test_client_add_handbook_then_ask(app_server, client, handbook):
     """Through the public API: add the handbook with the knowledge tab's handler, then ask both columns."""
     status, cleared, _kb, table, _to_delete = client.predict(
-        [_handle_file(handbook)], "default", api_name="/add_files"
+        [handle_file(str(handbook))], "default", api_name="/add_files"
     )
     lines = status_lines(status)
     assert len(lines) == 1, status
@@ -162,12 +175,15 @@ def test_client_add_handbook_then_ask(app_server, client, handbook):
 
 
 @pytest.mark.browser
-def test_browser_upload_pdf_then_compare(app_server, page, tmp_path):
+@needs_chromium
+def test_browser_upload_pdf_then_compare(app_server, client, page, tmp_path):
     url, _ = app_server
     pdf = write_pdf(
         tmp_path / "quorvin_bridge.pdf",
         ["The Quorvin Bridge in Larkspur was designed by engineer Tessaly Brandt in 1962."],
     )
+    before = stored_files(app_server)
+    assert pdf.name not in before, "this test adds the file itself; the shared server must not have it yet"
     open_app(page, url)
 
     upload(page, [pdf])
@@ -175,11 +191,7 @@ def test_browser_upload_pdf_then_compare(app_server, page, tmp_path):
     wait_for_text(page, "kb-status", "Added", pdf.name, timeout=GENERATION_TIMEOUT_MS)
     status = page.locator("#kb-status").inner_text()
     assert f"Added · {pdf.name}: added: 1 page(s)" in status, status
-    page.wait_for_function(
-        """(name) => [...document.querySelectorAll('#kb-files tbody tr td:first-child')]
-               .some(td => td.textContent.trim() === name)""",
-        arg=pdf.name,
-    )
+    wait_for_files(page, [*before, pdf.name])
     row = next(r for r in dom_rows(page, "kb-files") if r[0] == pdf.name)
     assert row[1] == "1", row  # pages
 
@@ -210,12 +222,13 @@ def test_browser_upload_pdf_then_compare(app_server, page, tmp_path):
 
 
 @pytest.mark.browser
+@needs_chromium
 def test_browser_bad_files_are_reported_and_not_added(app_server, client, page, tmp_path):
     url, _ = app_server
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
     scanned = write_scanned_pdf(tmp_path / "scanned_page.pdf")
-    before = stored_files(client)
+    before = stored_files(app_server)
 
     open_app(page, url)
     wait_for_files(page, before)  # the tab refreshes its table on load; start from what the server holds
@@ -235,10 +248,17 @@ def test_browser_bad_files_are_reported_and_not_added(app_server, client, page, 
 
     # Nothing was added: not in the page's table (updated by the same event) and not on the server.
     assert sorted(dom_file_names(page)) == sorted(before)
-    assert sorted(stored_files(client)) == sorted(before)
+    assert sorted(stored_files(app_server)) == sorted(before)
 
 
-def _handle_file(path: Path):
-    from gradio_client import handle_file
-
-    return handle_file(str(path))
+def test_client_can_use_a_knowledge_base_created_after_start(app_server, client, tmp_path):
+    """A knowledge base made after the page was built must be accepted by /ask (Gradio checks dropdown choices)."""
+    notes = tmp_path / "orchard.txt"
+    notes.write_text("The Hollowmere orchard grows a pear variety called Duskwater Gold.")
+    status, *_ = client.predict([handle_file(str(notes))], "orchards", api_name="/add_files")
+    assert "Added" in status and "orchard.txt" in status
+    _, _, rag, rag_stats, sources = client.predict(
+        "Which pear variety grows in the Hollowmere orchard?", "orchards", 3, 24, api_name="/ask")
+    assert [row[1] for row in table_data(sources)][0] == "orchard.txt"
+    assert "tokens/s" in rag_stats
+    assert stored_files(app_server, "orchards") == ["orchard.txt"]

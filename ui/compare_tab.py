@@ -23,7 +23,10 @@ def build(lab: Lab) -> None:
         question = gr.Textbox(label="Your question", placeholder="e.g. What does the handbook say about paid leave?",
                               lines=2, elem_id="question")
         with gr.Row():
-            kb = gr.Dropdown(choices=kb_choices(lab), value=DEFAULT_KB, label="Knowledge base (for RAG)", scale=2)
+            # allow_custom_value: knowledge bases created after start-up (or by API clients) must be accepted;
+            # the engine reports an unknown name clearly.
+            kb = gr.Dropdown(choices=kb_choices(lab), value=DEFAULT_KB, label="Knowledge base (for RAG)",
+                             allow_custom_value=True, scale=2)
             top_k = gr.Slider(1, 10, value=lab.settings.top_k, step=1, label="Passages to retrieve (top-k)",
                               info="More passages give RAG more context but a longer, slower prompt.", scale=2)
             max_tokens = gr.Slider(16, 512, value=lab.settings.max_new_tokens, step=16, label="Max answer length (tokens)",
@@ -65,6 +68,10 @@ def build(lab: Lab) -> None:
                 raise gr.Error(str(exc)) from None
 
         outputs = [base_answer, base_stats, rag_answer, rag_stats, sources]
-        ask.click(answer, [question, kb, top_k, max_tokens], outputs, api_name="ask")
-        question.submit(answer, [question, kb, top_k, max_tokens], outputs)
-        tab.select(lambda current: gr.update(choices=kb_choices(lab), value=current), [kb], [kb])
+        # Button and Enter share one queue slot: the model generates one batch at a time.
+        ask.click(answer, [question, kb, top_k, max_tokens], outputs, api_name="ask",
+                  concurrency_id="generate", concurrency_limit=1)
+        question.submit(answer, [question, kb, top_k, max_tokens], outputs, api_visibility="private",
+                        concurrency_id="generate", concurrency_limit=1)
+        tab.select(lambda current: gr.update(choices=kb_choices(lab), value=current), [kb], [kb],
+                   api_visibility="private")

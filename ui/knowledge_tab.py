@@ -73,7 +73,10 @@ def build(lab: Lab) -> None:
             message = f"**Deleted** **{escape(removed['file'])}** ({removed['chunks_removed']} chunks)."
             return (message, *refresh(kb_name))
 
-        add.click(add_files, [uploads, kb], [status, uploads, kb, table, to_delete], concurrency_limit=1)
-        delete.click(delete_file, [kb, to_delete], [status, kb, table, to_delete], concurrency_limit=1)
-        kb.change(lambda name: refresh(name)[1:], [kb], [table, to_delete])
-        tab.select(refresh, [kb], [kb, table, to_delete])
+        # Writes share one queue slot: the store has one writer anyway, and waiting users see their place.
+        add.click(add_files, [uploads, kb], [status, uploads, kb, table, to_delete],
+                  api_name="add_files", concurrency_id="kb_write", concurrency_limit=1)
+        delete.click(delete_file, [kb, to_delete], [status, kb, table, to_delete],
+                     api_name="delete_file", concurrency_id="kb_write", concurrency_limit=1)
+        kb.change(lambda name: refresh(name)[1:], [kb], [table, to_delete], api_visibility="private")
+        tab.select(refresh, [kb], [kb, table, to_delete], api_visibility="private")
