@@ -90,7 +90,7 @@ def bench_answers(pdf: Path, repeats: int, max_new_tokens: int) -> list[tuple]:
     messages = get_variant("rag").messages(QUESTION, relevant(hits, lab.settings.min_score))
     # Equal lengths: engine and raw runs, one column and two, all generate exactly max_new_tokens.
     config = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
-    rows = {k: [] for k in ("raw_ttft", "raw_tps", "rag_ttft", "rag_tps", "rag_ret", "single_total", "pair_total")}
+    rows = {k: [] for k in ("raw_ttft", "raw_tps", "rag_ttft", "rag_tps", "rag_ret", "base_total", "rag_total", "pair_total")}
     for _ in range(repeats):
         ttft, tps = raw_generate(lab, messages, max_new_tokens)
         rows["raw_ttft"].append(ttft * 1000)
@@ -99,9 +99,10 @@ def bench_answers(pdf: Path, repeats: int, max_new_tokens: int) -> list[tuple]:
         rows["rag_ttft"].append(rag.timings["ttft_ms"])
         rows["rag_tps"].append(rag.timings["tokens_per_s"])
         rows["rag_ret"].append(rag.timings["retrieval_ms"])
+        rows["rag_total"].append(rag.timings["total_ms"] / 1000)
         t0 = time.perf_counter()
         lab.compare(QUESTION, ["base"], config=config)
-        rows["single_total"].append(time.perf_counter() - t0)
+        rows["base_total"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         lab.compare(QUESTION, ["base", "rag"], config=config)
         rows["pair_total"].append(time.perf_counter() - t0)
@@ -113,8 +114,11 @@ def bench_answers(pdf: Path, repeats: int, max_new_tokens: int) -> list[tuple]:
         ("  of which retrieval, ms", f"{m['rag_ret']:.0f}", ""),
         ("decode tokens/s (raw generate)", f"{m['raw_tps']:.1f}", "1.00x"),
         ("decode tokens/s (engine RAG, streamed)", f"{m['rag_tps']:.1f}", f"{m['rag_tps'] / m['raw_tps']:.2f}x"),
-        ("wall s, base alone", f"{m['single_total']:.1f}", "1.00x"),
-        ("wall s, base + RAG side by side (one batch)", f"{m['pair_total']:.1f}", f"{m['pair_total'] / m['single_total']:.2f}x"),
+        ("wall s, base alone", f"{m['base_total']:.1f}", ""),
+        ("wall s, RAG alone (the slower column)", f"{m['rag_total']:.1f}", "1.00x"),
+        ("wall s, base + RAG side by side", f"{m['pair_total']:.1f}", f"{m['pair_total'] / m['rag_total']:.2f}x"),
+        ("wall s, base + RAG if run one after the other", f"{m['base_total'] + m['rag_total']:.1f}",
+         f"{(m['base_total'] + m['rag_total']) / m['rag_total']:.2f}x"),
     ]
 
 

@@ -61,3 +61,21 @@ def test_non_english_question_is_answered(lab, handbook):
     lab.ingest([handbook])
     answer = lab.ask("¿Quién fundó el Instituto Zorblat? 谁创立了它？", "rag", config=GenerationConfig(max_new_tokens=16))
     assert answer.answer and answer.sources
+
+
+def test_batches_group_similar_prompt_lengths_on_cpu_and_everything_on_gpu():
+    from core.generation import plan_batches
+
+    assert plan_batches([30, 1000], "cpu") == [[0], [1]]  # padding 30 -> 1000 would redo a long prefill
+    assert plan_batches([30, 1000, 35, 990], "cpu") == [[0, 2], [1, 3]]
+    assert plan_batches([500, 520], "cpu") == [[0, 1]]
+    assert plan_batches([30, 1000], "cuda") == [[0, 1]]
+
+
+def test_side_by_side_answers_match_single_answers(lab, handbook):
+    """Batching and grouping must not change what each variant says (greedy decoding)."""
+    lab.ingest([handbook])
+    question = "What is the mascot of the Zorblat Institute?"
+    alone = {v: lab.ask(question, v, config=SHORT).answer for v in ("base", "rag")}
+    together = {a.variant: a.answer for a in lab.compare(question, ["base", "rag"], config=SHORT)}
+    assert together == alone
