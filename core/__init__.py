@@ -9,9 +9,6 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")  # Chroma's posthog telem
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-# tiktoken is never used for chunking (we size chunks with the embedder's tokenizer), but llama-index
-# imports it lazily in places; point its cache somewhere harmless so it never tries a download path we miss.
-os.environ.setdefault("TIKTOKEN_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "lab-tiktoken"))
 
 from core.errors import LabError  # noqa: E402
 

@@ -12,7 +12,7 @@ from core.generation import Delta, GenerationConfig, RowDone, stream_chat
 from core.ingest import IngestResult, ingest_files
 from core.models import describe_model, load_embedder, load_generator
 from core.progress import ProgressFn
-from core.store import DEFAULT_KB, Hit, open_store
+from core.store import DEFAULT_KB, Hit, check_kb_name, open_store
 from core.variants import Variant, get_variant
 
 MAX_QUESTION_CHARS = 4000
@@ -108,8 +108,6 @@ class Lab:
         return {"file": record.name, "chunks_removed": record.chunks}
 
     def ingest(self, paths: list[str | Path], kb: str = DEFAULT_KB, progress: ProgressFn | None = None) -> list[IngestResult]:
-        from core.store import check_kb_name
-
         kb = check_kb_name(kb)
         if not paths:
             raise InputError("no files given")

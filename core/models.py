@@ -86,12 +86,18 @@ def converted_checkpoint(gguf_file: Path, cache_dir: Path) -> Path:
         if hasattr(config, "quantization_config"):
             del config.quantization_config  # the weights are already dequantized
         fresh = AutoModelForCausalLM.from_config(config)
-        fresh.load_state_dict(gguf_model.state_dict(), strict=False)
+        missing, unexpected = fresh.load_state_dict(gguf_model.state_dict(), strict=False)
+        # Tied output embeddings may be absent from the GGUF tensors; anything else missing is a real error.
+        missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+        if missing or unexpected:
+            raise ModelError(f"Converting {gguf_file.name} failed: missing {missing[:5]}, unexpected {unexpected[:5]}")
         fresh.generation_config = gguf_model.generation_config
         tmp = cache_dir / f".tmp-{target.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         fresh.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if target.exists():  # an incomplete folder (no config.json) from some earlier failure
+            shutil.rmtree(target)
         os.replace(tmp, target)
         return target
 

