@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", default="rag", help="base or rag (default: rag)")
     p.add_argument("--kb", default=DEFAULT_KB, help=f"knowledge base for rag (default: {DEFAULT_KB})")
     p.add_argument("--top-k", type=int, default=None, help="passages to retrieve (default: 4)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit in tokens (default: 200)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit in tokens (default: 128)")
     p.add_argument("--json", action="store_true", help="print one JSON object: answer, variant, sources, timings")
 
     p = sub.add_parser("search", help="retrieve passages without generating", description="Show the passages retrieval finds for a query.")

@@ -48,7 +48,7 @@ class Settings:
     # Passages below this cosine similarity are left out of the prompt (the best one always stays):
     # small models copy from whatever they are shown, relevant or not.
     min_score: float = 0.2
-    max_new_tokens: int = 200
+    max_new_tokens: int = 128
     max_file_mb: int = 50
     extra: dict = field(default_factory=dict)
 
@@ -73,7 +73,7 @@ def load_settings(**overrides) -> Settings:
         chunk_overlap=_env_int("LAB_CHUNK_OVERLAP", 30),
         top_k=_env_int("LAB_TOP_K", 4),
         min_score=float(os.environ.get("LAB_MIN_SCORE") or 0.2),
-        max_new_tokens=_env_int("LAB_MAX_NEW_TOKENS", 200),
+        max_new_tokens=_env_int("LAB_MAX_NEW_TOKENS", 128),
         max_file_mb=_env_int("LAB_MAX_FILE_MB", 50),
     )
     return settings.with_(**overrides) if overrides else settings

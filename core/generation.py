@@ -14,7 +14,7 @@ from core.models import Generator
 
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int = 200
+    max_new_tokens: int = 128
     temperature: float = 0.0  # 0 means greedy: the same question gives the same answer
     top_p: float = 0.9
     repetition_penalty: float = 1.0  # >1 made the small model paraphrase away from the passages

@@ -201,8 +201,9 @@ class Store:
     def require_kb(self, kb: str) -> str:
         kb = check_kb_name(kb)
         if not self.has_kb(kb):
-            known = ", ".join(self.kb_names()) or "none yet"
-            raise InputError(f"no such knowledge base (existing: {known})", subject=kb)
+            known = ", ".join(self.kb_names())
+            hint = f"existing: {known}" if known else "none exists yet: add documents first, which creates it"
+            raise InputError(f"no such knowledge base ({hint})", subject=kb)
         return kb
 
     def create_kb(self, kb: str) -> str:

@@ -36,7 +36,9 @@ def build(lab: Lab) -> None:
             )
         uploads = gr.File(label="Documents to add", file_count="multiple", type="filepath", elem_id="kb-upload")
         add = gr.Button("Add to knowledge base", variant="primary", elem_id="kb-add")
-        status = gr.Markdown(elem_id="kb-status")
+        # Progress is drawn here only (not over every output), so the area keeps some height.
+        status = gr.Markdown("Choose one or more files above, then press **Add to knowledge base**.",
+                             elem_id="kb-status", min_height=60)
         table = gr.Dataframe(
             headers=FILE_HEADERS, value=file_rows(lab, DEFAULT_KB), interactive=False,
             label="Stored in this knowledge base", elem_id="kb-files",
@@ -75,8 +77,8 @@ def build(lab: Lab) -> None:
 
         # Writes share one queue slot: the store has one writer anyway, and waiting users see their place.
         add.click(add_files, [uploads, kb], [status, uploads, kb, table, to_delete],
-                  api_name="add_files", concurrency_id="kb_write", concurrency_limit=1)
+                  api_name="add_files", concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status])
         delete.click(delete_file, [kb, to_delete], [status, kb, table, to_delete],
-                     api_name="delete_file", concurrency_id="kb_write", concurrency_limit=1)
+                     api_name="delete_file", concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status])
         kb.change(lambda name: refresh(name)[1:], [kb], [table, to_delete], api_visibility="private")
         tab.select(refresh, [kb], [kb, table, to_delete], api_visibility="private")
