@@ -42,12 +42,14 @@ class AnswerEvent:
 
 
 def relevant(hits: list[Hit], min_score: float) -> list[Hit]:
-    """The hits worth showing the model: those at or above min_score, and always the best one."""
-    return [h for i, h in enumerate(hits) if i == 0 or h.score >= min_score]
+    """The hits worth showing the model: the best one, those at or above min_score, and keyword matches
+    (an exact name or number can matter even where the embedding sees little similarity)."""
+    return [h for i, h in enumerate(hits) if i == 0 or h.score >= min_score or h.keyword_rank is not None]
 
 
 def hit_to_source(hit: Hit) -> dict:
-    return {"file": hit.file, "page": hit.page, "score": round(hit.score, 4), "text": hit.text}
+    found_by = [name for name, rank in (("vector", hit.vector_rank), ("keyword", hit.keyword_rank)) if rank]
+    return {"file": hit.file, "page": hit.page, "score": round(hit.score, 4), "text": hit.text, "found_by": found_by}
 
 
 class Lab:
@@ -124,7 +126,7 @@ class Lab:
         embedder = self.embedder  # loaded before the clock starts: timings measure retrieval, not loading
         t0 = time.perf_counter()
         vector = embedder.encode([question], normalize_embeddings=True, convert_to_numpy=True)[0]
-        hits = self.store.query(kb, vector.tolist(), top_k)
+        hits = self.store.query(kb, vector.tolist(), top_k, text=question)
         return hits, (time.perf_counter() - t0) * 1000
 
     def ask_stream(

@@ -45,8 +45,10 @@ class Hit:
     text: str
     file: str
     page: str
-    score: float  # cosine similarity in [-1, 1]
+    score: float  # cosine similarity in [-1, 1], for every hit, however it was found
     chunk_id: str
+    vector_rank: int | None = None  # 1-based rank in vector search, None if not among its candidates
+    keyword_rank: int | None = None  # 1-based rank in BM25 search, None if no query word matched
 
 
 def check_kb_name(name: str) -> str:
@@ -102,6 +104,7 @@ class Store:
         self._thread_lock = threading.RLock()
         self._client = None
         self._seen_generation = None
+        self._keyword_indexes: dict[str, tuple[str, object]] = {}  # kb -> (store generation, KeywordIndex)
         data_dir.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.executescript(
@@ -295,19 +298,50 @@ class Store:
         return len(pending)
 
     # ---- retrieval ----------------------------------------------------------------------------
-    def query(self, kb: str, embedding: list[float], top_k: int) -> list[Hit]:
+    def keyword_index(self, kb: str):
+        """The knowledge base's BM25 index, rebuilt after any write to the store (by any process)."""
+        from core.retrieval import KeywordIndex
+
+        generation = self._read_generation()
+        cached = self._keyword_indexes.get(kb)
+        if cached is None or cached[0] != generation:
+            got = self._collection(kb).get(include=["documents"])
+            cached = (generation, KeywordIndex.build(got["ids"], got["documents"]))
+            self._keyword_indexes[kb] = cached
+        return cached[1]
+
+    def query(self, kb: str, embedding: list[float], top_k: int, text: str | None = None) -> list[Hit]:
+        """Top passages: vector search, merged with BM25 keyword search by reciprocal rank fusion when `text` is given."""
         import math
 
         from llama_index.core.vector_stores.types import VectorStoreQuery
 
+        from core.retrieval import reciprocal_rank_fusion
+
         kb = self.require_kb(kb)
         if self.chunk_count(kb) == 0:
             return []
-        result = self._vector_store(kb).query(VectorStoreQuery(query_embedding=embedding, similarity_top_k=top_k))
-        hits = []
-        for node, similarity in zip(result.nodes, result.similarities):
+        candidates = top_k if text is None else max(4 * top_k, 20)
+        result = self._vector_store(kb).query(VectorStoreQuery(query_embedding=embedding, similarity_top_k=candidates))
+        by_id: dict[str, Hit] = {}
+        for rank, (node, similarity) in enumerate(zip(result.nodes, result.similarities), start=1):
             # llama-index reports exp(-distance); with Chroma's cosine space distance = 1 - cosine.
             cosine = 1.0 + math.log(similarity) if similarity > 0 else -1.0
             meta = node.metadata or {}
-            hits.append(Hit(node.get_content(), meta.get("file", "?"), str(meta.get("page", "")), cosine, node.node_id))
-        return hits
+            by_id[node.node_id] = Hit(node.get_content(), meta.get("file", "?"), str(meta.get("page", "")), cosine,
+                                      node.node_id, vector_rank=rank)
+        vector_ranking = list(by_id)
+        if text is None:
+            return [by_id[i] for i in vector_ranking[:top_k]]
+        keyword_ranking = [chunk_id for chunk_id, _ in self.keyword_index(kb).search(text, candidates)]
+        chosen = [chunk_id for chunk_id, _ in reciprocal_rank_fusion([vector_ranking, keyword_ranking])[:top_k]]
+        missing = [chunk_id for chunk_id in chosen if chunk_id not in by_id]
+        if missing:  # found by keywords alone: fetch them, and score them by cosine like the rest
+            got = self._collection(kb).get(ids=missing, include=["documents", "metadatas", "embeddings"])
+            for chunk_id, doc, meta, vector in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"]):
+                cosine = float(sum(a * b for a, b in zip(embedding, vector)))  # both are unit length
+                by_id[chunk_id] = Hit(doc, meta.get("file", "?"), str(meta.get("page", "")), cosine, chunk_id)
+        for rank, chunk_id in enumerate(keyword_ranking, start=1):
+            if chunk_id in by_id:
+                by_id[chunk_id].keyword_rank = rank
+        return [by_id[chunk_id] for chunk_id in chosen]

@@ -218,7 +218,8 @@ def test_browser_upload_pdf_then_compare(app_server, client, page, tmp_path):
     cited = [r for r in sources if r[1] == pdf.name]
     assert cited, sources
     assert cited[0][2] == "1", cited  # page
-    assert "Tessaly Brandt" in cited[0][4], cited
+    assert "vector" in cited[0][4], cited  # found by
+    assert "Tessaly Brandt" in cited[0][5], cited  # passage
 
 
 @pytest.mark.browser

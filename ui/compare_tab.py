@@ -42,7 +42,8 @@ def build(lab: Lab) -> None:
                 rag_answer = gr.Markdown(elem_id="answer-rag", min_height=80)
                 rag_stats = gr.Markdown(elem_id="stats-rag")
         sources = gr.Dataframe(headers=SOURCES_HEADERS, interactive=False, wrap=True, elem_id="sources",
-                               label="Sources the RAG answer read (score = cosine similarity, 1 is identical)")
+                               label="Sources the RAG answer read (score: cosine similarity, 1 is identical; found by meaning "
+                                     "(vector) and/or by shared words (keyword))")
 
         def answer(q, kb_name, k, max_new):
             if not (q or "").strip():

@@ -27,7 +27,10 @@ def timing_line(timings: dict) -> str:
 
 
 def sources_rows(sources: list[dict]) -> list[list]:
-    return [[i, s["file"], s["page"] or "–", round(s["score"], 3), s["text"]] for i, s in enumerate(sources, 1)]
+    return [
+        [i, s["file"], s["page"] or "–", round(s["score"], 3), " + ".join(s.get("found_by", [])), s["text"]]
+        for i, s in enumerate(sources, 1)
+    ]
 
 
-SOURCES_HEADERS = ["#", "File", "Page", "Score", "Passage"]
+SOURCES_HEADERS = ["#", "File", "Page", "Score", "Found by", "Passage"]
