@@ -104,7 +104,7 @@ class Store:
         self._thread_lock = threading.RLock()
         self._client = None
         self._seen_generation = None
-        self._keyword_indexes: dict[str, tuple[str, object]] = {}  # kb -> (store generation, KeywordIndex)
+        self._keyword_indexes: dict[str, tuple[frozenset, object]] = {}  # kb -> (listed ingest ids, KeywordIndex)
         data_dir.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.executescript(
@@ -298,15 +298,22 @@ class Store:
         return len(pending)
 
     # ---- retrieval ----------------------------------------------------------------------------
-    def keyword_index(self, kb: str):
-        """The knowledge base's BM25 index, rebuilt after any write to the store (by any process)."""
+    def listed_ingest_ids(self, kb: str) -> frozenset:
+        """Ingest ids of the files the catalog lists: only their chunks may be searched (not half-written ones)."""
+        with self._db() as db:
+            return frozenset(row[0] for row in db.execute("SELECT ingest_id FROM files WHERE kb=?", (kb,)))
+
+    def keyword_index(self, kb: str, listed: frozenset | None = None):
+        """The knowledge base's BM25 index, rebuilt only when its list of files has changed (in any process)."""
         from core.retrieval import KeywordIndex
 
-        generation = self._read_generation()
+        listed = self.listed_ingest_ids(kb) if listed is None else listed
         cached = self._keyword_indexes.get(kb)
-        if cached is None or cached[0] != generation:
-            got = self._collection(kb).get(include=["documents"])
-            cached = (generation, KeywordIndex.build(got["ids"], got["documents"]))
+        if cached is None or cached[0] != listed:
+            got = self._collection(kb).get(include=["documents", "metadatas"])
+            keep = [i for i, meta in enumerate(got["metadatas"]) if meta.get("ingest_id") in listed]
+            index = KeywordIndex.build([got["ids"][i] for i in keep], [got["documents"][i] for i in keep])
+            cached = (listed, index)
             self._keyword_indexes[kb] = cached
         return cached[1]
 
@@ -319,21 +326,24 @@ class Store:
         from core.retrieval import reciprocal_rank_fusion
 
         kb = self.require_kb(kb)
-        if self.chunk_count(kb) == 0:
+        listed = self.listed_ingest_ids(kb)
+        if not listed:
             return []
-        candidates = top_k if text is None else max(4 * top_k, 20)
+        candidates = max(4 * top_k, 20)
         result = self._vector_store(kb).query(VectorStoreQuery(query_embedding=embedding, similarity_top_k=candidates))
         by_id: dict[str, Hit] = {}
-        for rank, (node, similarity) in enumerate(zip(result.nodes, result.similarities), start=1):
+        for node, similarity in zip(result.nodes, result.similarities):
             # llama-index reports exp(-distance); with Chroma's cosine space distance = 1 - cosine.
             cosine = 1.0 + math.log(similarity) if similarity > 0 else -1.0
             meta = node.metadata or {}
+            if meta.get("ingest_id") not in listed:
+                continue  # a file still being written (or left by a killed ingest): not searchable yet
             by_id[node.node_id] = Hit(node.get_content(), meta.get("file", "?"), str(meta.get("page", "")), cosine,
-                                      node.node_id, vector_rank=rank)
+                                      node.node_id, vector_rank=len(by_id) + 1)
         vector_ranking = list(by_id)
         if text is None:
             return [by_id[i] for i in vector_ranking[:top_k]]
-        keyword_ranking = [chunk_id for chunk_id, _ in self.keyword_index(kb).search(text, candidates)]
+        keyword_ranking = [chunk_id for chunk_id, _ in self.keyword_index(kb, listed).search(text, candidates)]
         chosen = [chunk_id for chunk_id, _ in reciprocal_rank_fusion([vector_ranking, keyword_ranking])[:top_k]]
         missing = [chunk_id for chunk_id in chosen if chunk_id not in by_id]
         if missing:  # found by keywords alone: fetch them, and score them by cosine like the rest

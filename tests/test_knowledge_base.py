@@ -101,6 +101,9 @@ def test_interrupted_ingest_is_cleaned_up_on_next_open(lab, handbook, data_dir):
     store._vector_store("default").add(nodes)
     listed_chunks = lab.kb_show("default")["chunks"]
     assert store.chunk_count("default") == listed_chunks + len(nodes)
+    # Until recovery runs, the half-written chunks are in Chroma but never searchable (vector or keyword).
+    hits, _ = lab.search("Zorblat Institute founded Mirela Quanz", top_k=10)
+    assert hits and {h.file for h in hits} == {"handbook.md"}
     assert store.recover() == 1  # what opening the store does at start-up
     assert store.chunk_count("default") == listed_chunks
     assert [f["file"] for f in lab.kb_show("default")["files"]] == ["handbook.md"]
