@@ -50,6 +50,8 @@ class Settings:
     min_score: float = 0.2
     max_new_tokens: int = 128
     max_file_mb: int = 50
+    # A Chroma server (e.g. http://127.0.0.1:8000) instead of the embedded on-disk store, to scale out.
+    chroma_url: str | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -75,5 +77,6 @@ def load_settings(**overrides) -> Settings:
         min_score=float(os.environ.get("LAB_MIN_SCORE") or 0.2),
         max_new_tokens=_env_int("LAB_MAX_NEW_TOKENS", 128),
         max_file_mb=_env_int("LAB_MAX_FILE_MB", 50),
+        chroma_url=os.environ.get("LAB_CHROMA_URL") or None,
     )
     return settings.with_(**overrides) if overrides else settings

@@ -55,7 +55,7 @@ def hit_to_source(hit: Hit) -> dict:
 class Lab:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or load_settings()
-        self.store = open_store(self.settings.data_dir)
+        self.store = open_store(self.settings.data_dir, self.settings.chroma_url)
 
     # ---- models (loaded lazily, once per process) ------------------------------------------
     @property
@@ -80,6 +80,7 @@ class Lab:
             "embed_model": describe_model(self.settings.embed_model),
             "device": self.settings.resolved_device,
             "data_dir": str(self.settings.data_dir),
+            "vector_store": self.settings.chroma_url or f"embedded Chroma in {self.settings.data_dir / 'chroma'}",
         }
 
     # ---- knowledge bases ----------------------------------------------------------------------

@@ -21,11 +21,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import InputError
+from core.errors import InputError, LabError
 
 DEFAULT_KB = "default"
 _KB_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,60}[A-Za-z0-9])?$")
-_stores: dict[Path, "Store"] = {}
+_stores: dict[tuple, "Store"] = {}
 _stores_lock = threading.Lock()
 
 
@@ -61,13 +61,32 @@ def check_kb_name(name: str) -> str:
     return name
 
 
-def open_store(data_dir: Path) -> "Store":
-    """One Store object per data dir per process (they share Chroma's in-process system anyway)."""
-    data_dir = Path(data_dir).resolve()
+def open_store(data_dir: Path, chroma_url: str | None = None) -> "Store":
+    """One Store object per data dir (and Chroma server) per process: they share Chroma's in-process system anyway."""
+    key = (Path(data_dir).resolve(), chroma_url)
     with _stores_lock:
-        if data_dir not in _stores:
-            _stores[data_dir] = Store(data_dir)
-        return _stores[data_dir]
+        if key not in _stores:
+            _stores[key] = Store(key[0], chroma_url)
+        return _stores[key]
+
+
+def _http_client(url: str):
+    from urllib.parse import urlparse
+
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    parsed = urlparse(url if "://" in url else f"http://{url}")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise InputError("LAB_CHROMA_URL must look like http://HOST:PORT", subject=url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 8000)
+    try:
+        client = chromadb.HttpClient(host=parsed.hostname, port=port, ssl=parsed.scheme == "https",
+                                     settings=ChromaSettings(anonymized_telemetry=False))
+        client.heartbeat()
+    except Exception as exc:  # noqa: BLE001 - chromadb raises several connection error types
+        raise LabError(f"cannot reach the Chroma server at {url}: {exc}") from None
+    return client
 
 
 class _RefuseEmbedding:
@@ -95,8 +114,15 @@ class _RefuseEmbedding:
 
 
 class Store:
-    def __init__(self, data_dir: Path):
+    """Chroma for chunks and vectors; a SQLite catalog (in data_dir) for knowledge bases, files and the write lock.
+
+    With `chroma_url`, vectors live in a Chroma server (scale-out); app processes that share the server also share
+    one data_dir, which holds the catalog and the lock.
+    """
+
+    def __init__(self, data_dir: Path, chroma_url: str | None = None):
         self.data_dir = data_dir
+        self.chroma_url = chroma_url
         self.chroma_dir = data_dir / "chroma"
         self.catalog_path = data_dir / "catalog.sqlite"
         self._generation_path = data_dir / "store.generation"
@@ -162,6 +188,10 @@ class Store:
         from chromadb.config import Settings as ChromaSettings
 
         with self._thread_lock:
+            if self.chroma_url:
+                if self._client is None:  # a server is always current: no reopening needed
+                    self._client = _http_client(self.chroma_url)
+                return self._client
             generation = self._read_generation()
             if self._client is not None and generation != self._seen_generation:
                 identifier = str(self.chroma_dir)
