@@ -103,6 +103,9 @@ class Lab:
     def kb_create(self, kb: str) -> str:
         return self.store.create_kb(kb)
 
+    def kb_rename(self, kb: str, new_name: str) -> str:
+        return self.store.rename_kb(kb, new_name)
+
     def kb_delete(self, kb: str) -> None:
         self.store.delete_kb(kb)
 

@@ -247,6 +247,22 @@ class Store:
                 db.execute("INSERT OR IGNORE INTO kbs (name, created) VALUES (?, ?)", (kb, time.time()))
         return kb
 
+    def rename_kb(self, kb: str, new_name: str) -> str:
+        kb = self.require_kb(kb)
+        new_name = check_kb_name(new_name)
+        if new_name == kb:
+            return kb
+        with self.writing():
+            if self.has_kb(new_name):
+                raise InputError("a knowledge base with this name already exists", subject=new_name)
+            self._collection(kb).modify(name=f"kb_{new_name}")
+            with self._db() as db:  # one transaction: the catalog never shows half a rename
+                db.execute("UPDATE kbs SET name=? WHERE name=?", (new_name, kb))
+                db.execute("UPDATE files SET kb=? WHERE kb=?", (new_name, kb))
+                db.execute("UPDATE pending SET kb=? WHERE kb=?", (new_name, kb))
+            self._keyword_indexes.pop(kb, None)
+        return new_name
+
     def delete_kb(self, kb: str) -> None:
         kb = self.require_kb(kb)
         with self.writing():

@@ -127,6 +127,19 @@ def test_store_survives_reopen(lab, handbook, data_dir):
     assert json.loads(shown.stdout)["files"][0]["file"] == "handbook.md"
 
 
+def test_rename_keeps_files_and_search(lab, handbook):
+    lab.ingest([handbook], kb="drafts")
+    assert lab.kb_rename("drafts", "handbooks") == "handbooks"
+    assert [kb["name"] for kb in lab.kb_list()] == ["handbooks"]
+    assert [f["file"] for f in lab.kb_show("handbooks")["files"]] == ["handbook.md"]
+    assert lab.search("Mirela Quanz", kb="handbooks", top_k=1)[0][0].file == "handbook.md"
+    lab.kb_create("other")
+    with pytest.raises(InputError, match="already exists"):
+        lab.kb_rename("handbooks", "other")
+    with pytest.raises(InputError, match="no such knowledge base"):
+        lab.kb_rename("drafts", "x1")
+
+
 def test_kb_names_are_checked(lab):
     for bad in ["", "a b", "../x", "-x", "x" * 80]:
         with pytest.raises(InputError, match="knowledge base name"):
