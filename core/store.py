@@ -356,12 +356,28 @@ class Store:
         listed = self.listed_ingest_ids(kb) if listed is None else listed
         cached = self._keyword_indexes.get(kb)
         if cached is None or cached[0] != listed:
-            got = self._collection(kb).get(include=["documents", "metadatas"])
-            keep = [i for i, meta in enumerate(got["metadatas"]) if meta.get("ingest_id") in listed]
-            index = KeywordIndex.build([got["ids"][i] for i in keep], [got["documents"][i] for i in keep])
+            ids, texts = [], []
+            for page in self._all_chunks(kb):
+                for chunk_id, text, meta in zip(page["ids"], page["documents"], page["metadatas"]):
+                    if meta.get("ingest_id") in listed:
+                        ids.append(chunk_id)
+                        texts.append(text)
+            index = KeywordIndex.build(ids, texts)
             cached = (listed, index)
             self._keyword_indexes[kb] = cached
         return cached[1]
+
+    def _all_chunks(self, kb: str, page_size: int = 5000):
+        """Every chunk's text and metadata, in pages: one get() of a large collection fails in Chroma
+        ("too many SQL variables", seen at 100k chunks)."""
+        collection = self._collection(kb)
+        offset = 0
+        while True:
+            page = collection.get(include=["documents", "metadatas"], limit=page_size, offset=offset)
+            if not page["ids"]:
+                return
+            yield page
+            offset += len(page["ids"])
 
     def query(self, kb: str, embedding: list[float], top_k: int, text: str | None = None) -> list[Hit]:
         """Top passages: vector search, merged with BM25 keyword search by reciprocal rank fusion when `text` is given."""

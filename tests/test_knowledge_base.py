@@ -209,3 +209,13 @@ def test_smoke_questions_all_retrieved_in_top_two(lab):
         hits, _ = lab.search(item["question"], top_k=2)
         assert any(_squash(item["answer"]) in _squash(h.text) for h in hits), item["question"]
         assert {h.file for h in hits} <= {item["pdf"], "UC_Berkeley_short.pdf", "United_States_PDF.pdf"}
+
+
+def test_chunks_are_read_in_pages_covering_every_chunk(lab, tmp_path):
+    """Large collections are read page by page (one get() of 100k chunks fails inside Chroma)."""
+    path = tmp_path / "many.txt"
+    path.write_text(" ".join(f"Fact {i} is about subject {i}." for i in range(800)))
+    [result] = lab.ingest([path])
+    pages = list(lab.store._all_chunks("default", page_size=3))
+    ids = [chunk_id for page in pages for chunk_id in page["ids"]]
+    assert len(pages) == -(-result.chunks // 3) and len(ids) == len(set(ids)) == result.chunks
