@@ -193,7 +193,9 @@ class Store:
                     self._client = _http_client(self.chroma_url)
                 return self._client
             generation = self._read_generation()
-            if self._client is not None and generation != self._seen_generation:
+            if self._client is None or generation != self._seen_generation:
+                # Chroma caches one system per path in the process; a cached one may predate another
+                # process's writes, so a new client always starts from a fresh system.
                 identifier = str(self.chroma_dir)
                 system = SharedSystemClient._identifier_to_system.pop(identifier, None)
                 SharedSystemClient._identifier_to_refcount.pop(identifier, None)
