@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 
+from core.documents import cite
 from core.errors import LabError
 from core.store import DEFAULT_KB
 
@@ -25,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="RAG & Fine-Tune Lab engine.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("ingest", help="add files to a knowledge base", description="Add PDF, .txt and .md files to a knowledge base (created if missing). Re-adding identical content is a no-op; a changed file replaces its older version.")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p = sub.add_parser("ingest", help="add files or web pages to a knowledge base", description="Add files (PDF, .txt, .md, .html, .docx, .csv) or web pages by http(s) URL to a knowledge base (created if missing). A URL is fetched and its main text kept; it is stored under a name made from the URL. Re-adding identical content is a no-op; a changed file replaces its older version.")
+    p.add_argument("paths", nargs="+", metavar="PATH_OR_URL", help="a file, or a web address starting with http:// or https://")
     p.add_argument("--kb", default=DEFAULT_KB, help=f"knowledge base name (default: {DEFAULT_KB})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("kb", help="list, show, create or delete knowledge bases", description="Manage knowledge bases.")
+    p = sub.add_parser("kb", help="list, show, create, rename or delete knowledge bases", description="Manage knowledge bases.")
     kb_sub = p.add_subparsers(dest="kb_command", required=True, metavar="ACTION")
     q = kb_sub.add_parser("list", help="list knowledge bases")
     q.add_argument("--json", action="store_true")
@@ -53,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q = kb_sub.add_parser("create", help="create an empty knowledge base")
     q.add_argument("name")
+    q.add_argument("--json", action="store_true")
+    q = kb_sub.add_parser("rename", help="rename a knowledge base")
+    q.add_argument("name")
+    q.add_argument("new_name")
     q.add_argument("--json", action="store_true")
     q = kb_sub.add_parser("delete", help="delete a knowledge base, or one file from it with --file")
     q.add_argument("name")
@@ -112,8 +117,7 @@ def _ask(lab, args) -> int:
     if answer.sources:
         print("\nSources:")
         for i, s in enumerate(answer.sources, 1):
-            page = f", page {s['page']}" if s["page"] else ""
-            print(f"  [{i}] {s['file']}{page} (score {s['score']:.2f})")
+            print(f"  [{i}] {cite(s['file'], s['page'])} (score {s['score']:.2f})")
     t = answer.timings
     print(f"\n{t['new_tokens']} tokens, first after {t['ttft_ms']:.0f} ms, {t['tokens_per_s']:.1f} tokens/s", file=sys.stderr)
     return EXIT_OK
@@ -127,8 +131,7 @@ def _search(lab, args) -> int:
         _print_json({"query": args.query, "kb": args.kb, "retrieval_ms": round(ms, 1), "hits": [hit_to_source(h) for h in hits]})
         return EXIT_OK
     for i, h in enumerate(hits, 1):
-        page = f", page {h.page}" if h.page else ""
-        print(f"[{i}] {h.file}{page}  score {h.score:.3f}\n    {h.text[:300].replace(chr(10), ' ')}\n")
+        print(f"[{i}] {cite(h.file, h.page)}  score {h.score:.3f}\n    {h.text[:300].replace(chr(10), ' ')}\n")
     print(f"({len(hits)} passages in {ms:.0f} ms)", file=sys.stderr)
     return EXIT_OK
 
@@ -154,6 +157,9 @@ def _kb(lab, args) -> int:
     elif args.kb_command == "create":
         name = lab.kb_create(args.name)
         _print_json({"created": name}) if args.json else print(f"created {name}")
+    elif args.kb_command == "rename":
+        name = lab.kb_rename(args.name, args.new_name)
+        _print_json({"renamed": args.name, "to": name}) if args.json else print(f"renamed {args.name} to {name}")
     elif args.kb_command == "delete":
         if args.file:
             removed = lab.delete_file(args.name, args.file)

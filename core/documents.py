@@ -1,21 +1,41 @@
 """Read a user's file into pages of text, or say exactly why not. No store access here."""
 from __future__ import annotations
 
+import codecs
+import csv
+import io
+import logging
 import re
 import unicodedata
+import zipfile
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 
 from core.errors import InputError
 
-SUPPORTED_SUFFIXES = {".pdf": "PDF", ".txt": "text", ".md": "Markdown", ".markdown": "Markdown"}
+SUPPORTED_SUFFIXES = {
+    ".pdf": "PDF", ".txt": "text", ".md": "Markdown", ".markdown": "Markdown",
+    ".html": "HTML", ".htm": "HTML", ".docx": "Word", ".csv": "CSV",
+}
+CSV_ROWS_PER_PAGE = 50  # a CSV's "pages" are row ranges, so a citation says which rows a passage came from
+# Rows are set apart as paragraphs: the chunker (llama-index SentenceSplitter) splits at "\n\n\n" first and keeps
+# paragraphs that fit whole, so a row is never cut in two and its values never lose their headers.
+ROW_SEPARATOR = "\n\n\n"
 _SAFE_NAME = re.compile(r"[^\w.\- ()+,]+", re.UNICODE)
 
 
 @dataclass
 class Page:
     text: str
-    label: str  # page number for PDFs ("1", "2", ...); "" for files without pages
+    label: str  # page number for PDFs ("1", "2", ...); "rows 1-50" for CSV; "" for files without pages
+
+
+def cite(file: str, label: str) -> str:
+    """How a passage's place is written in prompts and the CLI: "a.pdf, page 3", "t.csv, rows 1-50", "notes.md"."""
+    if not label:
+        return file
+    return f"{file}, page {label}" if label.isdigit() else f"{file}, {label}"
 
 
 def display_name(raw: str) -> str:
@@ -41,7 +61,16 @@ def read_pages(path: Path, name: str, max_mb: int) -> list[Page]:
         raise InputError("the file is empty (0 bytes)", subject=name)
     if size > max_mb * 1024 * 1024:
         raise InputError(f"the file is {size / 1048576:.1f} MB, over the {max_mb} MB limit", subject=name)
-    pages = _read_pdf(path, name) if suffix == ".pdf" else [Page(_read_text(path, name), "")]
+    if suffix == ".pdf":
+        pages = _read_pdf(path, name)
+    elif suffix in (".html", ".htm"):
+        pages = [Page(_read_html(path, name), "")]
+    elif suffix == ".docx":
+        pages = [Page(_read_docx(path, name, max_mb), "")]
+    elif suffix == ".csv":
+        pages = _read_csv(path, name)
+    else:
+        pages = [Page(_read_text(path, name), "")]
     if not any(p.text.strip() for p in pages):
         raise InputError("the file has no text in it", subject=name)
     return pages
@@ -55,12 +84,179 @@ def _read_text(path: Path, name: str) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         pass
+    return _detect_encoding(data, name)
+
+
+def _detect_encoding(data: bytes, name: str) -> str:
     from charset_normalizer import from_bytes
 
     best = from_bytes(data).best()
     if best is None:
         raise InputError("the text encoding could not be detected", subject=name)
     return str(best)
+
+
+# ---- HTML ------------------------------------------------------------------------------------------------------
+# <meta charset="x"> or <meta http-equiv="Content-Type" content="text/html; charset=x">, found in the raw bytes.
+_META_CHARSET = re.compile(rb"""<meta\b[^>]*?charset\s*=\s*["']?\s*([a-z0-9_.:-]+)""", re.IGNORECASE)
+# The HTML standard reads these labels as windows-1252 (a superset), as browsers do.
+_READ_AS_CP1252 = {"iso-8859-1", "iso8859-1", "latin-1", "latin1", "l1", "cp819", "ibm819", "us-ascii", "ascii"}
+_XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>", re.IGNORECASE)
+_BLOCK_TAGS = (
+    "address", "article", "aside", "blockquote", "dd", "details", "div", "dl", "dt", "figcaption", "figure",
+    "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main", "nav", "ol", "p", "pre",
+    "section", "summary", "table", "tr", "ul",
+)
+
+
+def _read_html(path: Path, name: str) -> str:
+    """The page's main text as Markdown (headings, lists, tables kept); scripts, styles and navigation dropped.
+    Nothing in the page is ever run: it is only parsed."""
+    html = _XML_DECLARATION.sub("", _decode_html(path.read_bytes(), name), count=1)
+    import trafilatura
+
+    if logging.getLogger("trafilatura").level == logging.NOTSET:
+        # It logs errors for pages without main text; here those get the fallback below or a clear message.
+        logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
+    try:
+        text = trafilatura.extract(
+            html, output_format="markdown", include_tables=True, include_formatting=True, include_links=False,
+            include_images=False, include_comments=False, favor_recall=True, deduplicate=False,
+        )
+    except (ValueError, TypeError, RecursionError):  # malformed markup trafilatura could not handle
+        text = None
+    if not (text or "").strip():
+        # Pages with no recognisable main text (a bare list, a short notice): take all visible text instead.
+        text = _visible_text(html)
+    if not text.strip():
+        raise InputError("no readable text in the HTML", subject=name)
+    return text.strip()
+
+
+def _decode_html(data: bytes, name: str) -> str:
+    """Bytes to text: a byte-order mark, else valid UTF-8, else the page's <meta charset>, else detection."""
+    for bom, encoding in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            return data.decode(encoding, errors="replace")
+    if b"\x00" in data[:4096]:
+        raise InputError("this looks like a binary file, not HTML", subject=name)
+    try:
+        # Text that is valid UTF-8 and not plain ASCII is practically never in another encoding, even where the
+        # page declares one (a common mistake of servers and templates).
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    declared = _META_CHARSET.search(data[:8192])
+    if declared:
+        label = declared.group(1).decode("ascii").lower()
+        label = "cp1252" if label in _READ_AS_CP1252 else label
+        if not label.startswith(("utf-16", "utf-32")):  # bytes we can read as ASCII cannot be UTF-16
+            try:
+                return data.decode(label)
+            except (LookupError, UnicodeDecodeError):
+                pass  # an unknown or wrong declaration: detect instead
+    return _detect_encoding(data, name)
+
+
+def _visible_text(html: str) -> str:
+    """All text a reader would see, one block per line; scripts, styles and hidden parts removed."""
+    from lxml import etree
+    from lxml import html as lxml_html
+
+    try:
+        root = lxml_html.document_fromstring(html)
+    except (etree.ParserError, ValueError):
+        return ""
+    for element in root.xpath("//script | //style | //noscript | //template | //head | //*[@hidden]"):
+        element.drop_tree()
+    for element in root.iter(*_BLOCK_TAGS, "br", "td", "th"):
+        gap = " " if element.tag in ("td", "th") else "\n"
+        element.tail = gap + (element.tail or "")
+        if element.tag != "br":
+            element.text = gap + (element.text or "")
+    lines = (" ".join(line.split()) for line in root.text_content().splitlines())
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+# ---- Word ------------------------------------------------------------------------------------------------------
+_DOCX_CORRUPT = "the .docx file is corrupt or not a Word document"
+_DOCX_EXPANSION = 10  # the XML inside may be at most this many times the size limit (guards against zip bombs)
+
+
+def _read_docx(path: Path, name: str, max_mb: int) -> str:
+    import xml.etree.ElementTree as ET
+    import zlib
+
+    with path.open("rb") as handle:
+        magic = handle.read(8)
+    if magic.startswith(b"\xd0\xcf\x11\xe0"):  # an OLE container: a password-protected .docx, or an old .doc renamed
+        raise InputError(
+            "this is a password-protected Word document or an old binary .doc; "
+            "save it as .docx without a password and add it again",
+            subject=name,
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {info.filename: info for info in archive.infolist()}
+            if "word/document.xml" not in members:
+                raise InputError(_DOCX_CORRUPT, subject=name)
+            expanded = sum(info.file_size for n, info in members.items() if n.startswith("word/") and n.endswith(".xml"))
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise InputError(_DOCX_CORRUPT, subject=name) from None
+    if expanded > _DOCX_EXPANSION * max_mb * 1024 * 1024:
+        raise InputError(f"the document expands to {expanded / 1048576:.0f} MB of XML, too large to read", subject=name)
+    import docx2txt
+
+    try:
+        text = docx2txt.process(str(path))
+    except RuntimeError:  # zipfile: "File is encrypted, password required"
+        raise InputError("the .docx is password-protected; remove the password and add it again", subject=name) from None
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError, zlib.error, ET.ParseError):
+        raise InputError(_DOCX_CORRUPT, subject=name) from None
+    # docx2txt puts a blank line before every paragraph, table cells included.
+    text = "\n".join(line.rstrip() for line in text.splitlines())
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+# ---- CSV -------------------------------------------------------------------------------------------------------
+def _read_csv(path: Path, name: str) -> list[Page]:
+    """One line per row, "header: value; header: value", so every chunk says what its numbers are;
+    a page per CSV_ROWS_PER_PAGE rows, labelled with its row range (rows counted after the header)."""
+    text = _read_text(path, name).lstrip("\ufeff")
+    if not text.strip():
+        raise InputError("the CSV file has no rows", subject=name)
+    sample = text[:16384]
+    if len(text) > len(sample) and "\n" in sample:
+        sample = sample[: sample.rindex("\n")]  # whole lines only, or the sniffer sees a ragged last row
+    try:
+        dialect = csv.Sniffer().sniff(sample, delimiters=",;\t|")
+    except csv.Error:  # one column, or nothing consistent to go by
+        dialect = csv.excel
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text, newline=""), dialect) if any(cell.strip() for cell in row)]
+    except csv.Error as exc:
+        raise InputError(f"the CSV file could not be parsed ({exc})", subject=name) from None
+    if not rows:
+        raise InputError("the CSV file has no rows", subject=name)
+    header = [" ".join(cell.split()) or f"column {i}" for i, cell in enumerate(rows[0], 1)]
+    data = rows[1:]
+    if not data:
+        raise InputError("the CSV file has only a header row and no data rows", subject=name)
+    pages = []
+    for first in range(0, len(data), CSV_ROWS_PER_PAGE):
+        block = data[first : first + CSV_ROWS_PER_PAGE]
+        lines = [_csv_line(header, row) for row in block]
+        pages.append(Page(ROW_SEPARATOR.join(lines), f"rows {first + 1}-{first + len(block)}"))
+    return pages
+
+
+def _csv_line(header: list[str], row: list[str]) -> str:
+    cells = []
+    for i, (key, value) in enumerate(zip_longest(header, row, fillvalue=""), 1):
+        value = " ".join(value.split())  # a cell with line breaks stays on its row's line
+        if value:
+            cells.append(f"{key or f'column {i}'}: {value}")
+    return "; ".join(cells)
 
 
 def _read_pdf(path: Path, name: str) -> list[Page]:

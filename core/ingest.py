@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -12,6 +13,7 @@ from core.documents import display_name, read_pages
 from core.errors import InputError
 from core.progress import ProgressFn, Stage, silent
 from core.store import FileRecord, Store
+from core.web import fetch_url, looks_like_url
 
 EMBED_BATCH = 64
 
@@ -70,51 +72,62 @@ def ingest_files(
     embedder,
     progress: ProgressFn | None = None,
 ) -> list[IngestResult]:
-    """Ingest each file independently: one bad file is reported and skipped, the others go in."""
+    """Ingest each file independently: one bad file is reported and skipped, the others go in.
+    An item may be a web address (http:// or https://): the page or document is fetched, then read like a file."""
     report = progress or silent
     results: list[IngestResult] = []
     splitter = make_splitter(settings, embedder)
     total = len(paths)
-    for index, raw_path in enumerate(paths):
-        start, end = index / total, (index + 1) / total
-        path = Path(raw_path)
-        t0 = time.perf_counter()
-        try:
-            name = display_name(path.name)
-        except InputError as exc:
-            results.append(IngestResult(str(path.name), "failed", exc.reason))
-            continue
-        try:
-            report(start, f"Reading {name}")
-            pages = read_pages(path, name, settings.max_file_mb)
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            existing = store.file(kb, name) if store.has_kb(kb) else None
-            if existing is not None and existing.sha256 == digest:
-                results.append(IngestResult(name, "unchanged", "already in the knowledge base with the same content",
-                                            existing.pages, existing.chunks))
+    # URLs are downloaded here first, then read like files; the folder goes when the loop ends.
+    with tempfile.TemporaryDirectory(prefix="lab-fetch-") as fetch_dir:
+        for index, raw_path in enumerate(paths):
+            start, end = index / total, (index + 1) / total
+            t0 = time.perf_counter()
+            if looks_like_url(raw_path):
+                report(start, f"Fetching {raw_path.strip()}")
+                try:
+                    path = fetch_url(raw_path, Path(fetch_dir) / str(index), settings.max_file_mb)
+                except InputError as exc:
+                    results.append(IngestResult(raw_path.strip(), "failed", exc.reason))
+                    continue
+            else:
+                path = Path(raw_path)
+            try:
+                name = display_name(path.name)
+            except InputError as exc:
+                results.append(IngestResult(str(path.name), "failed", exc.reason))
                 continue
-            report(start + 0.05 * (end - start), f"Splitting {name}")
-            nodes = split_pages(name, pages, splitter)
-            if not nodes:
-                raise InputError("no text chunks could be made from the file", subject=name)
-            embed_stage = Stage(report, start + 0.1 * (end - start), start + 0.9 * (end - start), f"Embedding {name}: chunk")
-            texts = [node.get_content() for node in nodes]
-            for offset in range(0, len(texts), EMBED_BATCH):
-                batch = texts[offset : offset + EMBED_BATCH]
-                vectors = embedder.encode(batch, batch_size=EMBED_BATCH, normalize_embeddings=True, convert_to_numpy=True)
-                for node, vector in zip(nodes[offset : offset + EMBED_BATCH], vectors):
-                    node.embedding = vector.tolist()
-                embed_stage.update(offset + len(batch), len(texts))
-            report(start + 0.92 * (end - start), f"Writing {name}")
-            if not store.has_kb(kb):
-                store.create_kb(kb)
-            record = FileRecord(kb, name, digest, len(pages), len(nodes), time.time(), uuid.uuid4().hex)
-            store.put_file(record, nodes)
-            status = "updated" if existing is not None else "added"
-            verb = "replaced the older version" if existing is not None else "added"
-            results.append(IngestResult(name, status, f"{verb}: {len(pages)} page(s), {len(nodes)} chunks",
-                                        len(pages), len(nodes), time.perf_counter() - t0))
-        except InputError as exc:
-            results.append(IngestResult(name, "failed", exc.reason))
+            try:
+                report(start, f"Reading {name}")
+                pages = read_pages(path, name, settings.max_file_mb)
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                existing = store.file(kb, name) if store.has_kb(kb) else None
+                if existing is not None and existing.sha256 == digest:
+                    results.append(IngestResult(name, "unchanged", "already in the knowledge base with the same content",
+                                                existing.pages, existing.chunks))
+                    continue
+                report(start + 0.05 * (end - start), f"Splitting {name}")
+                nodes = split_pages(name, pages, splitter)
+                if not nodes:
+                    raise InputError("no text chunks could be made from the file", subject=name)
+                embed_stage = Stage(report, start + 0.1 * (end - start), start + 0.9 * (end - start), f"Embedding {name}: chunk")
+                texts = [node.get_content() for node in nodes]
+                for offset in range(0, len(texts), EMBED_BATCH):
+                    batch = texts[offset : offset + EMBED_BATCH]
+                    vectors = embedder.encode(batch, batch_size=EMBED_BATCH, normalize_embeddings=True, convert_to_numpy=True)
+                    for node, vector in zip(nodes[offset : offset + EMBED_BATCH], vectors):
+                        node.embedding = vector.tolist()
+                    embed_stage.update(offset + len(batch), len(texts))
+                report(start + 0.92 * (end - start), f"Writing {name}")
+                if not store.has_kb(kb):
+                    store.create_kb(kb)
+                record = FileRecord(kb, name, digest, len(pages), len(nodes), time.time(), uuid.uuid4().hex)
+                store.put_file(record, nodes)
+                status = "updated" if existing is not None else "added"
+                verb = "replaced the older version" if existing is not None else "added"
+                results.append(IngestResult(name, status, f"{verb}: {len(pages)} page(s), {len(nodes)} chunks",
+                                            len(pages), len(nodes), time.perf_counter() - t0))
+            except InputError as exc:
+                results.append(IngestResult(name, "failed", exc.reason))
     report(1.0, "Done")
     return results

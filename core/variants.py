@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.documents import cite
 from core.errors import InputError
 from core.store import Hit
 
@@ -26,7 +27,7 @@ class Variant:
         messages = []
         if self.uses_retrieval:
             numbered = "\n\n".join(
-                f"[{i}] ({hit.file}{', page ' + hit.page if hit.page else ''})\n{hit.text}"
+                f"[{i}] ({cite(hit.file, hit.page)})\n{hit.text}"
                 for i, hit in enumerate(passages, start=1)
             )
             messages.append({"role": "system", "content": system_prompt or RAG_SYSTEM_PROMPT})

@@ -263,3 +263,13 @@ def test_client_can_use_a_knowledge_base_created_after_start(app_server, client,
     assert [row[1] for row in table_data(sources)][0] == "orchard.txt"
     assert "tokens/s" in rag_stats
     assert stored_files(app_server, "orchards") == ["orchard.txt"]
+
+
+def test_client_renames_a_knowledge_base(app_server, client, tmp_path):
+    notes = tmp_path / "rename_me.txt"
+    notes.write_text("The Vellum Society meets on the first Thursday of every month.")
+    client.predict([handle_file(str(notes))], "to-rename", api_name="/add_files")
+    status, *_ = client.predict("to-rename", "renamed-kb", api_name="/rename_kb")
+    assert "renamed-kb" in status
+    assert stored_files(app_server, "renamed-kb") == ["rename_me.txt"]
+    assert stored_files(app_server, "to-rename") == []

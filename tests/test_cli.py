@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT, run_cli, subprocess_env
 
-COMMANDS = [[], ["ingest"], ["ask"], ["search"], ["kb"], ["kb", "list"], ["kb", "show"], ["kb", "create"], ["kb", "delete"], ["info"]]
+COMMANDS = [[], ["ingest"], ["ask"], ["search"], ["kb"], ["kb", "list"], ["kb", "show"], ["kb", "create"], ["kb", "rename"], ["kb", "delete"], ["info"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
@@ -30,9 +30,11 @@ def test_ingest_ask_kb_roundtrip(handbook, data_dir, tmp_path):
 
     listed = json.loads(run_cli(["kb", "list", "--json"], data_dir).stdout)
     assert listed["knowledge_bases"][0]["name"] == "default" and listed["knowledge_bases"][0]["files"] == 1
-    gone = run_cli(["kb", "delete", "default", "--file", "handbook.md", "--json"], data_dir)
+    renamed = run_cli(["kb", "rename", "default", "handbooks", "--json"], data_dir)
+    assert renamed.returncode == 0 and json.loads(renamed.stdout) == {"renamed": "default", "to": "handbooks"}
+    gone = run_cli(["kb", "delete", "handbooks", "--file", "handbook.md", "--json"], data_dir)
     assert gone.returncode == 0 and json.loads(gone.stdout)["file"] == "handbook.md"
-    assert json.loads(run_cli(["kb", "show", "default", "--json"], data_dir).stdout)["files"] == []
+    assert json.loads(run_cli(["kb", "show", "handbooks", "--json"], data_dir).stdout)["files"] == []
 
 
 def test_errors_are_clear_with_exit_codes(data_dir, tmp_path):

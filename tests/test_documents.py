@@ -96,3 +96,11 @@ def test_real_wikipedia_pdf(tmp_path):
 def test_real_ligature_pdf_reads_words():
     text = read_pages(SHARED_DATA / "pdfs" / "crazyones.pdf", "crazyones.pdf", 50)[0].text
     assert "misfits" in text.lower()
+
+
+def test_citations_read_naturally():
+    from core.documents import cite
+
+    assert cite("a.pdf", "3") == "a.pdf, page 3"
+    assert cite("t.csv", "rows 1-50") == "t.csv, rows 1-50"
+    assert cite("notes.md", "") == "notes.md"

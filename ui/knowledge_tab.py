@@ -1,4 +1,4 @@
-"""Knowledge base tab: upload documents, watch them being indexed, see and delete what is stored."""
+"""Knowledge base tab: upload documents or give web addresses, watch them being indexed, see and delete what is stored."""
 from __future__ import annotations
 
 import gradio as gr
@@ -6,6 +6,7 @@ import gradio as gr
 from core.errors import LabError
 from core.lab import Lab
 from core.store import DEFAULT_KB
+from core.web import as_url
 from ui.formatting import STATUS_LABEL, escape
 
 FILE_HEADERS = ["File", "Pages", "Chunks", "Added"]
@@ -27,7 +28,9 @@ def build(lab: Lab) -> None:
         gr.Markdown(
             "Add your documents here. They are split into short passages, embedded, and stored on this machine "
             "so the **RAG** answers in the *Compare* tab can quote them. Supported: **PDF** (with a text layer), "
-            "**.txt**, **.md**. Uploading the same file again changes nothing; a changed file replaces its old version."
+            "**.txt**, **.md**, **.html**, **.docx** (Word) and **.csv**, and **web pages** by address (their main "
+            "text is kept; menus and scripts are dropped). Adding the same content again changes nothing; "
+            "a changed file or page replaces its old version."
         )
         with gr.Row():
             kb = gr.Dropdown(
@@ -35,9 +38,12 @@ def build(lab: Lab) -> None:
                 info="Pick one, or type a new name to create it when you add files.", scale=2,
             )
         uploads = gr.File(label="Documents to add", file_count="multiple", type="filepath", elem_id="kb-upload")
+        urls = gr.Textbox(label="Web pages (one URL per line)", value="", lines=2, max_lines=10,
+                          placeholder="https://example.com/page", elem_id="kb-urls")
+        failed_urls = gr.State(None)  # the lines that failed stay in the box to fix; the rest are cleared
         add = gr.Button("Add to knowledge base", variant="primary", elem_id="kb-add")
         # Progress is drawn here only (not over every output), so the area keeps some height.
-        status = gr.Markdown("Choose one or more files above, then press **Add to knowledge base**.",
+        status = gr.Markdown("Choose files or enter web addresses above, then press **Add to knowledge base**.",
                              elem_id="kb-status", min_height=60)
         table = gr.Dataframe(
             headers=FILE_HEADERS, value=file_rows(lab, DEFAULT_KB), interactive=False,
@@ -46,6 +52,10 @@ def build(lab: Lab) -> None:
         with gr.Row():
             to_delete = gr.Dropdown(label="File to delete", choices=[r[0] for r in file_rows(lab, DEFAULT_KB)], scale=3)
             delete = gr.Button("Delete file", variant="stop", scale=1)
+        with gr.Accordion("Rename this knowledge base", open=False):
+            with gr.Row():
+                new_name = gr.Textbox(label="New name", placeholder="letters, digits, '.', '_' or '-'", scale=3)
+                rename = gr.Button("Rename", scale=1)
 
         def refresh(kb_name):
             rows = file_rows(lab, kb_name)
@@ -55,15 +65,18 @@ def build(lab: Lab) -> None:
                 gr.update(choices=[r[0] for r in rows], value=None),
             )
 
-        def add_files(paths, kb_name, progress=gr.Progress()):
-            if not paths:
-                raise gr.Error("Choose one or more files first.")
+        def add_files(paths, kb_name, url_text="", progress=gr.Progress()):
+            # Every line becomes a web address (https:// added if missing), so no line is ever read as a server path.
+            addresses = [as_url(line) for line in (url_text or "").splitlines() if line.strip()]
+            if not paths and not addresses:
+                raise gr.Error("Choose one or more files, or enter web addresses, first.")
             try:
-                results = lab.ingest(paths, kb_name, progress=lambda f, m: progress(f, desc=m))
+                results = lab.ingest([*(paths or []), *addresses], kb_name, progress=lambda f, m: progress(f, desc=m))
             except LabError as exc:
                 raise gr.Error(str(exc)) from None
             lines = [f"**{STATUS_LABEL[r.status]}** · {escape(r.file)}: {escape(r.message)}" for r in results]
-            return ("\n\n".join(lines), None, *refresh(kb_name))
+            failed = {r.file for r in results if r.status == "failed"}
+            return ("\n\n".join(lines), None, *refresh(kb_name), "\n".join(a for a in addresses if a in failed))
 
         def delete_file(kb_name, name):
             if not name:
@@ -72,13 +85,25 @@ def build(lab: Lab) -> None:
                 removed = lab.delete_file(kb_name, name)
             except LabError as exc:
                 raise gr.Error(str(exc)) from None
-            message = f"**Deleted** **{escape(removed['file'])}** ({removed['chunks_removed']} chunks)."
+            message = f"**Deleted** · {escape(removed['file'])} ({removed['chunks_removed']} chunks)."
             return (message, *refresh(kb_name))
 
+        def rename_kb(kb_name, wanted):
+            try:
+                renamed = lab.kb_rename(kb_name, wanted)
+            except LabError as exc:
+                raise gr.Error(str(exc)) from None
+            return (f"**Renamed** · {escape(kb_name)} is now {escape(renamed)}.", *refresh(renamed), "")
+
         # Writes share one queue slot: the store has one writer anyway, and waiting users see their place.
-        add.click(add_files, [uploads, kb], [status, uploads, kb, table, to_delete],
-                  api_name="add_files", concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status])
+        # The URL box is the last input (optional for API clients); it is refilled through a State, which the API
+        # does not show, so /add_files keeps its outputs.
+        add.click(add_files, [uploads, kb, urls], [status, uploads, kb, table, to_delete, failed_urls],
+                  api_name="add_files", concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status]
+                  ).success(lambda left: left, [failed_urls], [urls], api_visibility="private")
         delete.click(delete_file, [kb, to_delete], [status, kb, table, to_delete],
                      api_name="delete_file", concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status])
+        rename.click(rename_kb, [kb, new_name], [status, kb, table, to_delete, new_name],
+                     api_name="rename_kb", concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status])
         kb.change(lambda name: refresh(name)[1:], [kb], [table, to_delete], api_visibility="private")
         tab.select(refresh, [kb], [kb, table, to_delete], api_visibility="private")
