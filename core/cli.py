@@ -102,6 +102,8 @@ def _ingest(lab, args) -> int:
 def _ask(lab, args) -> int:
     from core.generation import GenerationConfig
 
+    if args.max_new_tokens is not None and not 1 <= args.max_new_tokens <= 4096:
+        raise LabError(f"--max-new-tokens must be between 1 and 4096, got {args.max_new_tokens}")
     config = GenerationConfig(max_new_tokens=args.max_new_tokens or lab.settings.max_new_tokens)
     answer = None
     for event in lab.ask_stream(args.question, [args.variant], kb=args.kb, top_k=args.top_k, config=config):

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from core.errors import LabError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,7 +23,17 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+        raise LabError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise LabError(f"{name} must be a number, got {raw!r}") from None
 
 
 def pick_device(preference: str = "auto") -> str:
@@ -52,7 +64,6 @@ class Settings:
     max_file_mb: int = 50
     # A Chroma server (e.g. http://127.0.0.1:8000) instead of the embedded on-disk store, to scale out.
     chroma_url: str | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def resolved_device(self) -> str:
@@ -74,7 +85,7 @@ def load_settings(**overrides) -> Settings:
         chunk_size=_env_int("LAB_CHUNK_SIZE", 200),
         chunk_overlap=_env_int("LAB_CHUNK_OVERLAP", 30),
         top_k=_env_int("LAB_TOP_K", 4),
-        min_score=float(os.environ.get("LAB_MIN_SCORE") or 0.2),
+        min_score=_env_float("LAB_MIN_SCORE", 0.2),
         max_new_tokens=_env_int("LAB_MAX_NEW_TOKENS", 128),
         max_file_mb=_env_int("LAB_MAX_FILE_MB", 50),
         chroma_url=os.environ.get("LAB_CHROMA_URL") or None,

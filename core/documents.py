@@ -44,7 +44,10 @@ def display_name(raw: str) -> str:
     cleaned = _SAFE_NAME.sub("_", base).strip(". ")
     if not cleaned:
         raise InputError("the file name is empty or has no usable characters", subject=repr(raw))
-    return cleaned[:200]
+    if len(cleaned) > 200:  # keep the extension: it decides how the file is read
+        suffix = Path(cleaned).suffix[:20]
+        cleaned = cleaned[: 200 - len(suffix)] + suffix
+    return cleaned
 
 
 def read_pages(path: Path, name: str, max_mb: int) -> list[Page]:

@@ -140,6 +140,10 @@ def _stream_batch(generator: Generator, prompts: list[str], config: GenerationCo
     if sampling:
         kwargs.update(temperature=config.temperature, top_p=config.top_p)
 
+    # Set when the consumer stops reading (a cancelled request, a closed page): generate stops at its next step
+    # instead of running to max_new_tokens beside the next request.
+    stop = threading.Event()
+    kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhenSet(stop)])
     failure: list[BaseException] = []
 
     def run():
@@ -155,41 +159,65 @@ def _stream_batch(generator: Generator, prompts: list[str], config: GenerationCo
     ids: list[list[int]] = [[] for _ in range(rows)]
     texts = ["" for _ in range(rows)]
     finished = [False] * rows
+
+    def final(row: int, when: float) -> RowDone:
+        stats[row].total_s = when
+        texts[row] = tokenizer.decode(ids[row], skip_special_tokens=True)  # whole, incl. any held-back tail
+        return RowDone(row, texts[row], stats[row])
+
     with _generate_lock(generator):
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        while True:
-            step = streamer.queue.get()
-            if step is None:
-                break
-            now = time.perf_counter() - t0
-            for row, token in enumerate(step):
-                if finished[row]:
-                    continue
-                if token in eos:
-                    finished[row] = True
-                    stats[row].total_s = now
-                    yield RowDone(row, texts[row], stats[row])
-                    continue
-                ids[row].append(token)
-                stats[row].new_tokens += 1
-                if stats[row].ttft_s is None:
-                    stats[row].ttft_s = now
-                text = tokenizer.decode(ids[row], skip_special_tokens=True)
-                if text.endswith("\ufffd"):
-                    continue  # half of a multi-byte character; wait for the rest
-                if len(text) > len(texts[row]):
-                    delta, texts[row] = text[len(texts[row]):], text
-                    yield Delta(row, delta)
-        thread.join()
+        try:
+            while True:
+                step = streamer.queue.get()
+                if step is None:
+                    break
+                now = time.perf_counter() - t0
+                for row, token in enumerate(step):
+                    if finished[row]:
+                        continue
+                    if token in eos:
+                        finished[row] = True
+                        yield final(row, now)
+                        continue
+                    ids[row].append(token)
+                    stats[row].new_tokens += 1
+                    if stats[row].ttft_s is None:
+                        stats[row].ttft_s = now
+                    text = tokenizer.decode(ids[row], skip_special_tokens=True)
+                    if text.endswith("\ufffd"):
+                        continue  # half of a multi-byte character; wait for the rest
+                    if len(text) > len(texts[row]):
+                        delta, texts[row] = text[len(texts[row]):], text
+                        yield Delta(row, delta)
+        finally:
+            stop.set()
+            thread.join(timeout=60)
     if failure:
         raise failure[0]
     end = time.perf_counter() - t0
     for row in range(rows):
         if not finished[row]:  # stopped by max_new_tokens
-            stats[row].total_s = end
-            texts[row] = tokenizer.decode(ids[row], skip_special_tokens=True)
-            yield RowDone(row, texts[row], stats[row])
+            yield final(row, end)
+
+
+class _StopWhenSet:
+    """A transformers stopping criterion that ends generation once an event is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def StoppingCriteriaList(criteria):  # noqa: N802 - transformers' class, imported lazily
+    from transformers import StoppingCriteriaList as _List
+
+    return _List(criteria)
 
 
 _locks: dict[int, threading.Lock] = {}

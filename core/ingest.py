@@ -120,7 +120,7 @@ def ingest_files(
                     embed_stage.update(offset + len(batch), len(texts))
                 report(start + 0.92 * (end - start), f"Writing {name}")
                 if not store.has_kb(kb):
-                    store.create_kb(kb)
+                    store.create_kb(kb, settings.embed_model)
                 record = FileRecord(kb, name, digest, len(pages), len(nodes), time.time(), uuid.uuid4().hex)
                 store.put_file(record, nodes)
                 status = "updated" if existing is not None else "added"
@@ -129,5 +129,7 @@ def ingest_files(
                                             len(pages), len(nodes), time.perf_counter() - t0))
             except InputError as exc:
                 results.append(IngestResult(name, "failed", exc.reason))
+            except OSError as exc:  # unreadable file (permissions, vanished): this file fails, the others go on
+                results.append(IngestResult(name, "failed", f"cannot be read ({exc.strerror or exc})"))
     report(1.0, "Done")
     return results

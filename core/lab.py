@@ -69,8 +69,6 @@ class Lab:
     def warm_up(self) -> None:
         """Load both models and run each once, so the first real question is not slowed by first-call costs."""
         self.embedder.encode(["warm up"], normalize_embeddings=True)
-        from core.generation import stream_chat
-
         for _ in stream_chat(self.generator, [[{"role": "user", "content": "Hi"}]], GenerationConfig(max_new_tokens=2)):
             pass
 
@@ -101,7 +99,17 @@ class Lab:
         return {"name": kb, "files": files, "chunks": sum(f["chunks"] for f in files)}
 
     def kb_create(self, kb: str) -> str:
-        return self.store.create_kb(kb)
+        return self.store.create_kb(kb, self.settings.embed_model)
+
+    def _check_embedder(self, kb: str) -> None:
+        """A knowledge base's vectors only make sense with the embedding model that made them."""
+        built_with = self.store.embed_model(kb)
+        if built_with and built_with != self.settings.embed_model:
+            raise InputError(
+                f"built with the embedding model {describe_model(built_with)}, but the app now uses "
+                f"{describe_model(self.settings.embed_model)}; set LAB_EMBED_MODEL back, or use a new knowledge base",
+                subject=kb,
+            )
 
     def kb_rename(self, kb: str, new_name: str) -> str:
         return self.store.rename_kb(kb, new_name)
@@ -117,16 +125,19 @@ class Lab:
         kb = check_kb_name(kb)
         if not paths:
             raise InputError("no files given")
+        if self.store.has_kb(kb):
+            self._check_embedder(kb)
         return ingest_files(paths, kb, self.settings, self.store, self.embedder, progress)
 
     # ---- retrieval and answers ---------------------------------------------------------------
     def search(self, question: str, kb: str = DEFAULT_KB, top_k: int | None = None) -> tuple[list[Hit], float]:
         """Return the top passages and the retrieval time in ms."""
         question = _check_question(question)
-        top_k = top_k or self.settings.top_k
+        top_k = self.settings.top_k if top_k is None else top_k
         if not 1 <= top_k <= 50:
             raise InputError(f"top-k must be between 1 and 50, got {top_k}")
         kb = self.store.require_kb(kb)
+        self._check_embedder(kb)
         embedder = self.embedder  # loaded before the clock starts: timings measure retrieval, not loading
         t0 = time.perf_counter()
         vector = embedder.encode([question], normalize_embeddings=True, convert_to_numpy=True)[0]

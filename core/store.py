@@ -12,6 +12,7 @@ Why it looks like this:
 from __future__ import annotations
 
 import fcntl
+import os
 import re
 import sqlite3
 import threading
@@ -118,6 +119,10 @@ class Store:
 
     With `chroma_url`, vectors live in a Chroma server (scale-out); app processes that share the server also share
     one data_dir, which holds the catalog and the lock.
+
+    Every write changes the catalog first and marks what must go: `pending` holds ingest ids whose chunks must not
+    survive (a file being written, replaced or deleted) and `dropped` holds collections being deleted. The chunks
+    are then written or removed and the mark cleared. Whatever a crash interrupts, `recover` finishes.
     """
 
     def __init__(self, data_dir: Path, chroma_url: str | None = None):
@@ -135,13 +140,15 @@ class Store:
         with self._db() as db:
             db.executescript(
                 """
-                CREATE TABLE IF NOT EXISTS kbs (name TEXT PRIMARY KEY, created REAL NOT NULL);
+                CREATE TABLE IF NOT EXISTS kbs (name TEXT PRIMARY KEY, created REAL NOT NULL,
+                    collection TEXT NOT NULL UNIQUE, embed_model TEXT);
                 CREATE TABLE IF NOT EXISTS files (
                     kb TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL, pages INTEGER NOT NULL,
                     chunks INTEGER NOT NULL, added REAL NOT NULL, ingest_id TEXT NOT NULL,
                     PRIMARY KEY (kb, name));
-                CREATE TABLE IF NOT EXISTS pending (ingest_id TEXT PRIMARY KEY, kb TEXT NOT NULL,
-                    name TEXT NOT NULL, started REAL NOT NULL);
+                CREATE TABLE IF NOT EXISTS pending (ingest_id TEXT PRIMARY KEY, collection TEXT NOT NULL,
+                    started REAL NOT NULL);
+                CREATE TABLE IF NOT EXISTS dropped (collection TEXT PRIMARY KEY, since REAL NOT NULL);
                 """
             )
         self.recover()
@@ -163,10 +170,33 @@ class Store:
             with open(self._lock_path, "a+") as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 try:
+                    self._chroma()  # catch up with other processes' writes before writing on top of them
                     yield
                 finally:
                     self._bump_generation()
                     fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _writing_if_free(self):
+        """The write lock if nobody holds it, else None: a live writer's marks are its own, not leftovers."""
+        if not self._thread_lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            with open(self._lock_path, "a+") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    yield False
+                    return
+                try:
+                    self._chroma()
+                    yield True
+                finally:
+                    self._bump_generation()
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
 
     def _read_generation(self) -> str:
         try:
@@ -175,8 +205,10 @@ class Store:
             return "0"
 
     def _bump_generation(self) -> None:
+        """Tell other processes to reopen Chroma. Writers call it once chunks are written and before the catalog
+        lists them, so a reader that sees the new catalog also reopens and sees the chunks."""
         value = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
-        tmp = self._generation_path.with_suffix(".tmp")
+        tmp = self._generation_path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(value)
         tmp.replace(self._generation_path)
         self._seen_generation = value  # our own write: our client already sees it
@@ -201,8 +233,6 @@ class Store:
                 SharedSystemClient._identifier_to_refcount.pop(identifier, None)
                 if system is not None:
                     system.stop()
-                self._client = None
-            if self._client is None:
                 self._client = chromadb.PersistentClient(
                     path=str(self.chroma_dir),
                     settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False),
@@ -210,19 +240,26 @@ class Store:
                 self._seen_generation = generation
             return self._client
 
-    def _collection(self, kb: str, create: bool = False):
+    def _collection_name(self, kb: str) -> str:
+        with self._db() as db:
+            row = db.execute("SELECT collection FROM kbs WHERE name=?", (kb,)).fetchone()
+        if row is None:
+            raise InputError("no such knowledge base", subject=kb)
+        return row[0]
+
+    def _collection(self, kb: str | None = None, create: bool = False, name: str | None = None):
+        name = name or self._collection_name(kb)
         client = self._chroma()
-        name = f"kb_{kb}"
         if create:
             return client.get_or_create_collection(
                 name, embedding_function=_RefuseEmbedding(), metadata={"hnsw:space": "cosine"}
             )
         return client.get_collection(name, embedding_function=_RefuseEmbedding())
 
-    def _vector_store(self, kb: str, create: bool = False):
+    def _vector_store(self, kb: str):
         from llama_index.vector_stores.chroma import ChromaVectorStore
 
-        return ChromaVectorStore(chroma_collection=self._collection(kb, create=create))
+        return ChromaVectorStore(chroma_collection=self._collection(kb))
 
     # ---- knowledge bases --------------------------------------------------------------------
     def kb_names(self) -> list[str]:
@@ -241,12 +278,21 @@ class Store:
             raise InputError(f"no such knowledge base ({hint})", subject=kb)
         return kb
 
-    def create_kb(self, kb: str) -> str:
+    def embed_model(self, kb: str) -> str | None:
+        """The embedding model a knowledge base was built with: its vectors only make sense with that model."""
+        with self._db() as db:
+            row = db.execute("SELECT embed_model FROM kbs WHERE name=?", (kb,)).fetchone()
+        return row[0] if row else None
+
+    def create_kb(self, kb: str, embed_model: str | None = None) -> str:
         kb = check_kb_name(kb)
         with self.writing():
-            self._collection(kb, create=True)
-            with self._db() as db:
-                db.execute("INSERT OR IGNORE INTO kbs (name, created) VALUES (?, ?)", (kb, time.time()))
+            if not self.has_kb(kb):
+                collection = f"kb_{uuid.uuid4().hex[:16]}"  # not the name: renaming never touches Chroma
+                with self._db() as db:
+                    db.execute("INSERT INTO kbs (name, created, collection, embed_model) VALUES (?, ?, ?, ?)",
+                               (kb, time.time(), collection, embed_model))
+                self._collection(create=True, name=collection)
         return kb
 
     def rename_kb(self, kb: str, new_name: str) -> str:
@@ -257,26 +303,33 @@ class Store:
         with self.writing():
             if self.has_kb(new_name):
                 raise InputError("a knowledge base with this name already exists", subject=new_name)
-            self._collection(kb).modify(name=f"kb_{new_name}")
-            with self._db() as db:  # one transaction: the catalog never shows half a rename
+            with self._db() as db:  # one transaction, catalog only: a rename cannot half-happen
                 db.execute("UPDATE kbs SET name=? WHERE name=?", (new_name, kb))
                 db.execute("UPDATE files SET kb=? WHERE kb=?", (new_name, kb))
-                db.execute("UPDATE pending SET kb=? WHERE kb=?", (new_name, kb))
             self._keyword_indexes.pop(kb, None)
         return new_name
 
     def delete_kb(self, kb: str) -> None:
         kb = self.require_kb(kb)
         with self.writing():
-            client = self._chroma()
-            try:
-                client.delete_collection(f"kb_{kb}")
-            except Exception:  # noqa: BLE001 - already gone is fine
-                pass
+            collection = self._collection_name(kb)
             with self._db() as db:
+                db.execute("INSERT OR IGNORE INTO dropped (collection, since) VALUES (?, ?)", (collection, time.time()))
                 db.execute("DELETE FROM files WHERE kb=?", (kb,))
-                db.execute("DELETE FROM pending WHERE kb=?", (kb,))
+                db.execute("DELETE FROM pending WHERE collection=?", (collection,))
                 db.execute("DELETE FROM kbs WHERE name=?", (kb,))
+            self._keyword_indexes.pop(kb, None)
+            self._drop_collection(collection)
+
+    def _drop_collection(self, collection: str) -> None:
+        from chromadb.errors import NotFoundError
+
+        try:
+            self._chroma().delete_collection(collection)
+        except NotFoundError:
+            pass
+        with self._db() as db:
+            db.execute("DELETE FROM dropped WHERE collection=?", (collection,))
 
     # ---- files --------------------------------------------------------------------------------
     def files(self, kb: str) -> list[FileRecord]:
@@ -288,7 +341,11 @@ class Store:
         return [FileRecord(*row) for row in rows]
 
     def file(self, kb: str, name: str) -> FileRecord | None:
-        return next((f for f in self.files(kb) if f.name == name), None)
+        with self._db() as db:
+            row = db.execute(
+                "SELECT kb, name, sha256, pages, chunks, added, ingest_id FROM files WHERE kb=? AND name=?", (kb, name)
+            ).fetchone()
+        return FileRecord(*row) if row else None
 
     def put_file(self, record: FileRecord, nodes: list) -> None:
         """Store a file's embedded chunks and list it, replacing any older version of the same name.
@@ -296,24 +353,29 @@ class Store:
         `nodes` are llama-index TextNodes with embeddings set; each carries metadata file/page.
         """
         with self.writing():
+            collection = self._collection_name(self.require_kb(record.kb))
             with self._db() as db:
-                db.execute(
-                    "INSERT INTO pending (ingest_id, kb, name, started) VALUES (?, ?, ?, ?)",
-                    (record.ingest_id, record.kb, record.name, time.time()),
-                )
+                db.execute("INSERT INTO pending (ingest_id, collection, started) VALUES (?, ?, ?)",
+                           (record.ingest_id, collection, time.time()))
             for node in nodes:
                 node.metadata["ingest_id"] = record.ingest_id
-            self._vector_store(record.kb, create=True).add(nodes)
+            from llama_index.vector_stores.chroma import ChromaVectorStore
+
+            ChromaVectorStore(chroma_collection=self._collection(name=collection)).add(nodes)
+            self._bump_generation()
             old = self.file(record.kb, record.name)
-            with self._db() as db:
+            with self._db() as db:  # one transaction: the new version listed, the old one marked to go
                 db.execute(
                     "INSERT OR REPLACE INTO files (kb, name, sha256, pages, chunks, added, ingest_id)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (record.kb, record.name, record.sha256, record.pages, record.chunks, record.added, record.ingest_id),
                 )
                 db.execute("DELETE FROM pending WHERE ingest_id=?", (record.ingest_id,))
+                if old is not None:
+                    db.execute("INSERT INTO pending (ingest_id, collection, started) VALUES (?, ?, ?)",
+                               (old.ingest_id, collection, time.time()))
             if old is not None:
-                self._collection(record.kb).delete(where={"ingest_id": old.ingest_id})
+                self._remove_chunks(collection, old.ingest_id)
 
     def delete_file(self, kb: str, name: str) -> FileRecord:
         kb = self.require_kb(kb)
@@ -321,29 +383,48 @@ class Store:
             record = self.file(kb, name)
             if record is None:
                 raise InputError(f"no such file in knowledge base {kb!r}", subject=name)
-            self._collection(kb).delete(where={"ingest_id": record.ingest_id})
-            with self._db() as db:
+            collection = self._collection_name(kb)
+            with self._db() as db:  # unlisted and marked in one transaction; the chunks follow
                 db.execute("DELETE FROM files WHERE kb=? AND name=?", (kb, name))
+                db.execute("INSERT INTO pending (ingest_id, collection, started) VALUES (?, ?, ?)",
+                           (record.ingest_id, collection, time.time()))
+            self._remove_chunks(collection, record.ingest_id)
             return record
+
+    def _remove_chunks(self, collection: str, ingest_id: str) -> None:
+        self._collection(name=collection).delete(where={"ingest_id": ingest_id})
+        with self._db() as db:
+            db.execute("DELETE FROM pending WHERE ingest_id=?", (ingest_id,))
 
     def chunk_count(self, kb: str) -> int:
         return self._collection(kb).count() if self.has_kb(kb) else 0
 
     def recover(self) -> int:
-        """Remove chunks left by ingests that were killed before they finished. Returns how many were cleaned."""
+        """Finish what interrupted writes left: remove marked chunks and collections. Returns how many marks were
+        cleared. Runs only when no one holds the write lock, since a live writer's marks are not leftovers."""
+        from chromadb.errors import NotFoundError
+
         with self._db() as db:
-            pending = db.execute("SELECT ingest_id, kb FROM pending").fetchall()
-        if not pending:
-            return 0
-        with self.writing():
-            for ingest_id, kb in pending:
+            if not db.execute("SELECT (SELECT COUNT(*) FROM pending) + (SELECT COUNT(*) FROM dropped)").fetchone()[0]:
+                return 0
+        cleared = 0
+        with self._writing_if_free() as free:
+            if not free:
+                return 0
+            with self._db() as db:  # read again under the lock
+                pending = db.execute("SELECT ingest_id, collection FROM pending").fetchall()
+                dropped = [row[0] for row in db.execute("SELECT collection FROM dropped")]
+            for ingest_id, collection in pending:
                 try:
-                    self._collection(kb).delete(where={"ingest_id": ingest_id})
-                except Exception:  # noqa: BLE001 - the collection may be gone with its KB
-                    pass
-                with self._db() as db:
-                    db.execute("DELETE FROM pending WHERE ingest_id=?", (ingest_id,))
-        return len(pending)
+                    self._remove_chunks(collection, ingest_id)
+                except NotFoundError:  # its collection is gone: nothing left to remove
+                    with self._db() as db:
+                        db.execute("DELETE FROM pending WHERE ingest_id=?", (ingest_id,))
+                cleared += 1
+            for collection in dropped:
+                self._drop_collection(collection)
+                cleared += 1
+        return cleared
 
     # ---- retrieval ----------------------------------------------------------------------------
     def listed_ingest_ids(self, kb: str) -> frozenset:
@@ -364,9 +445,11 @@ class Store:
                     if meta.get("ingest_id") in listed:
                         ids.append(chunk_id)
                         texts.append(text)
-            index = KeywordIndex.build(ids, texts)
-            cached = (listed, index)
-            self._keyword_indexes[kb] = cached
+            cached = (listed, KeywordIndex.build(ids, texts))
+            with self._db() as db:
+                expected = db.execute("SELECT COALESCE(SUM(chunks), 0) FROM files WHERE kb=?", (kb,)).fetchone()[0]
+            if len(ids) == expected:  # else a write raced this read: build again next time
+                self._keyword_indexes[kb] = cached
         return cached[1]
 
     def _all_chunks(self, kb: str, page_size: int = 5000):
@@ -418,4 +501,5 @@ class Store:
         for rank, chunk_id in enumerate(keyword_ranking, start=1):
             if chunk_id in by_id:
                 by_id[chunk_id].keyword_rank = rank
-        return [by_id[chunk_id] for chunk_id in chosen]
+        # A chunk found by keywords alone may have been deleted since the index was built: skip it.
+        return [by_id[chunk_id] for chunk_id in chosen if chunk_id in by_id]

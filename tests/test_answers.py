@@ -79,3 +79,19 @@ def test_side_by_side_answers_match_single_answers(lab, handbook):
     alone = {v: lab.ask(question, v, config=SHORT).answer for v in ("base", "rag")}
     together = {a.variant: a.answer for a in lab.compare(question, ["base", "rag"], config=SHORT)}
     assert together == alone
+
+
+def test_closing_a_stream_stops_generation_and_frees_the_model(lab):
+    import time
+
+    from core.generation import stream_chat
+
+    stream = stream_chat(lab.generator, [[{"role": "user", "content": "Tell me a very long story."}]],
+                         GenerationConfig(max_new_tokens=400))
+    for count, _ in enumerate(stream):
+        if count == 3:
+            break
+    t0 = time.perf_counter()
+    stream.close()  # what Gradio does when a user cancels or leaves
+    next_answer = lab.ask("Hi", "base", config=GenerationConfig(max_new_tokens=4))
+    assert next_answer.answer and time.perf_counter() - t0 < 10  # not ~40 s of the abandoned 400 tokens

@@ -97,7 +97,7 @@ def test_interrupted_ingest_is_cleaned_up_on_next_open(lab, handbook, data_dir):
         node.embedding = [0.0] * 383 + [1.0]
         node.metadata["ingest_id"] = "dead-ingest"
     with store._db() as db:
-        db.execute("INSERT INTO pending VALUES ('dead-ingest', 'default', 'half.md', 0)")
+        db.execute("INSERT INTO pending VALUES ('dead-ingest', ?, 0)", (store._collection_name("default"),))
     store._vector_store("default").add(nodes)
     listed_chunks = lab.kb_show("default")["chunks"]
     assert store.chunk_count("default") == listed_chunks + len(nodes)
@@ -219,3 +219,21 @@ def test_chunks_are_read_in_pages_covering_every_chunk(lab, tmp_path):
     pages = list(lab.store._all_chunks("default", page_size=3))
     ids = [chunk_id for page in pages for chunk_id in page["ids"]]
     assert len(pages) == -(-result.chunks // 3) and len(ids) == len(set(ids)) == result.chunks
+
+
+def test_a_knowledge_base_remembers_its_embedding_model(lab, handbook, data_dir):
+    from core.lab import Lab
+
+    lab.ingest([handbook])
+    other = Lab(lab.settings.with_(embed_model="sentence-transformers/all-mpnet-base-v2"))
+    with pytest.raises(InputError, match="built with the embedding model all-MiniLM-L6-v2"):
+        other.ingest([handbook])
+    with pytest.raises(InputError, match="built with the embedding model"):
+        other.search("anything")
+
+
+def test_long_names_keep_their_extension():
+    from core.documents import display_name
+
+    name = display_name("x" * 300 + ".pdf")
+    assert len(name) == 200 and name.endswith(".pdf")
