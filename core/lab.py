@@ -1,6 +1,8 @@
 """The engine's front door: everything the UI and the CLI do goes through a Lab."""
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -119,6 +121,7 @@ class Lab:
 
     def delete_file(self, kb: str, name: str) -> dict:
         record = self.store.delete_file(kb, name)
+        self._prepare_keyword_index(kb)
         return {"file": record.name, "chunks_removed": record.chunks}
 
     def ingest(self, paths: list[str | Path], kb: str = DEFAULT_KB, progress: ProgressFn | None = None) -> list[IngestResult]:
@@ -127,7 +130,22 @@ class Lab:
             raise InputError("no files given")
         if self.store.has_kb(kb):
             self._check_embedder(kb)
-        return ingest_files(paths, kb, self.settings, self.store, self.embedder, progress)
+        results = ingest_files(paths, kb, self.settings, self.store, self.embedder, progress)
+        if any(r.status in ("added", "updated") for r in results):
+            self._prepare_keyword_index(kb)
+        return results
+
+    def _prepare_keyword_index(self, kb: str) -> None:
+        """Rebuild the keyword index in the background after a change, so the next question does not wait for it
+        (about 11 s at 100k chunks, see docs/BENCHMARKS.md)."""
+
+        def build():
+            try:
+                self.store.keyword_index(kb)
+            except Exception:  # noqa: BLE001 - a failed warm-up only means the next search builds it
+                logging.getLogger(__name__).exception("background keyword index build failed")
+
+        threading.Thread(target=build, daemon=True).start()
 
     # ---- retrieval and answers ---------------------------------------------------------------
     def search(self, question: str, kb: str = DEFAULT_KB, top_k: int | None = None) -> tuple[list[Hit], float]:

@@ -2,14 +2,25 @@
 from __future__ import annotations
 
 import html
+import re
 
 # Plain words, not emoji: emoji fonts are missing on many Linux desktops and headless browsers.
 STATUS_LABEL = {"added": "Added", "updated": "Updated", "unchanged": "Unchanged", "failed": "Not added"}
 
 
 def escape(text: str) -> str:
-    """Model output and file names are shown as text, never as HTML."""
+    """Model output is shown as text, never as HTML (its Markdown formatting is kept)."""
     return html.escape(text or "", quote=False)
+
+
+# What can make links, images, emphasis or code mid-line; "-", "#" and "+" only matter at a line start,
+# which these texts never are (each line starts with a label).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]!|~])")
+
+
+def escape_plain(text: str) -> str:
+    """File names, URLs and messages from elsewhere: shown literally, neither HTML nor Markdown (no links)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", escape(text))
 
 
 def timing_line(timings: dict) -> str:

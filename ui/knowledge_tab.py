@@ -7,7 +7,7 @@ from core.errors import LabError
 from core.lab import Lab
 from core.store import DEFAULT_KB
 from core.web import as_url
-from ui.formatting import STATUS_LABEL, escape
+from ui.formatting import STATUS_LABEL, escape_plain
 
 FILE_HEADERS = ["File", "Pages", "Chunks", "Added"]
 
@@ -74,7 +74,7 @@ def build(lab: Lab) -> None:
                 results = lab.ingest([*(paths or []), *addresses], kb_name, progress=lambda f, m: progress(f, desc=m))
             except LabError as exc:
                 raise gr.Error(str(exc)) from None
-            lines = [f"**{STATUS_LABEL[r.status]}** · {escape(r.file)}: {escape(r.message)}" for r in results]
+            lines = [f"**{STATUS_LABEL[r.status]}** · {escape_plain(r.file)}: {escape_plain(r.message)}" for r in results]
             failed = {r.file for r in results if r.status == "failed"}
             return ("\n\n".join(lines), None, *refresh(kb_name), "\n".join(a for a in addresses if a in failed))
 
@@ -85,7 +85,7 @@ def build(lab: Lab) -> None:
                 removed = lab.delete_file(kb_name, name)
             except LabError as exc:
                 raise gr.Error(str(exc)) from None
-            message = f"**Deleted** · {escape(removed['file'])} ({removed['chunks_removed']} chunks)."
+            message = f"**Deleted** · {escape_plain(removed['file'])} ({removed['chunks_removed']} chunks)."
             return (message, *refresh(kb_name))
 
         def rename_kb(kb_name, wanted):
@@ -93,7 +93,7 @@ def build(lab: Lab) -> None:
                 renamed = lab.kb_rename(kb_name, wanted)
             except LabError as exc:
                 raise gr.Error(str(exc)) from None
-            return (f"**Renamed** · {escape(kb_name)} is now {escape(renamed)}.", *refresh(renamed), "")
+            return (f"**Renamed** · {escape_plain(kb_name)} is now {escape_plain(renamed)}.", *refresh(renamed), "")
 
         # Writes share one queue slot: the store has one writer anyway, and waiting users see their place.
         # The URL box is the last input (optional for API clients); it is refilled through a State, which the API
