@@ -80,13 +80,27 @@ def read_pages(path: Path, name: str, max_mb: int) -> list[Page]:
 
 
 def _read_text(path: Path, name: str) -> str:
-    data = path.read_bytes()
+    return _decode(path.read_bytes(), name, "text")
+
+
+def _decode(data: bytes, name: str, kind: str, declared: str | None = None) -> str:
+    """Bytes to text: a byte-order mark, else valid UTF-8, else a declared charset (HTML's <meta>), else detection."""
+    for bom, encoding in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            return data.decode(encoding, errors="replace")
     if b"\x00" in data[:4096]:
-        raise InputError("this looks like a binary file, not text", subject=name)
+        raise InputError(f"this looks like a binary file, not {kind}", subject=name)
     try:
-        return data.decode("utf-8-sig")
+        # Text that is valid UTF-8 and not plain ASCII is practically never in another encoding, even where a
+        # page declares one (a common mistake of servers and templates).
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
+    if declared:
+        try:
+            return data.decode(declared)
+        except (LookupError, UnicodeDecodeError):
+            pass  # an unknown or wrong declaration: detect instead
     return _detect_encoding(data, name)
 
 
@@ -137,28 +151,14 @@ def _read_html(path: Path, name: str) -> str:
 
 
 def _decode_html(data: bytes, name: str) -> str:
-    """Bytes to text: a byte-order mark, else valid UTF-8, else the page's <meta charset>, else detection."""
-    for bom, encoding in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
-        if data.startswith(bom):
-            return data.decode(encoding, errors="replace")
-    if b"\x00" in data[:4096]:
-        raise InputError("this looks like a binary file, not HTML", subject=name)
-    try:
-        # Text that is valid UTF-8 and not plain ASCII is practically never in another encoding, even where the
-        # page declares one (a common mistake of servers and templates).
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
+    """HTML bytes to text, using the page's <meta charset> when the bytes are not UTF-8."""
     declared = _META_CHARSET.search(data[:8192])
-    if declared:
-        label = declared.group(1).decode("ascii").lower()
-        label = "cp1252" if label in _READ_AS_CP1252 else label
-        if not label.startswith(("utf-16", "utf-32")):  # bytes we can read as ASCII cannot be UTF-16
-            try:
-                return data.decode(label)
-            except (LookupError, UnicodeDecodeError):
-                pass  # an unknown or wrong declaration: detect instead
-    return _detect_encoding(data, name)
+    label = declared.group(1).decode("ascii").lower() if declared else None
+    if label in _READ_AS_CP1252:
+        label = "cp1252"
+    if label and label.startswith(("utf-16", "utf-32")):  # bytes we can read as ASCII cannot be UTF-16
+        label = None
+    return _decode(data, name, "HTML", declared=label)
 
 
 def _visible_text(html: str) -> str:

@@ -104,3 +104,10 @@ def test_citations_read_naturally():
     assert cite("a.pdf", "3") == "a.pdf, page 3"
     assert cite("t.csv", "rows 1-50") == "t.csv, rows 1-50"
     assert cite("notes.md", "") == "notes.md"
+
+
+def test_utf16_text_with_a_byte_order_mark(tmp_path):
+    """What Windows Notepad saves as "Unicode": full of NUL bytes, but text, not binary."""
+    path = tmp_path / "notepad.txt"
+    path.write_bytes("Résumé of the Zorblat meeting.".encode("utf-16"))
+    assert read_pages(path, "notepad.txt", 50)[0].text == "Résumé of the Zorblat meeting."
