@@ -26,7 +26,7 @@ def build_app(lab: Lab | None = None) -> gr.Blocks:
 
 
 def main() -> None:
-    lab = Lab()
+    lab = Lab(background_indexing=True)
     demo = build_app(lab)
     # Load both models in the background so the first question does not wait for them.
     threading.Thread(target=lab.warm_up, daemon=True).start()

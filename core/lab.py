@@ -55,9 +55,13 @@ def hit_to_source(hit: Hit) -> dict:
 
 
 class Lab:
-    def __init__(self, settings: Settings | None = None):
+    def __init__(self, settings: Settings | None = None, background_indexing: bool = False):
+        """`background_indexing`: rebuild the keyword index in a thread after each change, for a long-running app.
+        Off by default: a short-lived process (the CLI) would exit with that thread inside Chroma's native code,
+        which crashed the interpreter at exit (seen as a segfault with two CLI ingests at once)."""
         self.settings = settings or load_settings()
         self.store = open_store(self.settings.data_dir, self.settings.chroma_url)
+        self.background_indexing = background_indexing
 
     # ---- models (loaded lazily, once per process) ------------------------------------------
     @property
@@ -138,6 +142,8 @@ class Lab:
     def _prepare_keyword_index(self, kb: str) -> None:
         """Rebuild the keyword index in the background after a change, so the next question does not wait for it
         (about 11 s at 100k chunks, see docs/BENCHMARKS.md)."""
+        if not self.background_indexing:
+            return
 
         def build():
             try:
@@ -145,7 +151,7 @@ class Lab:
             except Exception:  # noqa: BLE001 - a failed warm-up only means the next search builds it
                 logging.getLogger(__name__).exception("background keyword index build failed")
 
-        threading.Thread(target=build, daemon=True).start()
+        threading.Thread(target=build, name=f"keyword-index-{kb}").start()  # not a daemon: finishes before exit
 
     # ---- retrieval and answers ---------------------------------------------------------------
     def search(self, question: str, kb: str = DEFAULT_KB, top_k: int | None = None) -> tuple[list[Hit], float]:

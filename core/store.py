@@ -228,11 +228,11 @@ class Store:
             if self._client is None or generation != self._seen_generation:
                 # Chroma caches one system per path in the process; a cached one may predate another
                 # process's writes, so a new client always starts from a fresh system.
+                # The old system is forgotten, not stopped: a query in flight in another thread may still be
+                # using it; it is freed once nothing refers to it.
                 identifier = str(self.chroma_dir)
-                system = SharedSystemClient._identifier_to_system.pop(identifier, None)
+                SharedSystemClient._identifier_to_system.pop(identifier, None)
                 SharedSystemClient._identifier_to_refcount.pop(identifier, None)
-                if system is not None:
-                    system.stop()
                 self._client = chromadb.PersistentClient(
                     path=str(self.chroma_dir),
                     settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False),

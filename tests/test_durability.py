@@ -107,3 +107,29 @@ def test_a_knowledge_base_delete_interrupted_is_finished_on_next_open(lab, handb
         db.execute("DELETE FROM kbs WHERE name='temp'")
     assert store.recover() == 1
     assert collection not in [c.name for c in store._chroma().list_collections()]
+
+
+def test_two_processes_ingesting_into_one_knowledge_base_lose_nothing(data_dir, tmp_path):
+    """Two uploads at once (two CLI processes): every chunk of both is stored, listed and searchable."""
+    files = []
+    for name, topic in (("alpha.txt", "lighthouse keepers"), ("beta.txt", "glacier surveyors")):
+        path = tmp_path / name
+        path.write_text("\n\n".join(f"Report {i} about {topic}: station {name[:-4]}-{i} logged its readings."
+                                    for i in range(120)))
+        files.append(path)
+    env = subprocess_env(data_dir)
+    procs = [subprocess.Popen([sys.executable, "-m", "core", "ingest", str(path)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for path in files]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    store = Store(data_dir)
+    listed = {f.name: f for f in store.files("default")}
+    assert set(listed) == {"alpha.txt", "beta.txt"}
+    assert chunk_counts_by_ingest(store, "default") == {f.ingest_id: f.chunks for f in listed.values()}
+    collection = store._collection("default")
+    for record in listed.values():  # each stored vector is findable: query with its own embedding
+        got = collection.get(where={"ingest_id": record.ingest_id}, include=["embeddings"], limit=5)
+        for chunk_id, vector in zip(got["ids"], got["embeddings"]):
+            found = collection.query(query_embeddings=[list(vector)], n_results=1)["ids"][0]
+            assert found == [chunk_id]
