@@ -16,24 +16,15 @@ BUNDLED_EMBED_MODEL = "bundled:all-MiniLM-L6-v2"
 HUB_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_number(name: str, default, cast=int):
     raw = os.environ.get(name)
     if raw in (None, ""):
         return default
     try:
-        return int(raw)
+        return cast(raw)
     except ValueError:
-        raise LabError(f"{name} must be a whole number, got {raw!r}") from None
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise LabError(f"{name} must be a number, got {raw!r}") from None
+        kind = "a whole number" if cast is int else "a number"
+        raise LabError(f"{name} must be {kind}, got {raw!r}") from None
 
 
 def pick_device(preference: str = "auto") -> str:
@@ -82,12 +73,12 @@ def load_settings(**overrides) -> Settings:
         base_model=os.environ.get("LAB_BASE_MODEL") or BUNDLED_BASE_MODEL,
         embed_model=os.environ.get("LAB_EMBED_MODEL") or BUNDLED_EMBED_MODEL,
         device=os.environ.get("LAB_DEVICE") or "auto",
-        chunk_size=_env_int("LAB_CHUNK_SIZE", 200),
-        chunk_overlap=_env_int("LAB_CHUNK_OVERLAP", 30),
-        top_k=_env_int("LAB_TOP_K", 4),
-        min_score=_env_float("LAB_MIN_SCORE", 0.2),
-        max_new_tokens=_env_int("LAB_MAX_NEW_TOKENS", 128),
-        max_file_mb=_env_int("LAB_MAX_FILE_MB", 50),
+        chunk_size=_env_number("LAB_CHUNK_SIZE", 200),
+        chunk_overlap=_env_number("LAB_CHUNK_OVERLAP", 30),
+        top_k=_env_number("LAB_TOP_K", 4),
+        min_score=_env_number("LAB_MIN_SCORE", 0.2, float),
+        max_new_tokens=_env_number("LAB_MAX_NEW_TOKENS", 128),
+        max_file_mb=_env_number("LAB_MAX_FILE_MB", 50),
         chroma_url=os.environ.get("LAB_CHROMA_URL") or None,
     )
     return settings.with_(**overrides) if overrides else settings

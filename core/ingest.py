@@ -101,7 +101,7 @@ def ingest_files(
                 report(start, f"Reading {name}")
                 pages = read_pages(path, name, settings.max_file_mb)
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                existing = store.file(kb, name) if store.has_kb(kb) else None
+                existing = store.file(kb, name)
                 if existing is not None and existing.sha256 == digest:
                     results.append(IngestResult(name, "unchanged", "already in the knowledge base with the same content",
                                                 existing.pages, existing.chunks))

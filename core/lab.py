@@ -132,8 +132,7 @@ class Lab:
         kb = check_kb_name(kb)
         if not paths:
             raise InputError("no files given")
-        if self.store.has_kb(kb):
-            self._check_embedder(kb)
+        self._check_embedder(kb)  # a knowledge base that does not exist yet passes
         results = ingest_files(paths, kb, self.settings, self.store, self.embedder, progress)
         if any(r.status in ("added", "updated") for r in results):
             self._prepare_keyword_index(kb)

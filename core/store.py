@@ -256,10 +256,16 @@ class Store:
             )
         return client.get_collection(name, embedding_function=_RefuseEmbedding())
 
-    def _vector_store(self, kb: str):
+    def _vector_store(self, kb: str | None = None, name: str | None = None):
         from llama_index.vector_stores.chroma import ChromaVectorStore
 
-        return ChromaVectorStore(chroma_collection=self._collection(kb))
+        return ChromaVectorStore(chroma_collection=self._collection(kb, name=name))
+
+    @staticmethod
+    def _mark_pending(db, ingest_id: str, collection: str) -> None:
+        """Mark an ingest id whose chunks must go unless its file ends up listed (see the class docstring)."""
+        db.execute("INSERT INTO pending (ingest_id, collection, started) VALUES (?, ?, ?)",
+                   (ingest_id, collection, time.time()))
 
     # ---- knowledge bases --------------------------------------------------------------------
     def kb_names(self) -> list[str]:
@@ -355,13 +361,10 @@ class Store:
         with self.writing():
             collection = self._collection_name(self.require_kb(record.kb))
             with self._db() as db:
-                db.execute("INSERT INTO pending (ingest_id, collection, started) VALUES (?, ?, ?)",
-                           (record.ingest_id, collection, time.time()))
+                self._mark_pending(db, record.ingest_id, collection)
             for node in nodes:
                 node.metadata["ingest_id"] = record.ingest_id
-            from llama_index.vector_stores.chroma import ChromaVectorStore
-
-            ChromaVectorStore(chroma_collection=self._collection(name=collection)).add(nodes)
+            self._vector_store(name=collection).add(nodes)
             self._bump_generation()
             old = self.file(record.kb, record.name)
             with self._db() as db:  # one transaction: the new version listed, the old one marked to go
@@ -372,8 +375,7 @@ class Store:
                 )
                 db.execute("DELETE FROM pending WHERE ingest_id=?", (record.ingest_id,))
                 if old is not None:
-                    db.execute("INSERT INTO pending (ingest_id, collection, started) VALUES (?, ?, ?)",
-                               (old.ingest_id, collection, time.time()))
+                    self._mark_pending(db, old.ingest_id, collection)
             if old is not None:
                 self._remove_chunks(collection, old.ingest_id)
 
@@ -386,8 +388,7 @@ class Store:
             collection = self._collection_name(kb)
             with self._db() as db:  # unlisted and marked in one transaction; the chunks follow
                 db.execute("DELETE FROM files WHERE kb=? AND name=?", (kb, name))
-                db.execute("INSERT INTO pending (ingest_id, collection, started) VALUES (?, ?, ?)",
-                           (record.ingest_id, collection, time.time()))
+                self._mark_pending(db, record.ingest_id, collection)
             self._remove_chunks(collection, record.ingest_id)
             return record
 
