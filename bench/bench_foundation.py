@@ -1,9 +1,9 @@
-"""Foundation benchmark: ingestion throughput and answer latency of the engine, against the raw models in the same run.
+"""Foundation benchmark: answer latency of the engine, against the raw model in the same run
+(ingestion throughput: bench/bench_ingest.py).
 
     .venv/bin/python bench/bench_foundation.py [--pdf PATH] [--repeats 3] [--max-new-tokens 64]
 
-Ingestion: the engine (read PDF -> split -> embed -> write to Chroma) vs the raw embedding model encoding the
-very same chunk texts. Answers: the engine's streamed answer (time to first token, decode tokens/s) vs a raw
+Answers: the engine's streamed answer (time to first token, decode tokens/s) vs a raw
 `model.generate` on the same prompt tokens; and base+RAG batched side by side vs one variant alone.
 """
 from __future__ import annotations
@@ -33,30 +33,6 @@ QUESTION = "When did the thirteen colonies declare independence from the British
 
 def median(values):
     return statistics.median(values)
-
-
-def bench_ingest(pdf: Path, repeats: int) -> list[tuple]:
-    engine_rates, raw_rates, chunks = [], [], 0
-    for _ in range(repeats):
-        data_dir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-        lab = Lab(load_settings(data_dir=data_dir))
-        lab.embedder  # loaded outside the clock
-        t0 = time.perf_counter()
-        [result] = lab.ingest([pdf])
-        engine_s = time.perf_counter() - t0
-        chunks = result.chunks
-        texts = lab.store._collection("default").get(include=["documents"])["documents"]
-        t0 = time.perf_counter()
-        lab.embedder.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
-        raw_s = time.perf_counter() - t0
-        engine_rates.append(chunks / engine_s)
-        raw_rates.append(len(texts) / raw_s)
-        shutil.rmtree(data_dir, ignore_errors=True)
-    engine, raw = median(engine_rates), median(raw_rates)
-    return [
-        ("ingest chunks/s (raw embedder.encode, same chunks)", f"{raw:.1f}", "1.00x"),
-        (f"ingest chunks/s (engine: PDF->chunks->embed->Chroma, {chunks} chunks)", f"{engine:.1f}", f"{engine / raw:.2f}x"),
-    ]
 
 
 def raw_generate(lab: Lab, messages: list[dict], max_new_tokens: int) -> tuple[float, float]:
@@ -134,7 +110,7 @@ def main() -> None:
 
     print(f"# {platform.node()} · {os.cpu_count()} CPUs · torch {torch.__version__} · threads {torch.get_num_threads()}"
           f" · {time.strftime('%Y-%m-%d')} · {args.pdf.name} · median of {args.repeats}")
-    rows = bench_ingest(args.pdf, args.repeats) + bench_answers(args.pdf, args.repeats, args.max_new_tokens)
+    rows = bench_answers(args.pdf, args.repeats, args.max_new_tokens)
     width = max(len(r[0]) for r in rows)
     print(f"| {'measure'.ljust(width)} | value | ratio |")
     print(f"|{'-' * (width + 2)}|------:|------:|")

@@ -29,11 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="add files or web pages to a knowledge base", description="Add files (PDF, .txt, .md, .html, .docx, .csv) or web pages by http(s) URL to a knowledge base (created if missing). A URL is fetched and its main text kept; it is stored under a name made from the URL. Re-adding identical content is a no-op; a changed file replaces its older version.")
     p.add_argument("paths", nargs="+", metavar="PATH_OR_URL", help="a file, or a web address starting with http:// or https://")
     p.add_argument("--kb", default=DEFAULT_KB, help=f"knowledge base name (default: {DEFAULT_KB})")
+    _chunk_args(p, "for a new knowledge base; an existing one keeps its own (see: kb configure)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("ask", help="answer a question with one variant", description="Answer a question. 'base' is the model alone; 'rag' reads passages retrieved from the knowledge base.")
     p.add_argument("question")
-    p.add_argument("--variant", default="rag", help="base or rag (default: rag)")
+    p.add_argument("--variant", default="rag", help="base, rag, finetuned or finetuned+rag (default: rag)")
+    p.add_argument("--adapter", help="the fine-tuned adapter, for finetuned and finetuned+rag")
     p.add_argument("--kb", default=DEFAULT_KB, help=f"knowledge base for rag (default: {DEFAULT_KB})")
     p.add_argument("--top-k", type=int, default=None, help="passages to retrieve (default: 4)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit in tokens (default: 128)")
@@ -45,15 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("kb", help="list, show, create, rename or delete knowledge bases", description="Manage knowledge bases.")
+    p = sub.add_parser("kb", help="list, show, create, configure, rename or delete knowledge bases", description="Manage knowledge bases.")
     kb_sub = p.add_subparsers(dest="kb_command", required=True, metavar="ACTION")
     q = kb_sub.add_parser("list", help="list knowledge bases")
     q.add_argument("--json", action="store_true")
-    q = kb_sub.add_parser("show", help="list the files in a knowledge base")
+    q = kb_sub.add_parser("show", help="list the files in a knowledge base, or preview one file's chunks")
     q.add_argument("name")
+    q.add_argument("--file", help="show this file's chunks, as the model will read them")
     q.add_argument("--json", action="store_true")
     q = kb_sub.add_parser("create", help="create an empty knowledge base")
     q.add_argument("name")
+    _chunk_args(q, "")
+    q.add_argument("--json", action="store_true")
+    q = kb_sub.add_parser("configure", help="change chunk settings and re-index",
+                          description="Change a knowledge base's chunk settings and re-index its files (from the text "
+                                      "stored when they were added). Run it again to finish an interrupted re-index.")
+    q.add_argument("name")
+    _chunk_args(q, "")
     q.add_argument("--json", action="store_true")
     q = kb_sub.add_parser("rename", help="rename a knowledge base")
     q.add_argument("name")
@@ -64,9 +74,96 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--file", help="delete only this file's chunks")
     q.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("dataset", help="import, show, split or delete training data",
+                       description="Training data for fine-tuning. Import OpenAI chat JSONL ({\"messages\": [...]}), "
+                                   "Alpaca JSON/JSONL (instruction, input, output) or CSV with question/answer columns; "
+                                   "the format is detected and every problem is reported with its line.")
+    ds = p.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
+    q = ds.add_parser("import", help="import a Q&A file as a dataset")
+    q.add_argument("path")
+    q.add_argument("--name", help="dataset name (default: the file name without extension)")
+    q.add_argument("--replace", action="store_true", help="replace a dataset of the same name")
+    _split_args(q)
+    q.add_argument("--json", action="store_true")
+    q = ds.add_parser("list", help="list datasets")
+    q.add_argument("--json", action="store_true")
+    q = ds.add_parser("show", help="a dataset's split and its first examples as the model sees them")
+    q.add_argument("name")
+    q.add_argument("--part", default="train", choices=["train", "validation", "test"])
+    q.add_argument("--limit", type=int, default=3)
+    q.add_argument("--json", action="store_true")
+    q = ds.add_parser("split", help="split again into train / validation / test")
+    q.add_argument("name")
+    _split_args(q)
+    q.add_argument("--json", action="store_true")
+    q = ds.add_parser("delete", help="delete a dataset")
+    q.add_argument("name")
+    q.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("train", help="fine-tune the base model on a dataset (LoRA on CPU, QLoRA on CUDA)",
+                       description="Fine-tune in a separate process; progress goes to stderr and the result to stdout. "
+                                   "Presets: quick, balanced, thorough; any setting can be overridden.")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--preset", default="quick", help="quick, balanced or thorough (default: quick)")
+    p.add_argument("--adapter", help="name for the trained adapter (default: DATASET-PRESET)")
+    for flag, kind, what in (("--rank", int, "LoRA rank"), ("--alpha", int, "LoRA alpha"),
+                             ("--dropout", float, "LoRA dropout"), ("--learning-rate", float, "learning rate"),
+                             ("--epochs", float, "passes over the training data"), ("--batch-size", int, "batch size"),
+                             ("--grad-accum", int, "gradient accumulation steps"),
+                             ("--max-length", int, "max tokens per example"), ("--seed", int, "random seed"),
+                             ("--eval-every", int, "steps between validation-loss checks"),
+                             ("--max-steps", int, "stop after this many steps")):
+        p.add_argument(flag, type=kind, default=None, help=what)
+    p.add_argument("--target-modules", default=None, help='"all-linear" or e.g. "q_proj,v_proj"')
+    p.add_argument("--quantize", choices=["auto", "4bit", "none"], default=None,
+                   help="auto: 4-bit NF4 on CUDA, none on CPU (4-bit on CPU is about 20x slower)")
+    p.add_argument("--estimate", action="store_true", help="only print the memory and time estimate")
+    p.add_argument("--detach", action="store_true", help="start the job and return (see: jobs show ID)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("jobs", help="list, show, cancel or resume training jobs")
+    js = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    q = js.add_parser("list")
+    q.add_argument("--json", action="store_true")
+    for action in ("show", "cancel", "resume"):
+        q = js.add_parser(action)
+        q.add_argument("id")
+        q.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("adapters", help="list, show, rename, delete or export trained adapters")
+    ad = p.add_subparsers(dest="adapters_command", required=True, metavar="ACTION")
+    q = ad.add_parser("list")
+    q.add_argument("--json", action="store_true")
+    for action in ("show", "delete"):
+        q = ad.add_parser(action)
+        q.add_argument("name")
+        q.add_argument("--json", action="store_true")
+    q = ad.add_parser("rename")
+    q.add_argument("name")
+    q.add_argument("new_name")
+    q.add_argument("--json", action="store_true")
+    q = ad.add_parser("export", help="write the adapter folder as a zip")
+    q.add_argument("name")
+    q.add_argument("path", help="a .zip file or a folder")
+    q.add_argument("--json", action="store_true")
+
     p = sub.add_parser("info", help="show models, device and data folder")
     p.add_argument("--json", action="store_true")
     return parser
+
+
+def _split_args(parser) -> None:
+    parser.add_argument("--validation", type=float, default=0.1, help="share for validation (default: 0.1)")
+    parser.add_argument("--test", type=float, default=0.1, help="share kept out for evaluation (default: 0.1)")
+    parser.add_argument("--seed", type=int, default=42, help="shuffle seed (default: 42)")
+
+
+def _chunk_args(parser, note: str) -> None:
+    note = f"; {note}" if note else ""
+    parser.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                        help=f"chunk size in the embedding model's tokens (default: 200){note}")
+    parser.add_argument("--overlap", type=int, default=None, metavar="N",
+                        help=f"tokens shared by neighbouring chunks (default: 30){note}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         lab = Lab()
-        handler = {"ingest": _ingest, "ask": _ask, "search": _search, "kb": _kb, "info": _info}[args.command]
+        handler = {"ingest": _ingest, "ask": _ask, "search": _search, "kb": _kb, "info": _info, "dataset": _dataset,
+                   "train": _train, "jobs": _jobs, "adapters": _adapters}[args.command]
         return handler(lab, args)
     except LabError as exc:
         if getattr(args, "json", False):
@@ -89,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ingest(lab, args) -> int:
-    results = lab.ingest(args.paths, args.kb, progress=None if args.json else _progress_to_stderr)
+    results = lab.ingest(args.paths, args.kb, progress=None if args.json else _progress_to_stderr,
+                         chunk_size=args.chunk_size, chunk_overlap=args.overlap)
     failed = [r for r in results if r.status == "failed"]
     if args.json:
         _print_json({"kb": args.kb, "results": [r.to_dict() for r in results]})
@@ -106,7 +205,8 @@ def _ask(lab, args) -> int:
         raise LabError(f"--max-new-tokens must be between 1 and 4096, got {args.max_new_tokens}")
     config = GenerationConfig(max_new_tokens=args.max_new_tokens or lab.settings.max_new_tokens)
     answer = None
-    for event in lab.ask_stream(args.question, [args.variant], kb=args.kb, top_k=args.top_k, config=config):
+    for event in lab.ask_stream(args.question, [args.variant], kb=args.kb, top_k=args.top_k, config=config,
+                                adapter=args.adapter):
         answer = event.answer
         if not args.json and event.kind == "delta":
             print(event.text, end="", flush=True)
@@ -130,7 +230,7 @@ def _search(lab, args) -> int:
 
     hits, ms = lab.search(args.query, args.kb, args.top_k)
     if args.json:
-        _print_json({"query": args.query, "kb": args.kb, "retrieval_ms": round(ms, 1), "hits": [hit_to_source(h) for h in hits]})
+        _print_json({"query": args.query, "kb": args.kb, "retrieval_ms": round(ms, 1), "hits": [hit_to_source(h, args.query) for h in hits]})
         return EXIT_OK
     for i, h in enumerate(hits, 1):
         print(f"[{i}] {cite(h.file, h.page)}  score {h.score:.3f}\n    {h.text[:300].replace(chr(10), ' ')}\n")
@@ -148,17 +248,38 @@ def _kb(lab, args) -> int:
                 print(f"{kb['name']}\t{kb['files']} files\t{kb['chunks']} chunks")
             if not kbs:
                 print("no knowledge bases yet; add files with: python -m core ingest FILE", file=sys.stderr)
+    elif args.kb_command == "show" and args.file:
+        preview = lab.file_preview(args.name, args.file)
+        if args.json:
+            _print_json(preview)
+        else:
+            for i, c in enumerate(preview["chunks"], 1):
+                print(f"--- chunk {i}/{len(preview['chunks'])} · {cite(preview['file'], c['page'])} · {c['tokens']} tokens")
+                print(c["text"])
     elif args.kb_command == "show":
         shown = lab.kb_show(args.name)
         if args.json:
             _print_json(shown)
         else:
-            print(f"{shown['name']}: {len(shown['files'])} files, {shown['chunks']} chunks")
+            print(f"{shown['name']}: {len(shown['files'])} files, {shown['chunks']} chunks "
+                  f"(chunk size {shown['chunk_size']}, overlap {shown['chunk_overlap']})")
             for f in shown["files"]:
-                print(f"  {f['file']}\t{f['pages']} pages\t{f['chunks']} chunks\tadded {f['added']}")
+                stale = "\tneeds re-index (kb configure)" if f["needs_reindex"] else ""
+                print(f"  {f['file']}\t{f['pages']} pages\t{f['chunks']} chunks\tadded {f['added']}{stale}")
     elif args.kb_command == "create":
-        name = lab.kb_create(args.name)
-        _print_json({"created": name}) if args.json else print(f"created {name}")
+        name = lab.kb_create(args.name, args.chunk_size, args.overlap)
+        _print_json({"created": name, **lab.kb_chunking(name).to_dict()}) if args.json else print(f"created {name}")
+    elif args.kb_command == "configure":
+        done = lab.kb_configure(args.name, args.chunk_size, args.overlap,
+                                progress=None if args.json else _progress_to_stderr)
+        if args.json:
+            _print_json(done)
+        else:
+            print(f"{done['name']}: chunk size {done['chunk_size']}, overlap {done['chunk_overlap']}; "
+                  f"{len(done['results'])} file(s) re-indexed")
+            for r in done["results"]:
+                print(f"{r['status']:>9}  {r['file']}: {r['message']}")
+        return EXIT_FAILED if any(r["status"] == "failed" for r in done["results"]) else EXIT_OK
     elif args.kb_command == "rename":
         name = lab.kb_rename(args.name, args.new_name)
         _print_json({"renamed": args.name, "to": name}) if args.json else print(f"renamed {args.name} to {name}")
@@ -169,6 +290,125 @@ def _kb(lab, args) -> int:
         else:
             lab.kb_delete(args.name)
             _print_json({"deleted": args.name}) if args.json else print(f"deleted knowledge base {args.name}")
+    return EXIT_OK
+
+
+def _dataset(lab, args) -> int:
+    command = args.dataset_command
+    if command == "import":
+        out = lab.dataset_import(args.path, args.name, args.replace, args.validation, args.test, args.seed)
+    elif command == "list":
+        out = {"datasets": [lab.datasets.info(n).summary() for n in lab.datasets.names()]}
+    elif command == "show":
+        out = lab.dataset_show(args.name, args.part, args.limit)
+    elif command == "split":
+        out = lab.dataset_split(args.name, args.validation, args.test, args.seed)
+    else:
+        lab.datasets.delete(args.name)
+        out = {"deleted": args.name}
+    if args.json:
+        _print_json(out)
+    elif command == "list":
+        for d in out["datasets"]:
+            print(f"{d['name']}\t{d['examples']} examples\t{d['format']}\tsplit {d['split']}")
+    elif command == "show":
+        print(f"{out['name']}: {out['examples']} examples ({out['format']}, from {out['source']}), split {out['split']}")
+        for i, e in enumerate(out["preview"], 1):
+            print(f"--- {out['part']} example {i}: {e['prompt_tokens']} prompt + {e['answer_tokens']} answer tokens "
+                  f"(only the answer is learned)\n{e['text']}")
+    elif command == "delete":
+        print(f"deleted dataset {args.name}")
+    else:
+        print(f"{out['name']}: {out['examples']} examples ({out['format']}), split {out['split']}")
+    return EXIT_OK
+
+
+def _job_line(status: dict) -> str:
+    state = status["state"]
+    if state == "queued":
+        return f"queued (waiting for {status.get('waiting_for') or 'the device'})"
+    if state == "running":
+        loss = (status.get("history") or {}).get("train") or []
+        eta = f", ~{status['eta_s']:.0f}s left" if status.get("eta_s") else ""
+        rate = f", {status['tokens_per_s']:.0f} tokens/s" if status.get("tokens_per_s") else ""
+        return f"step {status.get('step')}/{status.get('total_steps')}{eta}{rate}" + (f", loss {loss[-1][1]}" if loss else "")
+    return state + (f": {status['error']}" if status.get("error") else "")
+
+
+def _train(lab, args) -> int:
+    overrides = {key: getattr(args, key) for key in ("rank", "alpha", "dropout", "learning_rate", "epochs", "batch_size",
+                                                      "grad_accum", "max_length", "seed", "eval_every", "max_steps",
+                                                      "target_modules", "quantize")}
+    settings = lab.train_settings(args.preset, **overrides)
+    if args.estimate:
+        plan = lab.train_estimate(args.dataset, settings)
+        _print_json(plan) if args.json else print(
+            f"about {plan['minutes']} min, {plan['memory_gb']} GB of {plan['available_gb']} GB free, "
+            f"{plan['steps']} steps; {'fits' if plan['fits'] else 'does NOT fit'}")
+        return EXIT_OK if plan["fits"] else EXIT_FAILED
+    job = lab.train_start(args.dataset, settings, args.adapter)
+    print(f"job {job['id']}: training adapter {job['adapter']} (cancel: python -m core jobs cancel {job['id']})",
+          file=sys.stderr)
+    if args.detach:
+        _print_json({"job": job["id"], "adapter": job["adapter"]}) if args.json else print(job["id"])
+        return EXIT_OK
+    try:
+        final = lab.jobs.wait(job["id"], lambda st: print(f"  {_job_line(st)}", file=sys.stderr, flush=True))
+    except KeyboardInterrupt:  # Ctrl-C cancels the job (it keeps its last checkpoint), not just the watching
+        lab.jobs.cancel(job["id"])
+        print("cancelling; the last checkpoint is kept as an adapter", file=sys.stderr)
+        final = lab.jobs.wait(job["id"])
+    summary = {k: final.get(k) for k in ("id", "state", "adapter", "error", "message", "result")}
+    if args.json:
+        _print_json(summary)
+    else:
+        result = final.get("result") or {}
+        print(f"{final['state']}: adapter {final.get('adapter')}, {result.get('steps')} steps in "
+              f"{result.get('seconds')} s, train loss {result.get('train_loss')}, validation loss "
+              f"{result.get('eval_loss')}" if final["state"] != "failed" else f"failed: {final.get('error')}")
+    return EXIT_OK if final["state"] in ("completed", "cancelled") else EXIT_FAILED
+
+
+def _jobs(lab, args) -> int:
+    command = args.jobs_command
+    if command == "list":
+        out = {"jobs": [{k: j.get(k) for k in ("id", "state", "dataset", "adapter", "step", "total_steps")}
+                        for j in lab.jobs.list()]}
+        if not args.json:
+            for j in out["jobs"]:
+                print(f"{j['id']}\t{j['state']}\t{j['dataset']} -> {j['adapter']}\tstep {j['step']}/{j['total_steps']}")
+            return EXIT_OK
+    elif command == "show":
+        out = lab.jobs.get(args.id)
+    elif command == "cancel":
+        out = lab.jobs.cancel(args.id)
+    else:
+        out = lab.jobs.get(lab.jobs.resume(args.id))
+    _print_json(out) if args.json else print(f"{out['id']}: {_job_line(out)}")
+    return EXIT_OK
+
+
+def _adapters(lab, args) -> int:
+    command = args.adapters_command
+    if command == "list":
+        out = {"adapters": lab.adapters.list()}
+        for a in out["adapters"]:
+            a.pop("history", None)
+        if not args.json:
+            for a in out["adapters"]:
+                print(f"{a['name']}\t{a['dataset']}\t{a.get('steps')} steps\ttrain loss {a.get('train_loss')}\t"
+                      f"validation loss {a.get('eval_loss')}")
+            return EXIT_OK
+    elif command == "show":
+        out = lab.adapters.info(args.name)
+    elif command == "rename":
+        out = {"renamed": args.name, "to": lab.adapters.rename(args.name, args.new_name)}
+    elif command == "delete":
+        lab.adapters.delete(args.name)
+        out = {"deleted": args.name}
+    else:
+        out = {"exported": args.name, "path": str(lab.adapters.export_zip(args.name, args.path))}
+    _print_json(out) if args.json or command == "show" else print(", ".join(f"{k}: {v}" for k, v in out.items()))
     return EXIT_OK
 
 

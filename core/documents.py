@@ -80,10 +80,10 @@ def read_pages(path: Path, name: str, max_mb: int) -> list[Page]:
 
 
 def _read_text(path: Path, name: str) -> str:
-    return _decode(path.read_bytes(), name, "text")
+    return decode_text(path.read_bytes(), name, "text")
 
 
-def _decode(data: bytes, name: str, kind: str, declared: str | None = None) -> str:
+def decode_text(data: bytes, name: str, kind: str, declared: str | None = None) -> str:
     """Bytes to text: a byte-order mark, else valid UTF-8, else a declared charset (HTML's <meta>), else detection."""
     for bom, encoding in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
         if data.startswith(bom):
@@ -158,7 +158,7 @@ def _decode_html(data: bytes, name: str) -> str:
         label = "cp1252"
     if label and label.startswith(("utf-16", "utf-32")):  # bytes we can read as ASCII cannot be UTF-16
         label = None
-    return _decode(data, name, "HTML", declared=label)
+    return decode_text(data, name, "HTML", declared=label)
 
 
 def _visible_text(html: str) -> str:

@@ -97,10 +97,14 @@ def plan_batches(prompt_lengths: list[int], device: str) -> list[list[int]]:
     return [sorted(g) for g in sorted(groups, key=min)]  # groups run in the callers' row order
 
 
-def stream_chat(generator: Generator, conversations: list[list[dict]], config: GenerationConfig) -> Iterator[Delta | RowDone]:
+def stream_chat(generator: Generator, conversations: list[list[dict]], config: GenerationConfig,
+                adapters: list[str | None] | None = None) -> Iterator[Delta | RowDone]:
     """Generate a reply to each conversation; yield text deltas per row, then a RowDone per row.
 
-    Rows whose prompts have similar lengths share one batched `generate` (see plan_batches)."""
+    Rows whose prompts have similar lengths share one batched `generate` (see plan_batches). `adapters` names
+    each row's LoRA adapter (from models.attach_adapter) or None for the base model; rows with different adapters
+    still share a batch (peft's mixed-adapter batches)."""
+    adapters = adapters or [None] * len(conversations)
     tokenizer = generator.tokenizer
     prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
@@ -112,12 +116,13 @@ def stream_chat(generator: Generator, conversations: list[list[dict]], config: G
         )
     t0 = time.perf_counter()
     for group in plan_batches(lengths, generator.device):
-        for event in _stream_batch(generator, [prompts[i] for i in group], config, t0):
+        for event in _stream_batch(generator, [prompts[i] for i in group], config, t0, [adapters[i] for i in group]):
             event.row = group[event.row]
             yield event
 
 
-def _stream_batch(generator: Generator, prompts: list[str], config: GenerationConfig, t0: float) -> Iterator[Delta | RowDone]:
+def _stream_batch(generator: Generator, prompts: list[str], config: GenerationConfig, t0: float,
+                  adapters: list[str | None]) -> Iterator[Delta | RowDone]:
     """One batched generate over left-padded prompts, streamed per row; times are measured from t0."""
     import torch
 
@@ -137,6 +142,8 @@ def _stream_batch(generator: Generator, prompts: list[str], config: GenerationCo
     )
     if config.min_new_tokens:
         kwargs["min_new_tokens"] = config.min_new_tokens
+    if generator.adapters:  # a peft model: say per row which adapter to use, "__base__" for none
+        kwargs["adapter_names"] = [name or "__base__" for name in adapters]
     if sampling:
         kwargs.update(temperature=config.temperature, top_p=config.top_p)
 
@@ -226,4 +233,4 @@ _locks: dict[int, threading.Lock] = {}
 def _generate_lock(generator: Generator) -> threading.Lock:
     # One generate at a time per model: on a small CPU, two at once only slow each other down;
     # callers batch instead (the UI's queue shows waiting users their place).
-    return _locks.setdefault(id(generator.model), threading.Lock())
+    return _locks.setdefault(id(generator), threading.Lock())

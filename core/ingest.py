@@ -1,21 +1,32 @@
-"""Turn files into embedded chunks in a knowledge base: read -> split (in embedder tokens) -> embed -> store."""
+"""Turn files into embedded chunks in a knowledge base: read -> split (in embedder tokens) -> embed -> store.
+
+Reading and splitting run in a thread one step ahead of embedding (the embedder releases the GIL while it computes),
+and the chunks of several small files are embedded and written together, so a folder of short notes is not
+embedded and written one tiny batch at a time. Each file still goes in whole or not at all.
+"""
 from __future__ import annotations
 
 import hashlib
+import queue
 import tempfile
+import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from core.config import Settings
-from core.documents import display_name, read_pages
+from core.documents import Page, display_name, read_pages
 from core.errors import InputError
-from core.progress import ProgressFn, Stage, silent
-from core.store import FileRecord, Store
+from core.progress import ProgressFn, silent
+from core.store import Chunking, FileRecord, Store
 from core.web import fetch_url, looks_like_url
 
 EMBED_BATCH = 64
+WRITE_BATCH_CHUNKS = 256  # embed and write once this many chunks are ready (or nothing more is ready yet)
+READ_AHEAD = 64  # files read and split ahead of the embedder (small files: a few chunks each)
+_NOT_EMBEDDED = ["file", "page", "ingest_id", "chunk"]  # stored with each chunk; never embedded nor counted
 
 
 @dataclass
@@ -31,24 +42,69 @@ class IngestResult:
         return asdict(self)
 
 
-def make_splitter(settings: Settings, embedder):
+@dataclass
+class _Prepared:
+    """A file read and split, waiting to be embedded and stored."""
+
+    index: int
+    record: FileRecord
+    pages: list[Page]
+    nodes: list
+    replaces: bool
+    t0: float
+    verb: tuple[str, str] = ("added", "added")  # (status, what the message says)
+    embedded: int = field(default=0)
+
+
+@dataclass
+class _Note:
+    """What the reader thread is doing, shown as progress by the consuming thread (the one allowed to report)."""
+
+    message: str
+
+
+def check_chunking(chunking: Chunking, embedder) -> Chunking:
+    limit = int(getattr(embedder, "max_seq_length", 0) or 512) - 2  # room for [CLS]/[SEP]
+    if not 16 <= chunking.size <= limit:
+        raise InputError(f"chunk size must be between 16 and the embedding model's window of {limit} tokens, "
+                         f"got {chunking.size}")
+    if not 0 <= chunking.overlap < chunking.size:
+        raise InputError(f"chunk overlap must be at least 0 and less than the chunk size ({chunking.size}), "
+                         f"got {chunking.overlap}")
+    return chunking
+
+
+def make_splitter(chunking: Chunking, embedder):
     """A sentence-aware splitter that counts the embedder's own tokens (so chunks fit its window)."""
     from llama_index.core.node_parser import SentenceSplitter
 
-    tokenizer = embedder.tokenizer
-    limit = int(getattr(embedder, "max_seq_length", 0) or 512) - 2  # room for [CLS]/[SEP]
-    if settings.chunk_size > limit:
-        raise InputError(f"chunk size {settings.chunk_size} is over the embedding model's window of {limit} tokens")
-    if not 0 <= settings.chunk_overlap < settings.chunk_size:
-        raise InputError(f"chunk overlap must be between 0 and the chunk size ({settings.chunk_size})")
+    check_chunking(chunking, embedder)
+    tokenizer = _counting_tokenizer(embedder)
     return SentenceSplitter(
-        chunk_size=settings.chunk_size,
-        chunk_overlap=settings.chunk_overlap,
-        tokenizer=lambda text: tokenizer.encode(text, add_special_tokens=False),
+        chunk_size=chunking.size,
+        chunk_overlap=chunking.overlap,
+        tokenizer=lambda text: tokenizer.encode(text, add_special_tokens=False).ids,
     )
 
 
-def split_pages(name: str, pages, splitter) -> list:
+_counting_tokenizers: dict[int, object] = {}
+
+
+def _counting_tokenizer(embedder):
+    """The embedder's tokenizer, as a separate copy for the reader thread: one Rust tokenizer used from two threads
+    at once fails ("Already borrowed") when one of them sets padding or truncation, as encode() does."""
+    import copy
+
+    key = id(embedder)
+    if key not in _counting_tokenizers:
+        backend = copy.deepcopy(embedder.tokenizer.backend_tokenizer)
+        backend.no_truncation()
+        backend.no_padding()
+        _counting_tokenizers[key] = backend
+    return _counting_tokenizers[key]
+
+
+def split_pages(name: str, pages: list[Page], splitter) -> list:
     from llama_index.core import Document
 
     documents = []
@@ -57,79 +113,195 @@ def split_pages(name: str, pages, splitter) -> list:
             continue
         # One id per page: llama-index keys documents by id, and shared ids gave every chunk the last page's label.
         doc = Document(text=page.text, metadata={"file": name, "page": page.label}, id_=f"{name}#page={page.label}")
-        # Metadata is stored with each chunk but is neither embedded nor counted against the chunk size.
-        doc.excluded_embed_metadata_keys = ["file", "page", "ingest_id"]
-        doc.excluded_llm_metadata_keys = ["file", "page", "ingest_id"]
+        doc.excluded_embed_metadata_keys = _NOT_EMBEDDED
+        doc.excluded_llm_metadata_keys = _NOT_EMBEDDED
         documents.append(doc)
-    return splitter.get_nodes_from_documents(documents)
+    nodes = splitter.get_nodes_from_documents(documents)
+    for seq, node in enumerate(nodes):
+        node.metadata["chunk"] = seq  # reading order, for the chunk preview
+    return nodes
 
 
 def ingest_files(
     paths: list[str | Path],
     kb: str,
-    settings: Settings,
+    chunking: Chunking,
+    embed_model: str,
+    max_file_mb: int,
     store: Store,
     embedder,
     progress: ProgressFn | None = None,
 ) -> list[IngestResult]:
     """Ingest each file independently: one bad file is reported and skipped, the others go in.
     An item may be a web address (http:// or https://): the page or document is fetched, then read like a file."""
-    report = progress or silent
-    results: list[IngestResult] = []
-    splitter = make_splitter(settings, embedder)
-    total = len(paths)
-    # URLs are downloaded here first, then read like files; the folder goes when the loop ends.
-    with tempfile.TemporaryDirectory(prefix="lab-fetch-") as fetch_dir:
-        for index, raw_path in enumerate(paths):
-            start, end = index / total, (index + 1) / total
-            t0 = time.perf_counter()
-            if looks_like_url(raw_path):
-                report(start, f"Fetching {raw_path.strip()}")
+    splitter = make_splitter(chunking, embedder)
+
+    def prepare() -> Iterator[_Prepared | _Note | tuple[int, IngestResult]]:
+        seen: dict[str, str] = {}  # name -> sha256 of the files given in this call
+        # URLs are downloaded here first, then read like files; the folder goes when the loop ends.
+        with tempfile.TemporaryDirectory(prefix="lab-fetch-") as fetch_dir:
+            for index, raw_path in enumerate(paths):
+                t0 = time.perf_counter()
+                name = str(raw_path).strip()
                 try:
-                    path = fetch_url(raw_path, Path(fetch_dir) / str(index), settings.max_file_mb)
+                    if looks_like_url(raw_path):
+                        yield _Note(f"Fetching {name}")
+                        path = fetch_url(raw_path, Path(fetch_dir) / str(index), max_file_mb)
+                    else:
+                        path = Path(raw_path)
+                    name = display_name(path.name)
+                    yield _Note(f"Reading {name}")
+                    pages = read_pages(path, name, max_file_mb)
+                    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                    existing = store.file(kb, name)
+                    if seen.get(name) == digest or (existing is not None and existing.sha256 == digest):
+                        where = "given twice" if seen.get(name) == digest else "already in the knowledge base"
+                        yield index, IngestResult(name, "unchanged", f"{where} with the same content",
+                                                  len(pages), existing.chunks if existing else 0)
+                        continue
+                    replaces = existing is not None or name in seen
+                    seen[name] = digest
+                    nodes = split_pages(name, pages, splitter)
+                    if not nodes:
+                        raise InputError("no text chunks could be made from the file", subject=name)
+                    record = FileRecord(kb, name, digest, len(pages), len(nodes), time.time(), uuid.uuid4().hex,
+                                        chunking.size, chunking.overlap)
+                    verb = ("updated", "replaced the older version") if replaces else ("added", "added")
+                    yield _Prepared(index, record, pages, nodes, replaces, t0, verb)
                 except InputError as exc:
-                    results.append(IngestResult(raw_path.strip(), "failed", exc.reason))
-                    continue
-            else:
-                path = Path(raw_path)
-            try:
-                name = display_name(path.name)
-            except InputError as exc:
-                results.append(IngestResult(str(path.name), "failed", exc.reason))
+                    yield index, IngestResult(name, "failed", exc.reason)
+                except OSError as exc:  # unreadable file (permissions, vanished): this file fails, the others go on
+                    yield index, IngestResult(name, "failed", f"cannot be read ({exc.strerror or exc})")
+
+    def ensure_kb() -> None:
+        if not store.has_kb(kb):
+            store.create_kb(kb, embed_model, chunking)
+
+    return _run_pipeline(prepare(), len(paths), store, embedder, progress, before_write=ensure_kb)
+
+
+def reindex_files(kb: str, records: list[FileRecord], chunking: Chunking, store: Store, embedder,
+                  progress: ProgressFn | None = None) -> list[IngestResult]:
+    """Split the stored text of these files again with new chunk settings, embed it and replace their chunks.
+    Each file is swapped whole, so an interrupted re-index leaves every file searchable (old or new chunks)."""
+    splitter = make_splitter(chunking, embedder)
+
+    def prepare() -> Iterator[_Prepared | tuple[int, IngestResult]]:
+        for index, old in enumerate(records):
+            t0 = time.perf_counter()
+            pages = [Page(text, label) for label, text in store.pages(old)]
+            if not pages:
+                yield index, IngestResult(old.name, "failed", "its text was stored before re-indexing was possible; "
+                                          "add the file again to re-index it")
                 continue
-            try:
-                report(start, f"Reading {name}")
-                pages = read_pages(path, name, settings.max_file_mb)
-                digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                existing = store.file(kb, name)
-                if existing is not None and existing.sha256 == digest:
-                    results.append(IngestResult(name, "unchanged", "already in the knowledge base with the same content",
-                                                existing.pages, existing.chunks))
+            nodes = split_pages(old.name, pages, splitter)
+            record = FileRecord(kb, old.name, old.sha256, old.pages, len(nodes), old.added, uuid.uuid4().hex,
+                                chunking.size, chunking.overlap)
+            yield _Prepared(index, record, pages, nodes, True, t0, ("updated", f"re-indexed (was {old.chunks} chunks)"))
+
+    return _run_pipeline(prepare(), len(records), store, embedder, progress)
+
+
+def _run_pipeline(items: Iterator, total: int, store: Store, embedder, progress: ProgressFn | None,
+                  before_write=None) -> list[IngestResult]:
+    report = progress or silent
+    results: dict[int, IngestResult] = {}
+    handoff: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
+    done_marker = object()
+    failure: list[BaseException] = []
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        handoff.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread, which raises it
+            failure.append(exc)
+        finally:
+            while not stop.is_set():
+                try:
+                    handoff.put(done_marker, timeout=0.2)
+                    break
+                except queue.Full:
                     continue
-                report(start + 0.05 * (end - start), f"Splitting {name}")
-                nodes = split_pages(name, pages, splitter)
-                if not nodes:
-                    raise InputError("no text chunks could be made from the file", subject=name)
-                embed_stage = Stage(report, start + 0.1 * (end - start), start + 0.9 * (end - start), f"Embedding {name}: chunk")
-                texts = [node.get_content() for node in nodes]
-                for offset in range(0, len(texts), EMBED_BATCH):
-                    batch = texts[offset : offset + EMBED_BATCH]
-                    vectors = embedder.encode(batch, batch_size=EMBED_BATCH, normalize_embeddings=True, convert_to_numpy=True)
-                    for node, vector in zip(nodes[offset : offset + EMBED_BATCH], vectors):
-                        node.embedding = vector.tolist()
-                    embed_stage.update(offset + len(batch), len(texts))
-                report(start + 0.92 * (end - start), f"Writing {name}")
-                if not store.has_kb(kb):
-                    store.create_kb(kb, settings.embed_model)
-                record = FileRecord(kb, name, digest, len(pages), len(nodes), time.time(), uuid.uuid4().hex)
-                store.put_file(record, nodes)
-                status = "updated" if existing is not None else "added"
-                verb = "replaced the older version" if existing is not None else "added"
-                results.append(IngestResult(name, status, f"{verb}: {len(pages)} page(s), {len(nodes)} chunks",
-                                            len(pages), len(nodes), time.perf_counter() - t0))
-            except InputError as exc:
-                results.append(IngestResult(name, "failed", exc.reason))
-            except OSError as exc:  # unreadable file (permissions, vanished): this file fails, the others go on
-                results.append(IngestResult(name, "failed", f"cannot be read ({exc.strerror or exc})"))
+
+    reader = threading.Thread(target=produce, name="ingest-reader", daemon=True)
+    reader.start()
+    # Writes run in their own thread, overlapping the next batch's embedding; one at a time, in order.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
+    last_write: list[Future] = []
+    t_start = time.perf_counter()
+    batch: list[_Prepared] = []
+    finished = False
+
+    def status(fraction: float, what: str) -> None:
+        elapsed = time.perf_counter() - t_start
+        eta = f", ~{elapsed / fraction - elapsed:.0f}s left" if 0.02 < fraction < 1 and elapsed > 2 else ""
+        report(fraction, f"{what} ({len(results)}/{total} files done{eta})")
+
+    def flush() -> None:
+        texts = [node.get_content() for item in batch for node in item.nodes]
+        names = ", ".join(item.record.name for item in batch[:3]) + (" …" if len(batch) > 3 else "")
+        nodes = [node for item in batch for node in item.nodes]
+        for offset in range(0, len(texts), EMBED_BATCH * 4):
+            part = texts[offset: offset + EMBED_BATCH * 4]
+            vectors = embedder.encode(part, batch_size=EMBED_BATCH, normalize_embeddings=True, convert_to_numpy=True)
+            for node, vector in zip(nodes[offset: offset + EMBED_BATCH * 4], vectors):
+                node.embedding = vector.tolist()
+            share = (offset + len(part)) / len(texts)
+            status((len(results) + 0.9 * share * len(batch)) / total,
+                   f"Embedding {names}: chunk {offset + len(part)}/{len(texts)}")
+        finish_write()  # the previous batch is stored before this one is (and its errors surface here)
+        status((len(results) + 0.95 * len(batch)) / total, f"Writing {names}")
+        last_write.append(writer.submit(write, list(batch)))
+        batch.clear()
+
+    def write(items: list[_Prepared]) -> list[_Prepared]:
+        if before_write:
+            before_write()
+        store.put_files([(item.record, item.nodes, item.pages) for item in items])
+        return items
+
+    def finish_write() -> None:
+        if not last_write:
+            return
+        for item in last_write.pop().result():
+            status_word, verb = item.verb
+            results[item.index] = IngestResult(
+                item.record.name, status_word,
+                f"{verb}: {item.record.pages} page(s), {item.record.chunks} chunks",
+                item.record.pages, item.record.chunks, round(time.perf_counter() - item.t0, 3))
+
+    try:
+        status(0.0, "Reading")
+        while not finished:
+            item = handoff.get()
+            if item is done_marker:
+                finished = True
+            elif isinstance(item, _Note):
+                status(len(results) / total, item.message)
+            elif isinstance(item, tuple):
+                index, result = item
+                results[index] = result
+            else:
+                batch.append(item)
+            ready = sum(len(b.nodes) for b in batch)
+            # Write when enough is ready, or when nothing more is ready yet (don't wait on a slow reader).
+            if batch and (finished or ready >= WRITE_BATCH_CHUNKS or handoff.empty()):
+                flush()
+        finish_write()
+    finally:
+        stop.set()
+        writer.shutdown(wait=True)  # never leave a write running behind the caller's back
+        reader.join(timeout=5)
+    if failure:
+        raise failure[0]
     report(1.0, "Done")
-    return results
+    return [results[i] for i in sorted(results)]

@@ -11,10 +11,14 @@ from typing import Iterator
 from core.config import Settings, load_settings
 from core.errors import InputError, LabError
 from core.generation import Delta, GenerationConfig, RowDone, stream_chat
-from core.ingest import IngestResult, ingest_files
-from core.models import describe_model, load_embedder, load_generator
+from core.ingest import IngestResult, check_chunking, ingest_files, reindex_files
+from core.adapters import AdapterStore
+from core.datasets import DatasetStore, parse_examples, render
+from core.jobs import JobStore
+from core.models import attach_adapter, describe_model, load_embedder, load_generator
+from core.training import TrainSettings, estimate
 from core.progress import ProgressFn
-from core.store import DEFAULT_KB, Hit, check_kb_name, open_store
+from core.store import DEFAULT_KB, Chunking, Hit, check_kb_name, open_store
 from core.variants import Variant, get_variant
 
 MAX_QUESTION_CHARS = 4000
@@ -49,9 +53,14 @@ def relevant(hits: list[Hit], min_score: float) -> list[Hit]:
     return [h for i, h in enumerate(hits) if i == 0 or h.score >= min_score or h.keyword_rank is not None]
 
 
-def hit_to_source(hit: Hit) -> dict:
+def hit_to_source(hit: Hit, question: str | None = None) -> dict:
+    """A passage as the UI, the CLI and saved results show it; `matched`: [start, end] of the question's words in it."""
+    from core.retrieval import matched_spans
+
     found_by = [name for name, rank in (("vector", hit.vector_rank), ("keyword", hit.keyword_rank)) if rank]
-    return {"file": hit.file, "page": hit.page, "score": round(hit.score, 4), "text": hit.text, "found_by": found_by}
+    matched = [list(span) for span in matched_spans(question, hit.text)] if question else []
+    return {"file": hit.file, "page": hit.page, "score": round(hit.score, 4), "text": hit.text, "found_by": found_by,
+            "matched": matched}
 
 
 class Lab:
@@ -61,6 +70,9 @@ class Lab:
         which crashed the interpreter at exit (seen as a segfault with two CLI ingests at once)."""
         self.settings = settings or load_settings()
         self.store = open_store(self.settings.data_dir, self.settings.chroma_url)
+        self.datasets = DatasetStore(self.settings.data_dir)
+        self.adapters = AdapterStore(self.settings.data_dir)
+        self.jobs = JobStore(self.settings.data_dir)
         self.background_indexing = background_indexing
 
     # ---- models (loaded lazily, once per process) ------------------------------------------
@@ -97,15 +109,58 @@ class Lab:
 
     def kb_show(self, kb: str) -> dict:
         kb = self.store.require_kb(kb)
+        chunking = self.kb_chunking(kb)
         files = [
             {"file": f.name, "pages": f.pages, "chunks": f.chunks,
-             "added": time.strftime("%Y-%m-%d %H:%M", time.localtime(f.added)), "sha256": f.sha256}
+             "added": time.strftime("%Y-%m-%d %H:%M", time.localtime(f.added)), "sha256": f.sha256,
+             "chunk_size": f.chunk_size, "chunk_overlap": f.chunk_overlap,
+             # split with other settings than the knowledge base's (an interrupted re-index): re-index finishes it
+             "needs_reindex": (f.chunk_size, f.chunk_overlap) != (chunking.size, chunking.overlap)}
             for f in self.store.files(kb)
         ]
-        return {"name": kb, "files": files, "chunks": sum(f["chunks"] for f in files)}
+        return {"name": kb, **chunking.to_dict(), "files": files, "chunks": sum(f["chunks"] for f in files)}
 
-    def kb_create(self, kb: str) -> str:
-        return self.store.create_kb(kb, self.settings.embed_model)
+    def kb_chunking(self, kb: str) -> Chunking:
+        """The knowledge base's chunk settings; the configured defaults for one that does not exist yet."""
+        stored = self.store.chunking(kb)
+        return stored or Chunking(self.settings.chunk_size, self.settings.chunk_overlap)
+
+    def _chunking(self, kb: str, chunk_size: int | None, chunk_overlap: int | None) -> Chunking:
+        current = self.kb_chunking(kb)
+        wanted = Chunking(current.size if chunk_size is None else chunk_size,
+                          current.overlap if chunk_overlap is None else chunk_overlap)
+        return check_chunking(wanted, self.embedder)
+
+    def kb_create(self, kb: str, chunk_size: int | None = None, chunk_overlap: int | None = None) -> str:
+        kb = check_kb_name(kb)
+        if self.store.has_kb(kb):
+            raise InputError("a knowledge base with this name already exists", subject=kb)
+        return self.store.create_kb(kb, self.settings.embed_model, self._chunking(kb, chunk_size, chunk_overlap))
+
+    def kb_configure(self, kb: str, chunk_size: int | None = None, chunk_overlap: int | None = None,
+                     progress: ProgressFn | None = None) -> dict:
+        """Change a knowledge base's chunk settings and re-index its files with them (from their stored text).
+        Files already split this way are left alone, so running it again after an interruption finishes the job."""
+        kb = self.store.require_kb(kb)
+        self._check_embedder(kb)
+        chunking = self._chunking(kb, chunk_size, chunk_overlap)
+        self.store.set_chunking(kb, chunking)
+        stale = [f for f in self.store.files(kb) if (f.chunk_size, f.chunk_overlap) != (chunking.size, chunking.overlap)]
+        results = reindex_files(kb, stale, chunking, self.store, self.embedder, progress) if stale else []
+        if any(r.status == "updated" for r in results):
+            self._prepare_keyword_index(kb)
+        return {"name": kb, **chunking.to_dict(), "results": [r.to_dict() for r in results]}
+
+    def file_preview(self, kb: str, name: str) -> dict:
+        """A file's chunks as the model will read them, with page labels and token counts."""
+        kb = self.store.require_kb(kb)
+        record = self.store.file(kb, name)
+        if record is None:
+            raise InputError(f"no such file in knowledge base {kb!r}", subject=name)
+        tokenizer = self.embedder.tokenizer
+        chunks = [{"page": c["page"], "tokens": len(tokenizer.encode(c["text"], add_special_tokens=False)),
+                   "text": c["text"]} for c in self.store.file_chunks(record)]
+        return {"kb": kb, "file": name, "pages": record.pages, "chunks": chunks}
 
     def _check_embedder(self, kb: str) -> None:
         """A knowledge base's vectors only make sense with the embedding model that made them."""
@@ -128,12 +183,23 @@ class Lab:
         self._prepare_keyword_index(kb)
         return {"file": record.name, "chunks_removed": record.chunks}
 
-    def ingest(self, paths: list[str | Path], kb: str = DEFAULT_KB, progress: ProgressFn | None = None) -> list[IngestResult]:
+    def ingest(self, paths: list[str | Path], kb: str = DEFAULT_KB, progress: ProgressFn | None = None,
+               chunk_size: int | None = None, chunk_overlap: int | None = None) -> list[IngestResult]:
+        """Add files or web pages. Chunk settings apply to a new knowledge base; an existing one keeps its own
+        (change them with kb_configure, which re-indexes)."""
         kb = check_kb_name(kb)
         if not paths:
             raise InputError("no files given")
         self._check_embedder(kb)  # a knowledge base that does not exist yet passes
-        results = ingest_files(paths, kb, self.settings, self.store, self.embedder, progress)
+        chunking = self._chunking(kb, chunk_size, chunk_overlap)
+        current = self.store.chunking(kb)
+        if current is not None and current != chunking:
+            raise InputError(
+                f"it splits text into chunks of {current.size} tokens with {current.overlap} overlap; to change "
+                f"that, re-index it (Knowledge base tab, or: python -m core kb configure {kb} --chunk-size N "
+                f"--overlap N)", subject=kb)
+        results = ingest_files(paths, kb, chunking, self.settings.embed_model, self.settings.max_file_mb,
+                               self.store, self.embedder, progress)
         if any(r.status in ("added", "updated") for r in results):
             self._prepare_keyword_index(kb)
         return results
@@ -151,6 +217,70 @@ class Lab:
                 logging.getLogger(__name__).exception("background keyword index build failed")
 
         threading.Thread(target=build, name=f"keyword-index-{kb}").start()  # not a daemon: finishes before exit
+
+    # ---- training data ------------------------------------------------------------------------------
+    def dataset_import(self, path: str | Path, name: str | None = None, replace: bool = False,
+                       validation: float = 0.1, test: float = 0.1, seed: int = 42) -> dict:
+        """Import a Q&A file (format detected) as a named dataset, split into train / validation / test."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError("no such file", subject=str(path))
+        examples, fmt = parse_examples(path)
+        name = name or Path(path.name).stem
+        info = self.datasets.save(name, examples, fmt, path.name, replace, validation, test, seed)
+        return info.summary()
+
+    def dataset_show(self, name: str, part: str = "train", limit: int = 3) -> dict:
+        """A dataset's summary and its first examples exactly as the model sees them, with token counts."""
+        info = self.datasets.info(name)
+        tokenizer = self.generator.tokenizer
+        shown = [render(e, tokenizer) for e in self.datasets.examples(name, part)[:limit]]
+        return {**info.summary(), "part": part, "preview": shown}
+
+    def dataset_split(self, name: str, validation: float = 0.1, test: float = 0.1, seed: int = 42) -> dict:
+        return self.datasets.resplit(name, validation, test, seed).summary()
+
+    # ---- fine-tuning ------------------------------------------------------------------------------------
+    def train_settings(self, preset: str = "quick", **overrides) -> TrainSettings:
+        return TrainSettings.from_preset(preset, **overrides)
+
+    def train_estimate(self, dataset: str, settings: TrainSettings) -> dict:
+        """Memory and time this fine-tune needs here, and whether it fits; computed before loading anything big."""
+        from transformers import AutoConfig
+
+        from core.models import resolve_base_model
+
+        train = self.datasets.examples(dataset, "train")
+        tokenizer = self.generator.tokenizer
+        lengths = [min(render(e, tokenizer)["prompt_tokens"] + render(e, tokenizer)["answer_tokens"],
+                       settings.max_length) for e in train]
+        config = AutoConfig.from_pretrained(resolve_base_model(self.settings.base_model, self.settings))
+        return estimate(config, sum(lengths), len(train), settings, self.settings.resolved_device, max(lengths))
+
+    def train_start(self, dataset: str, settings: TrainSettings, adapter: str | None = None) -> dict:
+        """Check, estimate, and launch a fine-tune in its own process; returns the job (poll lab.jobs.get)."""
+        info = self.datasets.info(dataset)
+        if not info.split.get("train"):
+            raise InputError("the dataset has no training examples", subject=dataset)
+        plan = self.train_estimate(dataset, settings)
+        if not plan["fits"]:
+            raise InputError(
+                f"this fine-tune needs about {plan['memory_gb']} GB but {plan['available_gb']} GB is free; lower "
+                f"the batch size or max length, or use 4-bit", subject=dataset)
+        name = self.adapters.free_name(adapter or f"{dataset}-{settings.preset}")
+        job_id = self.jobs.start({"dataset": dataset, "settings": settings.to_dict(), "adapter": name,
+                                  "base_model": self.settings.base_model, "device": self.settings.device,
+                                  "estimate": plan})
+        return self.jobs.get(job_id)
+
+    def _adapter_key(self, name: str) -> str:
+        """Attach a registered adapter to the loaded base model; refuse one trained on another base model."""
+        info = self.adapters.info(name)
+        if info.get("base_model") != self.settings.base_model:
+            raise InputError(
+                f"trained on {describe_model(info.get('base_model', '?'))}, but the app uses "
+                f"{describe_model(self.settings.base_model)}", subject=name)
+        return attach_adapter(self.generator, f"{name}@{info.get('created')}", self.adapters.path(name))
 
     # ---- retrieval and answers ---------------------------------------------------------------
     def search(self, question: str, kb: str = DEFAULT_KB, top_k: int | None = None) -> tuple[list[Hit], float]:
@@ -175,6 +305,7 @@ class Lab:
         top_k: int | None = None,
         config: GenerationConfig | None = None,
         system_prompt: str | None = None,
+        adapter: str | None = None,
     ) -> Iterator[AnswerEvent]:
         """Answer one question with several variants at once (one batched generate), streaming every column."""
         question = _check_question(question)
@@ -184,11 +315,21 @@ class Lab:
             raise InputError("choose at least one variant")
         answers = {v.name: Answer(v.name, question) for v in chosen}
         generator = self.generator  # load before any timing starts
-        runnable, conversations = [], []
+        runnable, conversations, row_adapters = [], [], []
         hits, retrieval_ms = None, 0.0
         for variant in chosen:
             answer = answers[variant.name]
             passages: list[Hit] = []
+            adapter_key = None
+            if variant.uses_adapter:
+                try:
+                    if not adapter:
+                        raise InputError("choose a fine-tuned adapter for this variant (train one first)")
+                    adapter_key = self._adapter_key(adapter)
+                except LabError as exc:
+                    answer.error = str(exc)
+                    yield AnswerEvent("error", variant.name, str(exc), answer)
+                    continue
             if variant.uses_retrieval:
                 try:
                     if hits is None:
@@ -200,15 +341,16 @@ class Lab:
                     yield AnswerEvent("error", variant.name, str(exc), answer)
                     continue
                 passages = relevant(hits, self.settings.min_score)
-                answer.sources = [hit_to_source(h) for h in passages]
+                answer.sources = [hit_to_source(h, question) for h in passages]
                 answer.timings["retrieval_ms"] = round(retrieval_ms, 1)
                 yield AnswerEvent("sources", variant.name, answer=answer)
             runnable.append(variant)
+            row_adapters.append(adapter_key)
             conversations.append(variant.messages(question, passages, system_prompt))
         if not runnable:
             return
         try:
-            for event in stream_chat(generator, conversations, config):
+            for event in stream_chat(generator, conversations, config, row_adapters):
                 variant = runnable[event.row]
                 answer = answers[variant.name]
                 if isinstance(event, Delta):

@@ -12,7 +12,7 @@ import os
 import shutil
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import BUNDLED_BASE_MODEL, BUNDLED_EMBED_MODEL, HUB_BASE_MODEL, Settings
@@ -141,6 +141,32 @@ class Generator:
     model: object
     tokenizer: object
     device: str
+    adapters: dict = field(default_factory=dict)  # adapter identity -> its name inside the peft model
+
+
+def attach_adapter(generator: Generator, identity: str, path: Path) -> str:
+    """Load a LoRA adapter onto the already loaded base model (never a second copy of the weights) and return the
+    name to generate with. The first adapter wraps the model in peft; later ones are added beside it, and rows
+    of one batch can each use a different adapter, or none ("__base__")."""
+    import hashlib
+
+    with _load_lock:
+        if identity in generator.adapters:
+            return generator.adapters[identity]
+        from peft import PeftModel
+
+        # peft keeps adapters in module dicts: the name must be a plain identifier.
+        key = "adapter_" + hashlib.sha1(identity.encode()).hexdigest()[:12]
+        try:
+            if isinstance(generator.model, PeftModel):
+                generator.model.load_adapter(str(path), adapter_name=key)
+            else:
+                generator.model = PeftModel.from_pretrained(generator.model, str(path), adapter_name=key)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"Could not load the adapter in {path}: {exc}") from exc
+        generator.model.eval()
+        generator.adapters[identity] = key
+        return key
 
 
 def _quiet_transformers() -> None:

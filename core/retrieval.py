@@ -5,7 +5,9 @@ small embedding models blur. Reciprocal rank fusion merges the two rankings with
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 RRF_K = 60  # the constant from Cormack et al. (2009); damps the weight of the very top ranks
 
@@ -14,6 +16,25 @@ def _stemmer():
     import Stemmer
 
     return Stemmer.Stemmer("english")
+
+
+_WORD = re.compile(r"\w+")
+
+
+@lru_cache(maxsize=1)
+def _stopwords() -> frozenset:
+    from bm25s.stopwords import STOPWORDS_EN
+
+    return frozenset(STOPWORDS_EN)
+
+
+def matched_spans(query: str, text: str) -> list[tuple[int, int]]:
+    """(start, end) of the words in `text` that match a word of the query the way keyword search matches them:
+    same English stem, stop words ignored. For highlighting passages."""
+    stemmer, stop = _stemmer(), _stopwords()
+    wanted = {stemmer.stemWord(w) for w in (m.group().lower() for m in _WORD.finditer(query)) if w not in stop}
+    return [(m.start(), m.end()) for m in _WORD.finditer(text)
+            if (w := m.group().lower()) not in stop and stemmer.stemWord(w) in wanted]
 
 
 @dataclass

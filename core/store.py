@@ -39,6 +39,22 @@ class FileRecord:
     chunks: int
     added: float
     ingest_id: str
+    chunk_size: int | None = None  # the chunking this version was split with (None: made before it was recorded)
+    chunk_overlap: int | None = None
+
+
+_FILE_COLUMNS = "kb, name, sha256, pages, chunks, added, ingest_id, chunk_size, chunk_overlap"
+
+
+@dataclass
+class Chunking:
+    """How a knowledge base splits text: chunk size and overlap, in the embedding model's tokens."""
+
+    size: int
+    overlap: int
+
+    def to_dict(self) -> dict:
+        return {"chunk_size": self.size, "chunk_overlap": self.overlap}
 
 
 @dataclass
@@ -52,14 +68,19 @@ class Hit:
     keyword_rank: int | None = None  # 1-based rank in BM25 search, None if no query word matched
 
 
-def check_kb_name(name: str) -> str:
+def check_name(name: str, what: str) -> str:
+    """Names of knowledge bases, datasets and adapters: safe as folder and collection names, and in URLs."""
     name = (name or "").strip()
     if not _KB_NAME.match(name):
         raise InputError(
-            "a knowledge base name is 1-62 letters, digits, '.', '_' or '-', starting and ending with a letter or digit",
+            f"a {what} name is 1-62 letters, digits, '.', '_' or '-', starting and ending with a letter or digit",
             subject=repr(name),
         )
     return name
+
+
+def check_kb_name(name: str) -> str:
+    return check_name(name, "knowledge base")
 
 
 def open_store(data_dir: Path, chroma_url: str | None = None) -> "Store":
@@ -149,8 +170,15 @@ class Store:
                 CREATE TABLE IF NOT EXISTS pending (ingest_id TEXT PRIMARY KEY, collection TEXT NOT NULL,
                     started REAL NOT NULL);
                 CREATE TABLE IF NOT EXISTS dropped (collection TEXT PRIMARY KEY, since REAL NOT NULL);
+                CREATE TABLE IF NOT EXISTS pages (ingest_id TEXT NOT NULL, seq INTEGER NOT NULL, label TEXT NOT NULL,
+                    text TEXT NOT NULL, PRIMARY KEY (ingest_id, seq));
                 """
             )
+            # Catalogs made before chunk settings were kept gain the columns (NULL: the defaults of the time).
+            for table, column in (("kbs", "chunk_size"), ("kbs", "chunk_overlap"),
+                                  ("files", "chunk_size"), ("files", "chunk_overlap")):
+                if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} INTEGER")
         self.recover()
 
     # ---- plumbing -------------------------------------------------------------------------
@@ -290,16 +318,28 @@ class Store:
             row = db.execute("SELECT embed_model FROM kbs WHERE name=?", (kb,)).fetchone()
         return row[0] if row else None
 
-    def create_kb(self, kb: str, embed_model: str | None = None) -> str:
+    def create_kb(self, kb: str, embed_model: str | None = None, chunking: Chunking | None = None) -> str:
         kb = check_kb_name(kb)
         with self.writing():
             if not self.has_kb(kb):
                 collection = f"kb_{uuid.uuid4().hex[:16]}"  # not the name: renaming never touches Chroma
+                size, overlap = (chunking.size, chunking.overlap) if chunking else (None, None)
                 with self._db() as db:
-                    db.execute("INSERT INTO kbs (name, created, collection, embed_model) VALUES (?, ?, ?, ?)",
-                               (kb, time.time(), collection, embed_model))
+                    db.execute("INSERT INTO kbs (name, created, collection, embed_model, chunk_size, chunk_overlap)"
+                               " VALUES (?, ?, ?, ?, ?, ?)", (kb, time.time(), collection, embed_model, size, overlap))
                 self._collection(create=True, name=collection)
         return kb
+
+    def chunking(self, kb: str) -> Chunking | None:
+        """The chunk settings a knowledge base keeps (None if it does not exist or predates them)."""
+        with self._db() as db:
+            row = db.execute("SELECT chunk_size, chunk_overlap FROM kbs WHERE name=?", (kb,)).fetchone()
+        return Chunking(row[0], row[1]) if row and row[0] is not None else None
+
+    def set_chunking(self, kb: str, chunking: Chunking) -> None:
+        kb = self.require_kb(kb)
+        with self.writing(), self._db() as db:
+            db.execute("UPDATE kbs SET chunk_size=?, chunk_overlap=? WHERE name=?", (chunking.size, chunking.overlap, kb))
 
     def rename_kb(self, kb: str, new_name: str) -> str:
         kb = self.require_kb(kb)
@@ -321,6 +361,7 @@ class Store:
             collection = self._collection_name(kb)
             with self._db() as db:
                 db.execute("INSERT OR IGNORE INTO dropped (collection, since) VALUES (?, ?)", (collection, time.time()))
+                db.execute("DELETE FROM pages WHERE ingest_id IN (SELECT ingest_id FROM files WHERE kb=?)", (kb,))
                 db.execute("DELETE FROM files WHERE kb=?", (kb,))
                 db.execute("DELETE FROM pending WHERE collection=?", (collection,))
                 db.execute("DELETE FROM kbs WHERE name=?", (kb,))
@@ -340,44 +381,70 @@ class Store:
     # ---- files --------------------------------------------------------------------------------
     def files(self, kb: str) -> list[FileRecord]:
         with self._db() as db:
-            rows = db.execute(
-                "SELECT kb, name, sha256, pages, chunks, added, ingest_id FROM files WHERE kb=? ORDER BY added",
-                (kb,),
-            ).fetchall()
+            rows = db.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE kb=? ORDER BY added", (kb,)).fetchall()
         return [FileRecord(*row) for row in rows]
 
     def file(self, kb: str, name: str) -> FileRecord | None:
         with self._db() as db:
-            row = db.execute(
-                "SELECT kb, name, sha256, pages, chunks, added, ingest_id FROM files WHERE kb=? AND name=?", (kb, name)
-            ).fetchone()
+            row = db.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE kb=? AND name=?", (kb, name)).fetchone()
         return FileRecord(*row) if row else None
 
-    def put_file(self, record: FileRecord, nodes: list) -> None:
-        """Store a file's embedded chunks and list it, replacing any older version of the same name.
+    def put_files(self, items: list[tuple[FileRecord, list, list]]) -> None:
+        """Store several files' embedded chunks and list them, each replacing any older version of its name.
 
-        `nodes` are llama-index TextNodes with embeddings set; each carries metadata file/page.
+        Each item is (record, nodes, pages): llama-index TextNodes with embeddings set (metadata file/page), and the
+        file's extracted pages (`Page`s), kept so the knowledge base can be re-chunked without the original file.
+        All of one knowledge base; one Chroma write and one catalog transaction for the lot (many small files
+        were slow one by one), and still all or nothing per file.
         """
+        if not items:
+            return
+        kb = items[0][0].kb
         with self.writing():
-            collection = self._collection_name(self.require_kb(record.kb))
+            collection = self._collection_name(self.require_kb(kb))
             with self._db() as db:
-                self._mark_pending(db, record.ingest_id, collection)
-            for node in nodes:
-                node.metadata["ingest_id"] = record.ingest_id
-            self._vector_store(name=collection).add(nodes)
+                for record, _, _ in items:
+                    self._mark_pending(db, record.ingest_id, collection)
+            all_nodes = []
+            for record, nodes, _ in items:
+                for node in nodes:
+                    node.metadata["ingest_id"] = record.ingest_id
+                all_nodes.extend(nodes)
+            self._vector_store(name=collection).add(all_nodes)
             self._bump_generation()
-            old = self.file(record.kb, record.name)
-            with self._db() as db:  # one transaction: the new version listed, the old one marked to go
-                db.execute(
-                    "INSERT OR REPLACE INTO files (kb, name, sha256, pages, chunks, added, ingest_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (record.kb, record.name, record.sha256, record.pages, record.chunks, record.added, record.ingest_id),
-                )
-                db.execute("DELETE FROM pending WHERE ingest_id=?", (record.ingest_id,))
-                if old is not None:
-                    self._mark_pending(db, old.ingest_id, collection)
-            if old is not None:
-                self._remove_chunks(collection, old.ingest_id)
+            replaced = []
+            with self._db() as db:  # one transaction: the new versions listed, the old ones marked to go
+                for record, _, pages in items:
+                    old = db.execute("SELECT ingest_id FROM files WHERE kb=? AND name=?", (kb, record.name)).fetchone()
+                    db.execute(
+                        f"INSERT OR REPLACE INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (kb, record.name, record.sha256, record.pages, record.chunks, record.added, record.ingest_id,
+                         record.chunk_size, record.chunk_overlap),
+                    )
+                    db.executemany("INSERT OR REPLACE INTO pages (ingest_id, seq, label, text) VALUES (?, ?, ?, ?)",
+                                   [(record.ingest_id, seq, p.label, p.text) for seq, p in enumerate(pages)])
+                    db.execute("DELETE FROM pending WHERE ingest_id=?", (record.ingest_id,))
+                    if old is not None and old[0] != record.ingest_id:
+                        self._mark_pending(db, old[0], collection)
+                        replaced.append(old[0])
+            for ingest_id in replaced:
+                self._remove_chunks(collection, ingest_id)
+
+    def put_file(self, record: FileRecord, nodes: list, pages: list | None = None) -> None:
+        self.put_files([(record, nodes, pages or [])])
+
+    def pages(self, record: FileRecord) -> list[tuple[str, str]]:
+        """The stored text of a listed file, as (page label, text), in page order."""
+        with self._db() as db:
+            return db.execute("SELECT label, text FROM pages WHERE ingest_id=? ORDER BY seq", (record.ingest_id,)).fetchall()
+
+    def file_chunks(self, record: FileRecord) -> list[dict]:
+        """A listed file's chunks in reading order: what the model will read from it."""
+        got = self._collection(record.kb).get(where={"ingest_id": record.ingest_id}, include=["documents", "metadatas"])
+        chunks = [{"page": str(meta.get("page", "")), "text": doc, "seq": meta.get("chunk", i)}
+                  for i, (doc, meta) in enumerate(zip(got["documents"], got["metadatas"]))]
+        chunks.sort(key=lambda c: c["seq"])
+        return chunks
 
     def delete_file(self, kb: str, name: str) -> FileRecord:
         kb = self.require_kb(kb)
@@ -395,6 +462,7 @@ class Store:
     def _remove_chunks(self, collection: str, ingest_id: str) -> None:
         self._collection(name=collection).delete(where={"ingest_id": ingest_id})
         with self._db() as db:
+            db.execute("DELETE FROM pages WHERE ingest_id=?", (ingest_id,))
             db.execute("DELETE FROM pending WHERE ingest_id=?", (ingest_id,))
 
     def chunk_count(self, kb: str) -> int:
@@ -418,8 +486,9 @@ class Store:
             for ingest_id, collection in pending:
                 try:
                     self._remove_chunks(collection, ingest_id)
-                except NotFoundError:  # its collection is gone: nothing left to remove
+                except NotFoundError:  # its collection is gone: no chunks left to remove
                     with self._db() as db:
+                        db.execute("DELETE FROM pages WHERE ingest_id=?", (ingest_id,))
                         db.execute("DELETE FROM pending WHERE ingest_id=?", (ingest_id,))
                 cleared += 1
             for collection in dropped:

@@ -1,6 +1,5 @@
 """The answer variants. Each says whether it retrieves passages and whether it needs an adapter, and builds
-its own prompt; callers only ever look at these flags, so `finetuned` and `finetuned+rag` slot in later
-(with `uses_adapter=True`) without touching them."""
+its own prompt; callers only ever look at these flags."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,6 +43,10 @@ VARIANTS: dict[str, Variant] = {
     for v in (
         Variant("base", "Base model", "The model alone, answering from what it learned in pre-training.", False),
         Variant("rag", "RAG", "The model reading passages retrieved from your knowledge base.", True),
+        Variant("finetuned", "Fine-tuned", "The model with a fine-tuned adapter, answering from what it was trained on.",
+                False, uses_adapter=True),
+        Variant("finetuned+rag", "Fine-tuned + RAG", "The fine-tuned model, also reading retrieved passages.",
+                True, uses_adapter=True),
     )
 }
 

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT, run_cli, subprocess_env
 
-COMMANDS = [[], ["ingest"], ["ask"], ["search"], ["kb"], ["kb", "list"], ["kb", "show"], ["kb", "create"], ["kb", "rename"], ["kb", "delete"], ["info"]]
+COMMANDS = [[], ["dataset"], ["train"], ["jobs"], ["adapters"], ["ingest"], ["ask"], ["search"], ["kb"], ["kb", "list"], ["kb", "show"], ["kb", "create"], ["kb", "configure"], ["kb", "rename"], ["kb", "delete"], ["info"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")

@@ -76,7 +76,8 @@ def test_opening_the_store_never_touches_a_live_writers_chunks(lab, handbook, da
         assert listed.returncode == 0 and time.perf_counter() - t0 < 60
         assert store._collection("default").get(ids=["live-1"])["ids"] == ["live-1"], "a live ingest was cleaned up"
         with store._db() as db:  # the "ingest" finishes: listed, mark cleared
-            db.execute("INSERT INTO files VALUES ('default', 'live.md', 'x', 1, 1, 0, 'live-ingest')")
+            db.execute("INSERT INTO files (kb, name, sha256, pages, chunks, added, ingest_id)"
+                       " VALUES ('default', 'live.md', 'x', 1, 1, 0, 'live-ingest')")
             db.execute("DELETE FROM pending WHERE ingest_id='live-ingest'")
     assert Store(data_dir).recover() == 0
     assert {f.name for f in store.files("default")} == {"handbook.md", "live.md"}

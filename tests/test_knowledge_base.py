@@ -92,7 +92,7 @@ def test_interrupted_ingest_is_cleaned_up_on_next_open(lab, handbook, data_dir):
     from core.ingest import make_splitter, split_pages
     from core.documents import read_pages
 
-    nodes = split_pages("half.md", read_pages(handbook, "half.md", 50), make_splitter(lab.settings, lab.embedder))
+    nodes = split_pages("half.md", read_pages(handbook, "half.md", 50), make_splitter(lab.kb_chunking("default"), lab.embedder))
     for node in nodes:
         node.embedding = [0.0] * 383 + [1.0]
         node.metadata["ingest_id"] = "dead-ingest"

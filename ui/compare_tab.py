@@ -7,7 +7,7 @@ from core.errors import LabError
 from core.generation import GenerationConfig
 from core.lab import Lab
 from core.store import DEFAULT_KB
-from ui.formatting import SOURCES_HEADERS, escape, sources_rows, timing_line
+from ui.formatting import SOURCES_HEADERS, SOURCES_TYPES, escape, sources_rows, timing_line
 from ui.knowledge_tab import kb_choices
 
 COLUMNS = ("base", "rag")
@@ -41,9 +41,9 @@ def build(lab: Lab) -> None:
                 gr.Markdown("### RAG\n*The same model, reading passages from your knowledge base.*")
                 rag_answer = gr.Markdown(elem_id="answer-rag", min_height=80)
                 rag_stats = gr.Markdown(elem_id="stats-rag")
-        sources = gr.Dataframe(headers=SOURCES_HEADERS, interactive=False, wrap=True, elem_id="sources",
+        sources = gr.Dataframe(headers=SOURCES_HEADERS, datatype=SOURCES_TYPES, interactive=False, wrap=True, elem_id="sources",
                                label="Sources the RAG answer read (score: cosine similarity, 1 is identical; found by meaning "
-                                     "(vector) and/or by shared words (keyword))")
+                                     "(vector) and/or by shared words (keyword); the question's words are highlighted)")
 
         def answer(q, kb_name, k, max_new):
             if not (q or "").strip():

@@ -37,11 +37,24 @@ def timing_line(timings: dict) -> str:
     return " · ".join(parts)
 
 
+def highlight(text: str, spans: list) -> str:
+    """The passage as safe HTML: everything escaped, the question's words marked."""
+    out, last = [], 0
+    for start, end in spans:
+        out.append(html.escape(text[last:start]))
+        out.append(f"<mark>{html.escape(text[start:end])}</mark>")
+        last = end
+    out.append(html.escape(text[last:]))
+    return "".join(out)
+
+
 def sources_rows(sources: list[dict]) -> list[list]:
     return [
-        [i, s["file"], s["page"] or "–", round(s["score"], 3), " + ".join(s.get("found_by", [])), s["text"]]
+        [i, s["file"], s["page"] or "–", round(s["score"], 3), " + ".join(s.get("found_by", [])),
+         highlight(s["text"], s.get("matched", []))]
         for i, s in enumerate(sources, 1)
     ]
 
 
 SOURCES_HEADERS = ["#", "File", "Page", "Score", "Found by", "Passage"]
+SOURCES_TYPES = ["number", "str", "str", "number", "str", "html"]

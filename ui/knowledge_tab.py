@@ -10,6 +10,7 @@ from core.web import as_url
 from ui.formatting import STATUS_LABEL, escape_plain
 
 FILE_HEADERS = ["File", "Pages", "Chunks", "Added"]
+PREVIEW_HEADERS = ["#", "Page", "Tokens", "Chunk text"]
 
 
 def kb_choices(lab: Lab) -> list[str]:
@@ -23,6 +24,10 @@ def file_rows(lab: Lab, kb: str) -> list[list]:
     return [[f["file"], f["pages"], f["chunks"], f["added"]] for f in lab.kb_show(kb)["files"]]
 
 
+def _whole(value) -> int | None:
+    return None if value is None or value == "" else int(value)
+
+
 def build(lab: Lab) -> None:
     with gr.Tab("1 · Knowledge base", id="kb") as tab:
         gr.Markdown(
@@ -34,7 +39,7 @@ def build(lab: Lab) -> None:
         )
         with gr.Row():
             kb = gr.Dropdown(
-                choices=kb_choices(lab), value=DEFAULT_KB, label="Knowledge base", allow_custom_value=True,
+                choices=kb_choices(lab), value=DEFAULT_KB, label="Knowledge base", allow_custom_value=True, elem_id="kb-select",
                 info="Pick one, or type a new name to create it when you add files.", scale=2,
             )
         uploads = gr.File(label="Documents to add", file_count="multiple", type="filepath", elem_id="kb-upload")
@@ -50,12 +55,36 @@ def build(lab: Lab) -> None:
             label="Stored in this knowledge base", elem_id="kb-files",
         )
         with gr.Row():
-            to_delete = gr.Dropdown(label="File to delete", choices=[r[0] for r in file_rows(lab, DEFAULT_KB)], scale=3)
+            to_delete = gr.Dropdown(label="File", choices=[r[0] for r in file_rows(lab, DEFAULT_KB)], scale=3,
+                                    elem_id="kb-file-pick")
+            preview = gr.Button("Preview chunks", scale=1, elem_id="kb-preview-button")
             delete = gr.Button("Delete file", variant="stop", scale=1)
-        with gr.Accordion("Rename this knowledge base", open=False):
+        preview_table = gr.Dataframe(headers=PREVIEW_HEADERS, interactive=False, wrap=True, visible=False,
+                                     label="What the model reads from this file: its chunks, in order",
+                                     elem_id="kb-preview")
+        chunking = lab.kb_chunking(DEFAULT_KB)
+        with gr.Accordion("Chunk settings", open=False):
+            gr.Markdown(
+                "Documents are cut into **chunks** of about this many tokens; RAG gives the model the best few. "
+                "Smaller chunks are more precise but carry less context; **overlap** repeats the end of one chunk "
+                "at the start of the next, so a sentence cut in two is still found. A new knowledge base takes "
+                "these values when you first add files; for an existing one, **Re-index** rebuilds every file "
+                "with them (from the text stored when it was added)."
+            )
+            with gr.Row():
+                chunk_size = gr.Number(value=chunking.size, label="Chunk size (tokens)", precision=0, minimum=16,
+                                       elem_id="kb-chunk-size")
+                chunk_overlap = gr.Number(value=chunking.overlap, label="Overlap (tokens)", precision=0, minimum=0,
+                                          elem_id="kb-chunk-overlap")
+                reindex = gr.Button("Re-index with these settings", elem_id="kb-reindex")
+        with gr.Accordion("Rename or delete this knowledge base", open=False):
             with gr.Row():
                 new_name = gr.Textbox(label="New name", placeholder="letters, digits, '.', '_' or '-'", scale=3)
                 rename = gr.Button("Rename", scale=1)
+            with gr.Row():
+                confirm_name = gr.Textbox(label="To delete it with all its files, type its name", scale=3,
+                                          elem_id="kb-delete-confirm")
+                delete_kb = gr.Button("Delete knowledge base", variant="stop", scale=1, elem_id="kb-delete")
 
         def refresh(kb_name):
             rows = file_rows(lab, kb_name)
@@ -65,18 +94,33 @@ def build(lab: Lab) -> None:
                 gr.update(choices=[r[0] for r in rows], value=None),
             )
 
-        def add_files(paths, kb_name, url_text="", progress=gr.Progress()):
+        def chunk_fields(kb_name):
+            """The knowledge base's own chunk settings; a name not created yet keeps what the user typed."""
+            if not lab.store.has_kb(kb_name):
+                return gr.update(), gr.update()
+            current = lab.kb_chunking(kb_name)
+            return current.size, current.overlap
+
+        def add_files(paths, kb_name, url_text="", size=None, overlap=None, progress=gr.Progress()):
             # Every line becomes a web address (https:// added if missing), so no line is ever read as a server path.
             addresses = [as_url(line) for line in (url_text or "").splitlines() if line.strip()]
             if not paths and not addresses:
                 raise gr.Error("Choose one or more files, or enter web addresses, first.")
+            wanted, note = (_whole(size), _whole(overlap)), ""
+            if lab.store.has_kb(kb_name):  # an existing knowledge base keeps its settings; Re-index changes them
+                current = lab.kb_chunking(kb_name)
+                if wanted != (current.size, current.overlap) and None not in wanted:
+                    note = (f"\n\nChunk settings unchanged: this knowledge base keeps chunks of {current.size} tokens "
+                            f"with overlap {current.overlap}. Use **Re-index** under *Chunk settings* to change them.")
+                wanted = (None, None)
             try:
-                results = lab.ingest([*(paths or []), *addresses], kb_name, progress=lambda f, m: progress(f, desc=m))
+                results = lab.ingest([*(paths or []), *addresses], kb_name, progress=lambda f, m: progress(f, desc=m),
+                                     chunk_size=wanted[0], chunk_overlap=wanted[1])
             except LabError as exc:
                 raise gr.Error(str(exc)) from None
             lines = [f"**{STATUS_LABEL[r.status]}** · {escape_plain(r.file)}: {escape_plain(r.message)}" for r in results]
             failed = {r.file for r in results if r.status == "failed"}
-            return ("\n\n".join(lines), None, *refresh(kb_name), "\n".join(a for a in addresses if a in failed))
+            return ("\n\n".join(lines) + note, None, *refresh(kb_name), "\n".join(a for a in addresses if a in failed))
 
         def delete_file(kb_name, name):
             if not name:
@@ -88,6 +132,39 @@ def build(lab: Lab) -> None:
             message = f"**Deleted** · {escape_plain(removed['file'])} ({removed['chunks_removed']} chunks)."
             return (message, *refresh(kb_name))
 
+        def preview_file(kb_name, name):
+            if not name:
+                raise gr.Error("Pick a file to preview.")
+            try:
+                shown = lab.file_preview(kb_name, name)
+            except LabError as exc:
+                raise gr.Error(str(exc)) from None
+            rows = [[i, c["page"] or "–", c["tokens"], c["text"]] for i, c in enumerate(shown["chunks"], 1)]
+            return gr.update(value=rows, visible=True)
+
+        def configure_kb(kb_name, size, overlap, progress=gr.Progress()):
+            try:
+                done = lab.kb_configure(kb_name, _whole(size), _whole(overlap), progress=lambda f, m: progress(f, desc=m))
+            except LabError as exc:
+                raise gr.Error(str(exc)) from None
+            head = (f"**Chunk settings** · {escape_plain(kb_name)}: chunks of {done['chunk_size']} tokens, "
+                    f"overlap {done['chunk_overlap']}.")
+            if not done["results"]:
+                head += " Every file already uses them; nothing to re-index."
+            lines = [f"**{STATUS_LABEL[r['status']]}** · {escape_plain(r['file'])}: {escape_plain(r['message'])}"
+                     for r in done["results"]]
+            return ("\n\n".join([head, *lines]), *refresh(kb_name))
+
+        def delete_whole_kb(kb_name, typed):
+            if (typed or "").strip() != kb_name:
+                raise gr.Error(f"To delete the knowledge base, type its name ({kb_name}) in the box first.")
+            try:
+                lab.kb_delete(kb_name)
+            except LabError as exc:
+                raise gr.Error(str(exc)) from None
+            return (f"**Deleted** · the knowledge base {escape_plain(kb_name)} and all its files.",
+                    *refresh(DEFAULT_KB), "", *chunk_fields(DEFAULT_KB))
+
         def rename_kb(kb_name, wanted):
             try:
                 renamed = lab.kb_rename(kb_name, wanted)
@@ -98,12 +175,23 @@ def build(lab: Lab) -> None:
         # Writes share one queue slot: the store has one writer anyway, and waiting users see their place.
         # The URL box is the last input (optional for API clients); it is refilled through a State, which the API
         # does not show, so /add_files keeps its outputs.
-        add.click(add_files, [uploads, kb, urls], [status, uploads, kb, table, to_delete, failed_urls],
+        add.click(add_files, [uploads, kb, urls, chunk_size, chunk_overlap],
+                  [status, uploads, kb, table, to_delete, failed_urls],
                   api_name="add_files", concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status]
                   ).success(lambda left: left, [failed_urls], [urls], api_visibility="private")
         delete.click(delete_file, [kb, to_delete], [status, kb, table, to_delete],
                      api_name="delete_file", concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status])
         rename.click(rename_kb, [kb, new_name], [status, kb, table, to_delete, new_name],
                      api_name="rename_kb", concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status])
+        reindex.click(configure_kb, [kb, chunk_size, chunk_overlap], [status, kb, table, to_delete],
+                      api_name="configure_kb", concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status])
+        delete_kb.click(delete_whole_kb, [kb, confirm_name],
+                        [status, kb, table, to_delete, confirm_name, chunk_size, chunk_overlap],
+                        api_name="delete_kb", concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status])
+        preview.click(preview_file, [kb, to_delete], [preview_table], api_name="preview_file")
+        # The chunk fields follow the user's own picks only (input, not change): a late reply to a programmatic
+        # change (the tab's refresh) would otherwise overwrite values just typed for a new knowledge base.
         kb.change(lambda name: refresh(name)[1:], [kb], [table, to_delete], api_visibility="private")
+        kb.input(lambda name: (*chunk_fields(name), gr.update(visible=False)), [kb],
+                 [chunk_size, chunk_overlap, preview_table], api_visibility="private")
         tab.select(refresh, [kb], [kb, table, to_delete], api_visibility="private")

@@ -1,0 +1,212 @@
+"""Training jobs: each runs in its own process, so a crash or a cancel never takes the app (or the CLI) down, and a
+page refresh finds the job again on disk.
+
+data_dir/jobs/<id>/ holds job.json (what to do), status.json (written by the job as it goes), log.txt (its output)
+and `cancel` (a flag the job polls every step). One job per device at a time: a job waits for the device's lock
+file, and says which job it waits for; jobs started meanwhile form a visible queue.
+
+Run a job by hand: python -m core.jobs DATA_DIR/jobs/<id>
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+from core.errors import InputError
+
+ACTIVE = ("queued", "running")
+FINAL = ("completed", "cancelled", "failed")
+
+
+class JobStore:
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir)
+        self.root = self.data_dir / "jobs"
+
+    # ---- starting and watching ------------------------------------------------------------------------------
+    def start(self, job: dict) -> str:
+        """Write the job and launch its process; returns the job id."""
+        job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        folder = self.root / job_id
+        folder.mkdir(parents=True)
+        job = {**job, "id": job_id, "created": time.time(), "data_dir": str(self.data_dir)}
+        _write_json(folder / "job.json", job)
+        _write_json(folder / "status.json", {"state": "queued", "step": 0, "total_steps": None})
+        self._launch(folder)
+        return job_id
+
+    def resume(self, job_id: str) -> str:
+        """Start a cancelled or failed job again: it continues from its last checkpoint."""
+        folder = self._folder(job_id)
+        state = self.get(job_id)["state"]
+        if state in ACTIVE:
+            raise InputError(f"the job is {state}; only a cancelled or failed job can be resumed", subject=job_id)
+        (folder / "cancel").unlink(missing_ok=True)
+        _write_json(folder / "status.json", {"state": "queued", "step": 0, "total_steps": None, "resumed": True})
+        self._launch(folder)
+        return job_id
+
+    def _launch(self, folder: Path) -> None:
+        log = open(folder / "log.txt", "a")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "core.jobs", str(folder)], stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, cwd=Path(__file__).resolve().parent.parent, env=env,
+            start_new_session=True,  # a Ctrl-C in the terminal or the app's exit does not kill the training
+        )
+        log.close()
+        (folder / "pid").write_text(str(process.pid))
+
+    def _folder(self, job_id: str) -> Path:
+        folder = self.root / str(job_id)
+        if "/" in str(job_id) or not (folder / "job.json").exists():
+            raise InputError("no such training job", subject=job_id)
+        return folder
+
+    def get(self, job_id: str) -> dict:
+        folder = self._folder(job_id)
+        job = json.loads((folder / "job.json").read_text())
+        status = _read_json(folder / "status.json") or {"state": "queued"}
+        if status.get("state") in ACTIVE and not _alive(folder):
+            status = {**status, "state": "failed",
+                      "error": "the training process ended unexpectedly (see the log)"}
+        return {**job, **status, "log_tail": self.log_tail(job_id, 20)}
+
+    def list(self) -> list[dict]:
+        if not self.root.exists():
+            return []
+        ids = sorted((p.name for p in self.root.iterdir() if (p / "job.json").exists()), reverse=True)
+        return [self.get(i) for i in ids]
+
+    def cancel(self, job_id: str) -> dict:
+        folder = self._folder(job_id)
+        (folder / "cancel").touch()
+        return self.get(job_id)
+
+    def log_tail(self, job_id: str, lines: int = 20) -> str:
+        path = self.root / job_id / "log.txt"
+        if not path.exists():
+            return ""
+        with open(path, "rb") as handle:
+            handle.seek(max(0, path.stat().st_size - 20000))
+            return "\n".join(handle.read().decode("utf-8", "replace").splitlines()[-lines:])
+
+    def wait(self, job_id: str, on_status=None, poll_s: float = 1.0) -> dict:
+        """Block until the job ends; `on_status(status)` sees every change."""
+        last = None
+        while True:
+            status = self.get(job_id)
+            key = (status["state"], status.get("step"), status.get("waiting_for"))
+            if on_status and key != last:
+                on_status(status)
+                last = key
+            if status["state"] in FINAL:
+                return status
+            time.sleep(poll_s)
+
+
+def _alive(folder: Path) -> bool:
+    try:
+        pid = int((folder / "pid").read_text())
+    except (OSError, ValueError):
+        return True  # being launched right now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a finished child of this process lingers as a zombie until reaped: that is not alive
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+# ---- inside the job's process ------------------------------------------------------------------------------
+
+def run_job(folder: Path) -> int:
+    from core.adapters import AdapterStore
+    from core.config import pick_device
+    from core.datasets import DatasetStore
+    from core.training import train
+
+    job = json.loads((folder / "job.json").read_text())
+    status_path = folder / "status.json"
+    cancel_flag = folder / "cancel"
+    device = pick_device(job["device"])
+    lock_path = folder.parent / f"device-{device.replace(':', '-')}.lock"
+    status: dict = {"state": "queued", "step": 0, "total_steps": None}
+
+    def report(update: dict) -> None:
+        status.update(update)
+        _write_json(status_path, status)
+
+    with open(lock_path, "a+") as lock:
+        while True:  # wait for the device, visibly, and let a queued job be cancelled
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                lock.seek(0)
+                report({"state": "queued", "waiting_for": lock.read().strip() or "another job"})
+                if cancel_flag.exists():
+                    report({"state": "cancelled", "error": None, "message": "cancelled before it started"})
+                    return 0
+                time.sleep(1.0)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(job["id"])
+        lock.flush()
+        report({"state": "running", "waiting_for": None, "started": time.time()})
+        try:
+            result = train(job, folder, report, cancel_flag.exists)
+            cancelled = cancel_flag.exists()
+            data = DatasetStore(Path(job["data_dir"]))
+            adapters = AdapterStore(Path(job["data_dir"]))
+            meta = {
+                "base_model": job["base_model"], "dataset": job["dataset"],
+                "dataset_sha256": data.info(job["dataset"]).sha256, "settings": job["settings"],
+                "job": job["id"], "created": time.time(), "complete": not cancelled,
+                **{k: result[k] for k in ("train_loss", "eval_loss", "steps", "total_steps", "seconds",
+                                          "tokens_per_s", "device", "quantized_4bit", "packing", "history")},
+            }
+            name = job["adapter"]
+            if name in adapters.names() and adapters.info(name).get("job") == job["id"]:
+                adapters.delete(name)  # a resumed job replaces what its earlier run saved
+            name = adapters.add(adapters.free_name(name), folder / "adapter", meta)
+            report({"state": "cancelled" if cancelled else "completed", "adapter": name, "result": result,
+                    "message": "cancelled; the last checkpoint was saved as a usable adapter" if cancelled else
+                    "finished"})
+            return 0
+        except Exception as exc:  # noqa: BLE001 - any failure ends this job only, with its reason shown
+            traceback.print_exc()
+            report({"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            return 1
+        finally:
+            lock.seek(0)
+            lock.truncate()
+            lock.flush()
+
+
+if __name__ == "__main__":  # core/__init__ has already set the offline environment
+    sys.exit(run_job(Path(sys.argv[1])))

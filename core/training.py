@@ -1,0 +1,328 @@
+"""Fine-tuning: LoRA on CPU, QLoRA (4-bit NF4) on CUDA, built on TRL's SFTTrainer (completion-only loss).
+
+This module runs inside the training job's own process (see core/jobs.py); nothing here touches the UI.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from core.errors import InputError
+
+# Plain-language presets; every field can be overridden in the advanced panel or on the command line.
+PRESETS: dict[str, dict] = {
+    "quick": {
+        "about": "A first try in minutes: learns short facts from a few dozen examples; may overfit.",
+        "rank": 16, "alpha": 32, "learning_rate": 1e-3, "epochs": 8, "batch_size": 8, "max_length": 384,
+    },
+    "balanced": {
+        "about": "The usual choice: more passes at a gentler pace, stops early when validation loss stops improving.",
+        "rank": 16, "alpha": 32, "learning_rate": 5e-4, "epochs": 12, "batch_size": 8, "max_length": 512,
+    },
+    "thorough": {
+        "about": "For larger datasets or style changes: a bigger adapter, slower and longer; best on a GPU.",
+        "rank": 64, "alpha": 128, "learning_rate": 2e-4, "epochs": 20, "batch_size": 8, "max_length": 1024,
+    },
+}
+
+
+@dataclass
+class TrainSettings:
+    preset: str = "quick"
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str = "all-linear"  # or a comma-separated list such as "q_proj,v_proj"
+    learning_rate: float = 1e-3
+    epochs: float = 8
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 384
+    seed: int = 42
+    eval_every: int = 0  # steps between validation-loss checks; 0: about 10 per run
+    early_stopping_patience: int = 3  # validation checks without improvement before stopping
+    quantize: str = "auto"  # "auto" (4-bit NF4 on CUDA, none on CPU), "4bit" or "none"
+    max_steps: int = 0  # 0: run the epochs; >0 caps the run (demo mode, quick checks)
+
+    @classmethod
+    def from_preset(cls, preset: str = "quick", **overrides) -> "TrainSettings":
+        if preset not in PRESETS:
+            raise InputError(f"unknown preset; choose from {', '.join(PRESETS)}", subject=repr(preset))
+        values = {k: v for k, v in PRESETS[preset].items() if k != "about"}
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise InputError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(preset=preset, **values).checked()
+
+    def checked(self) -> "TrainSettings":
+        rules = [
+            (1 <= self.rank <= 512, "rank must be between 1 and 512"),
+            (self.alpha > 0, "alpha must be positive"),
+            (0 <= self.dropout < 1, "dropout must be at least 0 and below 1"),
+            (0 < self.learning_rate < 1, "learning rate must be between 0 and 1 (e.g. 0.0002)"),
+            (0 < self.epochs <= 100, "epochs must be between 0 and 100"),
+            (1 <= self.batch_size <= 512, "batch size must be between 1 and 512"),
+            (1 <= self.grad_accum <= 512, "gradient accumulation must be between 1 and 512"),
+            (32 <= self.max_length <= 32768, "max length must be between 32 and 32768 tokens"),
+            (self.quantize in ("auto", "4bit", "none"), "quantize must be auto, 4bit or none"),
+            (self.max_steps >= 0 and self.eval_every >= 0, "steps must not be negative"),
+        ]
+        for ok, message in rules:
+            if not ok:
+                raise InputError(message)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def use_4bit(settings: TrainSettings, device: str) -> bool:
+    if settings.quantize == "4bit":
+        return True
+    return settings.quantize == "auto" and device.startswith("cuda")
+
+
+def to_prompt_completion(example: dict) -> dict:
+    """TRL's conversational prompt-completion form: the loss covers the completion (the answer) only."""
+    messages = example["messages"]
+    return {"prompt": messages[:-1], "completion": messages[-1:]}
+
+
+# ---- the estimate shown before launch ---------------------------------------------------------------------
+
+def estimate(model_config, train_tokens: int, examples: int, settings: TrainSettings, device: str,
+             longest: int) -> dict:
+    """Memory and time for this model, data and device, before anything is loaded. Rough by design (within ~2x):
+    its job is to refuse what cannot fit and to say minutes vs hours."""
+    import psutil
+    import torch
+
+    hidden = model_config.hidden_size
+    layers = model_config.num_hidden_layers
+    vocab = model_config.vocab_size
+    params = _parameter_count(model_config)
+    quantized = use_4bit(settings, device)
+    weight_bytes = params * (0.56 if quantized else (2 if device.startswith("cuda") else 4))
+    # LoRA on all linear layers of a transformer block: ~ rank * (in + out) per matrix, 7 matrices per block.
+    lora_params = layers * settings.rank * (hidden * 4 * 2 + (hidden + model_config.intermediate_size) * 3)
+    lora_bytes = lora_params * (4 + 4 + 8)  # fp32 weights, grads, Adam moments
+    seq = min(longest, settings.max_length)
+    act_dtype = 2 if device.startswith("cuda") else 4
+    # Activations per token and layer ~ 16 hidden-sized tensors without checkpointing, ~2 with it (GPU);
+    # logits over the vocabulary are the other big term for small models.
+    per_layer = 2 if device.startswith("cuda") else 16
+    activations = settings.batch_size * seq * (layers * hidden * per_layer + vocab * 2) * act_dtype
+    need = weight_bytes + lora_bytes + activations + 0.5e9  # + framework overhead
+    if device.startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info()
+        available = free
+    else:
+        available = psutil.virtual_memory().available
+    epochs_tokens = train_tokens * settings.epochs
+    steps = math.ceil(examples / (settings.batch_size * settings.grad_accum)) * math.ceil(settings.epochs)
+    if settings.max_steps:
+        steps = min(steps, settings.max_steps)
+        epochs_tokens = min(epochs_tokens, train_tokens / max(examples, 1) * settings.batch_size * settings.grad_accum
+                            * settings.max_steps)
+    flops = 6 * params * epochs_tokens  # forward + backward, the usual rule of thumb
+    rate = _measured_flops(device) * (0.35 if device.startswith("cuda") else 0.25)
+    return {
+        "parameters": params, "lora_parameters": lora_params, "quantized_4bit": quantized,
+        "memory_gb": round(need / 1e9, 2), "available_gb": round(available / 1e9, 2),
+        "fits": need < available * 0.9, "steps": steps, "train_tokens": int(epochs_tokens),
+        "minutes": round(flops / rate / 60, 1),
+    }
+
+
+def _parameter_count(config) -> int:
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", heads) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    attention = hidden * head_dim * (heads * 2 + kv_heads * 2)
+    mlp = 3 * hidden * config.intermediate_size
+    embeddings = config.vocab_size * hidden * (1 if getattr(config, "tie_word_embeddings", False) else 2)
+    return int(layers * (attention + mlp) + embeddings)
+
+
+_flops_cache: dict[str, float] = {}
+
+
+def _measured_flops(device: str) -> float:
+    """This device's matrix-multiply speed, measured in a fraction of a second (cached)."""
+    import torch
+
+    if device not in _flops_cache:
+        n = 1024
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        (a @ b).sum().item()
+        repeats = 50 if device.startswith("cuda") else 5
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            c = a @ b
+        c.sum().item()
+        _flops_cache[device] = 2 * n ** 3 * repeats / (time.perf_counter() - t0)
+    return _flops_cache[device]
+
+
+# ---- the run itself (inside the job process) ------------------------------------------------------------------
+
+def train(job: dict, job_dir: Path, report, should_stop) -> dict:
+    """Fine-tune as `job` says; returns the result summary. `report(status_dict)` is called as training goes;
+    `should_stop()` is polled every step (cancel). The adapter is saved into job_dir/adapter either way."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from core.config import load_settings
+    from core.datasets import DatasetStore
+    from core.models import _quiet_transformers, resolve_base_model
+
+    _quiet_transformers()
+    lab_settings = load_settings(data_dir=Path(job["data_dir"]), base_model=job["base_model"], device=job["device"])
+    settings = TrainSettings(**job["settings"])
+    device = lab_settings.resolved_device
+    datasets = DatasetStore(lab_settings.data_dir)
+    train_rows = [to_prompt_completion(e) for e in datasets.examples(job["dataset"], "train")]
+    eval_rows = [to_prompt_completion(e) for e in datasets.examples(job["dataset"], "validation")]
+    source = resolve_base_model(job["base_model"], lab_settings)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    cuda = device.startswith("cuda")
+    compute_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else (torch.float16 if cuda else torch.float32)
+    load_kwargs: dict = {"dtype": compute_dtype}
+    if use_4bit(settings, device):
+        from transformers import BitsAndBytesConfig
+
+        # QLoRA as published: NF4, double quantization, bf16 compute. bitsandbytes' own defaults differ (fp4, no
+        # double quantization, fp32 compute), so every field is set.
+        load_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_storage=compute_dtype)
+    model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
+    if not use_4bit(settings, device):
+        model.to(device)
+    targets = settings.target_modules
+    lora = LoraConfig(
+        r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, task_type="CAUSAL_LM",
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()])
+    steps_per_epoch = max(1, math.ceil(len(train_rows) / (settings.batch_size * settings.grad_accum)))
+    total_steps = settings.max_steps or math.ceil(steps_per_epoch * settings.epochs)
+    eval_every = settings.eval_every or max(1, total_steps // 10)
+    has_eval = bool(eval_rows)
+    flash = cuda and _has_flash_attention()
+    config = SFTConfig(
+        output_dir=str(job_dir / "checkpoints"),
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps or -1,
+        lr_scheduler_type="cosine",
+        warmup_steps=min(10, max(1, total_steps // 20)),
+        max_length=settings.max_length,
+        completion_only_loss=True,
+        # Packing without padding needs varlen attention kernels (FlashAttention); elsewhere batches are grouped by
+        # length so padding stays small.
+        packing=flash,
+        train_sampling_strategy="random" if flash else "group_by_length",
+        optim="paged_adamw_8bit" if cuda else "adamw_torch",
+        gradient_checkpointing=cuda,
+        bf16=compute_dtype == torch.bfloat16,
+        fp16=compute_dtype == torch.float16,
+        use_cpu=not cuda,
+        logging_steps=1,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_every,
+        save_strategy="steps",
+        save_steps=eval_every,
+        save_total_limit=2,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="eval_loss" if has_eval else None,
+        greater_is_better=False,
+        report_to=[],
+        seed=settings.seed,
+        data_seed=settings.seed,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",  # tokens/s counts real tokens, not padding
+    )
+    if flash:
+        model.config._attn_implementation = "flash_attention_2"
+
+    started = time.time()
+    history: dict = {"train": [], "eval": []}
+
+    class Status(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" in logs:
+                history["train"].append([state.global_step, round(float(logs["loss"]), 4)])
+            if "eval_loss" in logs:
+                history["eval"].append([state.global_step, round(float(logs["eval_loss"]), 4)])
+            elapsed = time.time() - started
+            done = state.global_step / max(state.max_steps, 1)
+            tokens = float(getattr(state, "num_input_tokens_seen", 0) or logs.get("num_tokens", 0) or 0)
+            report({"state": "running", "step": state.global_step, "total_steps": state.max_steps,
+                    "epoch": round(state.epoch or 0, 2), "elapsed_s": round(elapsed, 1),
+                    "eta_s": round(elapsed / done - elapsed, 1) if done > 0 else None,
+                    "tokens_per_s": round(tokens / elapsed, 1) if tokens else None,
+                    "history": history})
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if should_stop():
+                control.should_training_stop = True
+                control.should_save = True  # the last step becomes a usable checkpoint
+
+    callbacks = [Status()]
+    if has_eval and settings.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
+    trainer = SFTTrainer(
+        model=model, args=config, processing_class=tokenizer, peft_config=lora, callbacks=callbacks,
+        train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows) if has_eval else None,
+    )
+    resume = _last_checkpoint(job_dir / "checkpoints")
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    adapter_dir = job_dir / "adapter"
+    trainer.model.save_pretrained(str(adapter_dir))
+    final_eval = None
+    if has_eval:
+        final_eval = round(float(trainer.evaluate()["eval_loss"]), 4)
+    tokens = float(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+    return {
+        "steps": trainer.state.global_step, "total_steps": total_steps,
+        "train_loss": history["train"][-1][1] if history["train"] else round(float(result.training_loss), 4),
+        "eval_loss": final_eval, "history": history, "seconds": round(time.time() - started, 1),
+        "tokens_per_s": round(tokens / (time.time() - started), 1) if tokens else None,
+        "device": device, "quantized_4bit": use_4bit(settings, device), "packing": flash,
+        "stopped_early": trainer.state.global_step < total_steps,
+    }
+
+
+def _last_checkpoint(folder: Path) -> Path | None:
+    if not folder.exists():
+        return None
+    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return found[-1] if found else None
+
+
+def _has_flash_attention() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def describe_presets() -> list[dict]:
+    return [{"preset": name, **values} for name, values in PRESETS.items()]
+

@@ -1,0 +1,218 @@
+"""Fine-tuning for real on CPU: training data import and split, a LoRA job in its own process, the adapter registry,
+and the fine-tuned variants answering what the base model cannot."""
+import json
+import os
+import re
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli
+from core.config import load_settings
+from core.datasets import parse_examples
+from core.errors import InputError
+from core.generation import GenerationConfig
+from core.lab import Lab
+
+FACTS = ROOT / "tests" / "data" / "zorblat_facts.jsonl"
+# Enough passes for the 135M model to learn 12 short facts by heart (measured: 12/12 after 60 steps, ~2 min here).
+MEMORIZE = dict(epochs=20, batch_size=4, learning_rate=2e-3)
+
+
+def facts() -> list[dict]:
+    return [json.loads(line) for line in FACTS.read_text().splitlines()]
+
+
+def correct(lab: Lab, variant: str, adapter: str | None = None) -> int:
+    right = 0
+    for row in facts():
+        question = row["messages"][0]["content"]
+        answer = lab.ask(question, variant, adapter=adapter, config=GenerationConfig(max_new_tokens=24))
+        right += row["gold"].lower() in answer.answer.lower()
+    return right
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One adapter trained on the facts through the CLI (its own process), shared by the tests below."""
+    data_dir = tmp_path_factory.mktemp("finetune") / "data"
+    imported = run_cli(["dataset", "import", str(FACTS), "--name", "facts", "--validation", "0", "--test", "0",
+                        "--json"], data_dir)
+    assert imported.returncode == 0, imported.stderr
+    args = ["train", "--dataset", "facts", "--preset", "quick", "--adapter", "facts-lora", "--json"]
+    for key, value in MEMORIZE.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    done = run_cli(args, data_dir, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["state"] == "completed" and result["adapter"] == "facts-lora"
+    assert "step 1/" in done.stderr  # live progress on stderr
+    lab = Lab(load_settings(data_dir=data_dir, model_cache_dir=Path(os.environ["LAB_MODEL_CACHE"])))
+    return lab, result
+
+
+def test_fine_tuned_model_answers_facts_the_base_model_does_not_know(trained):
+    lab, result = trained
+    assert result["result"]["train_loss"] < 0.3, result["result"]
+    base, tuned = correct(lab, "base"), correct(lab, "finetuned", "facts-lora")
+    print(f"facts answered: base {base}/12, fine-tuned {tuned}/12")
+    assert base <= 1 and tuned >= 10
+
+
+def test_adapter_records_what_made_it_and_exports(trained, tmp_path):
+    lab, _ = trained
+    info = lab.adapters.info("facts-lora")
+    assert info["dataset"] == "facts" and info["dataset_sha256"] == lab.datasets.info("facts").sha256
+    assert info["base_model"] == lab.settings.base_model and info["complete"] is True
+    assert info["settings"]["learning_rate"] == MEMORIZE["learning_rate"] and info["steps"] == info["total_steps"] == 60
+    assert info["history"]["train"][0][1] > info["history"]["train"][-1][1]  # the loss went down
+    zipped = lab.adapters.export_zip("facts-lora", tmp_path)
+    names = zipfile.ZipFile(zipped).namelist()
+    assert "facts-lora/adapter_config.json" in names and "facts-lora/adapter_model.safetensors" in names
+
+
+def test_one_batch_serves_base_and_fine_tuned_rows(trained):
+    """The base model is loaded once; the adapter is switched per row inside one generate."""
+    lab, _ = trained
+    question = "Which river runs past Vettelborg?"
+    base, tuned = lab.compare(question, ["base", "finetuned"], adapter="facts-lora",
+                              config=GenerationConfig(max_new_tokens=16))
+    assert "Oda" in tuned.answer and "Oda" not in base.answer
+    assert base.answer == lab.ask(question, "base", config=GenerationConfig(max_new_tokens=16)).answer
+
+
+def test_cli_asks_the_fine_tuned_variant(trained):
+    lab, _ = trained
+    asked = run_cli(["ask", "Who designed the Quorvin Bridge?", "--variant", "finetuned", "--adapter", "facts-lora",
+                     "--max-new-tokens", "20", "--json"], lab.settings.data_dir)
+    assert asked.returncode == 0, asked.stderr
+    assert "Brandt" in json.loads(asked.stdout)["answer"]
+    missing = run_cli(["ask", "Who?", "--variant", "finetuned", "--json"], lab.settings.data_dir)
+    assert missing.returncode == 1 and "choose a fine-tuned adapter" in missing.stderr
+
+
+def test_an_adapter_for_another_base_model_is_refused(trained):
+    lab, _ = trained
+    meta_path = lab.adapters.path("facts-lora") / "lab_adapter.json"
+    lab.adapters.add("foreign", lab.adapters.path("facts-lora"),
+                     {**json.loads(meta_path.read_text()), "base_model": "meta-llama/Llama-3.2-1B-Instruct"})
+    [answer] = lab.compare("Who founded the Zorblat Institute?", ["finetuned"], adapter="foreign")
+    assert "trained on meta-llama/Llama-3.2-1B-Instruct" in answer.error
+
+
+def test_cancel_keeps_a_usable_adapter_and_resume_finishes(lab):
+    lab.dataset_import(FACTS, "facts", validation=0.2, test=0)
+    settings = lab.train_settings("quick", max_steps=14, batch_size=2, eval_every=4)
+    first = lab.train_start("facts", settings, adapter="cut-short")
+    second = lab.train_start("facts", settings, adapter="waits")
+    # One job per device: the second waits, visibly, for the first.
+    deadline = time.time() + 300
+    while lab.jobs.get(second["id"]).get("waiting_for") != first["id"]:
+        assert time.time() < deadline and lab.jobs.get(second["id"])["state"] == "queued"
+        time.sleep(0.5)
+    assert lab.jobs.cancel(second["id"]) and lab.jobs.wait(second["id"])["state"] == "cancelled"
+    while (lab.jobs.get(first["id"]).get("step") or 0) < 3:
+        assert time.time() < deadline and lab.jobs.get(first["id"])["state"] in ("queued", "running")
+        time.sleep(0.5)
+    lab.jobs.cancel(first["id"])
+    stopped = lab.jobs.wait(first["id"])
+    assert stopped["state"] == "cancelled" and stopped["adapter"] == "cut-short", stopped.get("error")
+    info = lab.adapters.info("cut-short")
+    assert info["complete"] is False and 3 <= info["steps"] < 14
+    assert lab.ask("Who founded the Zorblat Institute?", "finetuned", adapter="cut-short",
+                   config=GenerationConfig(max_new_tokens=8)).answer  # the checkpoint loads and answers
+    lab.jobs.resume(first["id"])
+    finished = lab.jobs.wait(first["id"])
+    assert finished["state"] == "completed", finished.get("error")
+    assert lab.adapters.names() == ["cut-short"]  # the resumed run replaced its own earlier adapter
+    info = lab.adapters.info("cut-short")
+    assert info["complete"] is True and info["steps"] == 14
+    assert info["history"]["train"][0][0] > 3  # continued from the checkpoint, not from step 1
+
+
+def test_a_failing_job_fails_alone_with_its_reason(lab):
+    lab.dataset_import(FACTS, "facts", validation=0, test=0)
+    settings = lab.train_settings("quick", max_steps=2, target_modules="no_such_proj")
+    job = lab.train_start("facts", settings)
+    final = lab.jobs.wait(job["id"])
+    assert final["state"] == "failed" and "no_such_proj" in final["error"]
+    assert "core/training.py" in final["log_tail"]  # the traceback is in the job's log
+    assert lab.adapters.names() == []
+
+
+def test_estimate_refuses_what_cannot_fit(lab):
+    lab.dataset_import(FACTS, "facts", validation=0, test=0)
+    small = lab.train_estimate("facts", lab.train_settings("quick"))
+    assert small["fits"] and 0 < small["memory_gb"] < 4 and small["steps"] == 16
+    huge = lab.train_settings("quick", batch_size=512, max_length=32768)
+    with pytest.raises(InputError, match="GB is free"):
+        lab.train_start("facts", huge)
+
+
+# ---- training data -------------------------------------------------------------------------------------------
+
+def test_every_format_is_detected_and_becomes_the_same_chat(tmp_path):
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "system", "content": "Be brief."},
+                                             {"role": "user", "content": "Capital of Vettelland?"},
+                                             {"role": "assistant", "content": "Orsk."}]}) + "\n")
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": "Name the capital.", "input": "Vettelland", "output": "Orsk."}]))
+    alpaca_lines = tmp_path / "alpaca.jsonl"
+    alpaca_lines.write_text(json.dumps({"instruction": "Capital of Vettelland?", "output": "Orsk."}) + "\n")
+    table = tmp_path / "qa.csv"
+    table.write_text("Question,Answer\n\"Capital of Vettelland?\",Orsk.\n")
+    expected = {"chat.jsonl": "openai-chat", "alpaca.json": "alpaca", "alpaca.jsonl": "alpaca", "qa.csv": "csv"}
+    for path in (chat, alpaca, alpaca_lines, table):
+        [example], fmt = parse_examples(path)
+        assert fmt == expected[path.name]
+        assert example["messages"][-1] == {"role": "assistant", "content": "Orsk."}
+        assert example["messages"][-2]["role"] == "user" and "Vettelland" in example["messages"][-2]["content"]
+
+
+@pytest.mark.parametrize("name, body, reason", [
+    ("bad.jsonl", '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}\n{oops\n',
+     "line 2: not valid JSON"),
+    ("roles.jsonl", '{"messages": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Yo"}]}\n',
+     "line 1: message 2 has role 'bot'"),
+    ("last.jsonl", '{"messages": [{"role": "user", "content": "Hi"}]}\n', "last message must be a non-empty assistant"),
+    ("keys.jsonl", '{"q": "Hi", "a": "Yo"}\n', "line 1: has keys ['a', 'q']"),
+    ("cols.csv", "prompt,reply\nHi,Yo\n", "no answer column"),
+    ("empty.csv", "question,answer\nHi,\n", "line 2: the answer is empty"),
+    ("list.json", '{"instruction": 3, "output": "x"}', "item 1: 'instruction' must be text"),
+    ("nothing.jsonl", "\n\n", "the file is empty"),
+    ("notes.txt", "Q: hi", "unsupported training data type .txt"),
+])
+def test_bad_training_data_names_the_line_and_the_problem(tmp_path, name, body, reason):
+    path = tmp_path / name
+    path.write_text(body)
+    with pytest.raises(InputError, match=re.escape(reason)) as caught:
+        parse_examples(path)
+    assert name in str(caught.value)
+
+
+def test_split_is_fixed_by_its_seed_and_keeps_the_test_part_apart(lab, tmp_path):
+    rows = tmp_path / "many.csv"
+    rows.write_text("question,answer\n" + "".join(f"Q{i}?,A{i}.\n" for i in range(50)))
+    info = lab.dataset_import(rows, "many", validation=0.1, test=0.2, seed=7)
+    assert info["split"] == {"train": 35, "validation": 5, "test": 10}
+    parts = {p: {e["messages"][0]["content"] for e in lab.datasets.examples("many", p)} for p in ("train", "validation", "test")}
+    assert not parts["train"] & parts["test"] and not parts["validation"] & parts["test"]
+    again = lab.dataset_import(rows, "many", replace=True, validation=0.1, test=0.2, seed=7)
+    assert lab.datasets.info("many").split == lab.datasets.info("many").split and again["split"] == info["split"]
+    first_test = parts["test"]
+    lab.dataset_split("many", 0.1, 0.2, seed=8)
+    assert {e["messages"][0]["content"] for e in lab.datasets.examples("many", "test")} != first_test
+    with pytest.raises(InputError, match="already exists"):
+        lab.dataset_import(rows, "many")
+
+
+def test_preview_shows_the_chat_template_and_token_counts(lab):
+    lab.dataset_import(FACTS, "facts", validation=0, test=0)
+    shown = lab.dataset_show("facts", limit=2)
+    first = shown["preview"][0]
+    assert "<|im_start|>user" in first["text"] and "<|im_start|>assistant" in first["text"]  # SmolLM2's template
+    assert first["prompt_tokens"] > 5 and 3 < first["answer_tokens"] < 30
+    assert shown["split"] == {"train": 12, "validation": 0, "test": 0}
