@@ -171,7 +171,7 @@ def test_client_add_handbook_then_ask(app_server, client, handbook):
     assert not cleared, "the upload box should be emptied after adding"
     assert "handbook.md" in [row[0] for row in table_data(table)]
 
-    base, base_stats, rag, rag_stats, sources = client.predict(
+    base, base_stats, rag, rag_stats, tuned, _, _, _, sources = client.predict(
         "Who founded the Zorblat Institute?", "default", 3, MAX_NEW_TOKENS, api_name="/ask"
     )
     rows = table_data(sources)
@@ -180,6 +180,7 @@ def test_client_add_handbook_then_ask(app_server, client, handbook):
     assert 1 <= len(rows) <= 3, rows
     assert "Quanz" in rag, rag
     assert "Quanz" not in base, base
+    assert "Pick a fine-tuned adapter" in tuned, tuned  # no adapter chosen: the column says how to get one
     assert "tokens/s" in base_stats, base_stats
     assert "tokens/s" in rag_stats, rag_stats
     assert "retrieval" in rag_stats and "retrieval" not in base_stats
@@ -208,7 +209,7 @@ def test_browser_upload_pdf_then_compare(app_server, client, page, tmp_path):
     row = next(r for r in dom_rows(page, "kb-files") if r[0] == pdf.name)
     assert row[1] == "1", row  # pages
 
-    page.get_by_role("tab", name="2 · Compare").click()
+    page.get_by_role("tab", name="3 · Compare").click()
     page.locator("#question textarea").fill("Who designed the Quorvin Bridge?")
     max_tokens = page.get_by_label("number input for Max answer length (tokens)")
     max_tokens.fill(str(MAX_NEW_TOKENS))
@@ -273,7 +274,7 @@ def test_client_can_use_a_knowledge_base_created_after_start(app_server, client,
     notes.write_text("The Hollowmere orchard grows a pear variety called Duskwater Gold.")
     status, *_ = client.predict([handle_file(str(notes))], "orchards", api_name="/add_files")
     assert "Added" in status and "orchard.txt" in status
-    _, _, rag, rag_stats, sources = client.predict(
+    _, _, rag, rag_stats, _, _, _, _, sources = client.predict(
         "Which pear variety grows in the Hollowmere orchard?", "orchards", 3, 24, api_name="/ask")
     assert [row[1] for row in table_data(sources)][0] == "orchard.txt"
     assert "tokens/s" in rag_stats
@@ -336,3 +337,44 @@ def test_browser_new_kb_preview_reindex_and_delete(app_server, page, tmp_path):
     page.locator("#kb-delete").click()
     wait_for_text(page, "kb-status", "Deleted", "chunk-lab")
     assert stored_files(app_server, "chunk-lab") == []
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_browser_fine_tune_survives_a_page_refresh_and_feeds_compare(app_server, page):
+    """Import Q&A, see it as the model will, train (2 epochs, to keep it short), refresh the page mid-run and find
+    the job again, then pick the new adapter in Compare and get a fine-tuned answer."""
+    url, _ = app_server
+    facts = Path(__file__).parent / "data" / "zorblat_facts.jsonl"
+    open_app(page, url)
+    page.get_by_role("tab", name="2 · Fine-tune").click()
+    page.locator("#ft-data-file input[type=file]").set_input_files(str(facts))
+    page.locator(f'#ft-data-file a[download="{facts.name}"]').wait_for()
+    page.locator("#ft-data-name textarea, #ft-data-name input").first.fill("ui-facts")
+    page.locator("#ft-import").click()
+    wait_for_text(page, "ft-data-status", "Imported", "12 examples")
+    wait_for_text(page, "ft-preview", "<|im_start|>assistant", "only the answer is learned")
+    page.get_by_text("Advanced").click()
+    set_number(page, "#ft-epochs input", "2")
+    page.locator("#ft-estimate").click()
+    wait_for_text(page, "ft-plan", "min for", "fits")
+    page.locator("#ft-adapter-name textarea, #ft-adapter-name input").first.fill("ui-lora")
+    page.locator("#ft-start").click()
+    wait_for_text(page, "ft-job-status", "ui-lora")
+    page.wait_for_function("() => /Running|Completed/.test(document.getElementById('ft-job-status').textContent)",
+                           timeout=GENERATION_TIMEOUT_MS)
+
+    page.reload()  # the job runs in its own process: a refresh finds it again
+    page.get_by_role("tab", name="2 · Fine-tune").click()
+    wait_for_text(page, "ft-job-status", "ui-lora", timeout=GENERATION_TIMEOUT_MS)
+    wait_for_text(page, "ft-job-status", "Completed", timeout=GENERATION_TIMEOUT_MS)
+    assert "step 4/4" in page.locator("#ft-job-status").inner_text()
+    wait_for_text(page, "ft-adapters", "ui-lora")
+
+    page.get_by_role("tab", name="3 · Compare").click()
+    page.locator("#compare-adapter input").fill("ui-lora")
+    page.locator("#compare-adapter input").press("Enter")
+    page.locator("#question textarea").fill("Who founded the Zorblat Institute?")
+    page.locator("#ask").click()
+    wait_for_text(page, "stats-finetuned", "tokens/s", timeout=GENERATION_TIMEOUT_MS)
+    assert page.locator("#answer-finetuned").inner_text().strip()

@@ -1,0 +1,286 @@
+"""Fine-tune tab: import training data, see it as the model will, pick a preset, launch a job in its own process,
+watch it live (a refresh re-attaches), cancel or resume it, and manage the adapters it makes."""
+from __future__ import annotations
+
+import tempfile
+import time
+
+import gradio as gr
+
+from core.errors import LabError
+from core.lab import Lab
+from core.training import PRESETS, TrainSettings
+from ui.formatting import escape_plain
+
+ADVANCED = ("rank", "alpha", "dropout", "learning_rate", "epochs", "batch_size", "grad_accum", "max_length", "seed",
+            "target_modules", "quantize")
+ADAPTER_HEADERS = ["Adapter", "Dataset", "Steps", "Train loss", "Validation loss", "Minutes", "Finished", "Created"]
+
+
+def preset_text(name: str) -> str:
+    return f"**{name.capitalize()}** · {PRESETS[name]['about']}"
+
+
+def dataset_choices(lab: Lab) -> list[str]:
+    return lab.datasets.names()
+
+
+def adapter_choices(lab: Lab) -> list[str]:
+    return lab.adapters.names()
+
+
+def job_choices(lab: Lab) -> list[tuple[str, str]]:
+    return [(f"{j['id']} · {j.get('adapter')} · {j['state']}", j["id"]) for j in lab.jobs.list()]
+
+
+def adapter_rows(lab: Lab) -> list[list]:
+    return [[a["name"], a.get("dataset"), f"{a.get('steps')}/{a.get('total_steps')}", a.get("train_loss"),
+             a.get("eval_loss"), round((a.get("seconds") or 0) / 60, 1), "yes" if a.get("complete") else "stopped early",
+             time.strftime("%Y-%m-%d %H:%M", time.localtime(a.get("created", 0)))] for a in lab.adapters.list()]
+
+
+def job_view(lab: Lab, job_id: str | None):
+    """(status Markdown, loss chart data, log tail) of one job."""
+    import pandas as pd
+
+    empty = pd.DataFrame({"step": [], "loss": [], "series": []})
+    if not job_id:
+        return "No training job yet. Import data, pick a preset and press **Start training**.", empty, ""
+    try:
+        job = lab.jobs.get(job_id)
+    except LabError as exc:
+        return f"**Not found** · {escape_plain(str(exc))}", empty, ""
+    state = job["state"]
+    lines = [f"**{state.capitalize()}** · job `{job['id']}` · dataset {escape_plain(job['dataset'])} → adapter "
+             f"**{escape_plain(str(job.get('adapter')))}**"]
+    if state == "queued":
+        lines.append(f"Waiting for the device (job `{job.get('waiting_for') or '…'}` is training). It starts by itself.")
+    if state in ("running", "completed", "cancelled") and job.get("total_steps"):
+        parts = [f"step {job.get('step')}/{job['total_steps']}", f"epoch {job.get('epoch', 0)}"]
+        if job.get("elapsed_s") is not None:
+            parts.append(f"{job['elapsed_s']:.0f} s elapsed")
+        if state == "running" and job.get("eta_s"):
+            parts.append(f"~{job['eta_s']:.0f} s left")
+        if job.get("tokens_per_s"):
+            parts.append(f"{job['tokens_per_s']:.0f} tokens/s")
+        lines.append(" · ".join(parts))
+    if job.get("message"):
+        lines.append(escape_plain(job["message"]))
+    if job.get("error"):
+        lines.append(f"**Error** · {escape_plain(job['error'])}")
+    history = job.get("history") or {}
+    rows = [(s, l, "train") for s, l in history.get("train", [])] + [(s, l, "validation") for s, l in history.get("eval", [])]
+    chart = pd.DataFrame(rows, columns=["step", "loss", "series"]) if rows else empty
+    return "\n\n".join(lines), chart, job.get("log_tail", "")
+
+
+def build(lab: Lab) -> None:
+    with gr.Tab("2 · Fine-tune", id="finetune") as tab:
+        gr.Markdown(
+            "Teach the model from question/answer examples. It learns a small **adapter** (LoRA) on top of the base "
+            "model, so training is fast and the base stays as it is. Training runs in its own process: you can leave "
+            "or refresh this page and come back to it."
+        )
+        with gr.Accordion("1. Training data", open=True):
+            gr.Markdown(
+                "Upload **.jsonl** (OpenAI chat: `{\"messages\": [...]}`, or Alpaca: `instruction`/`input`/`output`), "
+                "**.json** (a list of those) or **.csv** with `question` and `answer` columns. Part of it is kept "
+                "apart: *validation* to watch for over-fitting, and *test* for the evaluation later."
+            )
+            with gr.Row():
+                data_file = gr.File(label="Q&A file", file_types=[".jsonl", ".json", ".csv"], type="filepath",
+                                    elem_id="ft-data-file", scale=3)
+                with gr.Column(scale=2):
+                    data_name = gr.Textbox(label="Dataset name", placeholder="default: the file's name",
+                                           elem_id="ft-data-name")
+                    import_button = gr.Button("Import", variant="primary", elem_id="ft-import")
+            data_status = gr.Markdown(elem_id="ft-data-status")
+            dataset = gr.Dropdown(choices=dataset_choices(lab), value=(dataset_choices(lab) or [None])[-1],
+                                  label="Dataset", elem_id="ft-dataset", allow_custom_value=True)
+            preview = gr.Markdown(elem_id="ft-preview")
+        with gr.Accordion("2. Settings", open=True):
+            preset = gr.Radio(list(PRESETS), value="quick", label="Preset", elem_id="ft-preset")
+            preset_about = gr.Markdown(preset_text("quick"))
+            defaults = TrainSettings.from_preset("quick")
+            with gr.Accordion("Advanced", open=False):
+                with gr.Row():
+                    rank = gr.Number(defaults.rank, label="LoRA rank", precision=0, info="adapter size")
+                    alpha = gr.Number(defaults.alpha, label="LoRA alpha", precision=0, info="usually 2x rank")
+                    dropout = gr.Number(defaults.dropout, label="Dropout")
+                    learning_rate = gr.Number(defaults.learning_rate, label="Learning rate")
+                with gr.Row():
+                    epochs = gr.Number(defaults.epochs, label="Epochs", info="passes over the data", elem_id="ft-epochs")
+                    batch_size = gr.Number(defaults.batch_size, label="Batch size", precision=0)
+                    grad_accum = gr.Number(defaults.grad_accum, label="Gradient accumulation", precision=0)
+                    max_length = gr.Number(defaults.max_length, label="Max length (tokens)", precision=0)
+                with gr.Row():
+                    seed = gr.Number(defaults.seed, label="Seed", precision=0)
+                    target_modules = gr.Textbox(defaults.target_modules, label="Target modules",
+                                                info='"all-linear" or e.g. "q_proj,v_proj"')
+                    quantize = gr.Dropdown(["auto", "4bit", "none"], value="auto", label="4-bit (QLoRA)",
+                                           info="auto: 4-bit NF4 on a GPU; full precision on CPU (4-bit is ~20x slower there)")
+            adapter_name = gr.Textbox(label="Adapter name", placeholder="default: DATASET-PRESET", elem_id="ft-adapter-name")
+            with gr.Row():
+                estimate_button = gr.Button("Estimate time and memory", elem_id="ft-estimate")
+                start_button = gr.Button("Start training", variant="primary", elem_id="ft-start")
+            plan = gr.Markdown(elem_id="ft-plan")
+        with gr.Accordion("3. Training job", open=True):
+            jobs = job_choices(lab)
+            job = gr.Dropdown(choices=jobs, value=jobs[0][1] if jobs else None, label="Job", elem_id="ft-job")
+            job_status = gr.Markdown(elem_id="ft-job-status")
+            loss_chart = gr.LinePlot(x="step", y="loss", color="series", title="Loss (lower is better)",
+                                     elem_id="ft-loss", height=260)
+            with gr.Row():
+                cancel_button = gr.Button("Cancel (keeps the last checkpoint)", variant="stop", elem_id="ft-cancel")
+                resume_button = gr.Button("Resume from the last checkpoint", elem_id="ft-resume")
+            log_tail = gr.Textbox(label="Log (last lines)", lines=6, max_lines=12, interactive=False, elem_id="ft-log")
+        with gr.Accordion("4. Adapters", open=True):
+            adapters_table = gr.Dataframe(headers=ADAPTER_HEADERS, value=adapter_rows(lab), interactive=False,
+                                          elem_id="ft-adapters")
+            with gr.Row():
+                adapter_pick = gr.Dropdown(choices=adapter_choices(lab), label="Adapter", elem_id="ft-adapter-pick")
+                new_adapter_name = gr.Textbox(label="New name")
+            with gr.Row():
+                rename_button = gr.Button("Rename")
+                export_button = gr.Button("Export as .zip")
+                delete_button = gr.Button("Delete", variant="stop")
+            adapter_status = gr.Markdown(elem_id="ft-adapter-status")
+            export_file = gr.File(label="Exported adapter", visible=False)
+        timer = gr.Timer(2.0, active=bool(jobs and lab.jobs.get(jobs[0][1])["state"] in ("queued", "running")))
+
+        advanced = [rank, alpha, dropout, learning_rate, epochs, batch_size, grad_accum, max_length, seed,
+                    target_modules, quantize]
+
+        def settings_from(preset_name, *values):
+            overrides = dict(zip(ADVANCED, values))
+            for key in ("rank", "alpha", "batch_size", "grad_accum", "max_length", "seed"):
+                if overrides[key] is not None:
+                    overrides[key] = int(overrides[key])
+            return lab.train_settings(preset_name, **overrides)
+
+        def on_preset(name):
+            chosen = TrainSettings.from_preset(name)
+            return (preset_text(name), *[getattr(chosen, key) for key in ADVANCED])
+
+        def show_dataset(name):
+            if not name:
+                return ""
+            try:
+                shown = lab.dataset_show(name, "train", limit=2)
+            except LabError as exc:
+                return f"**Not found** · {escape_plain(str(exc))}"
+            split = shown["split"]
+            head = (f"**{escape_plain(shown['name'])}** · {shown['examples']} examples ({shown['format']}) · "
+                    f"train {split['train']}, validation {split['validation']}, test {split['test']} (seed {shown['seed']})")
+            blocks = [f"Example {i} · {e['prompt_tokens']} prompt tokens + {e['answer_tokens']} answer tokens "
+                      f"(only the answer is learned):\n```\n{e['text']}\n```" for i, e in enumerate(shown["preview"], 1)]
+            return "\n\n".join([head, *blocks])
+
+        def import_data(path, name):
+            if not path:
+                raise gr.Error("Choose a Q&A file first.")
+            try:
+                info = lab.dataset_import(path, (name or "").strip() or None)
+            except LabError as exc:
+                raise gr.Error(str(exc)) from None
+            message = (f"**Imported** · {escape_plain(info['name'])}: {info['examples']} examples "
+                       f"({info['format']}).")
+            return message, gr.update(choices=dataset_choices(lab), value=info["name"]), show_dataset(info["name"])
+
+        def estimate_plan(name, preset_name, *values):
+            if not name:
+                raise gr.Error("Import or pick a dataset first.")
+            try:
+                result = lab.train_estimate(name, settings_from(preset_name, *values))
+            except LabError as exc:
+                raise gr.Error(str(exc)) from None
+            verdict = "fits" if result["fits"] else "**does not fit**"
+            return (f"About **{result['minutes']} min** for {result['steps']} steps; needs ~{result['memory_gb']} GB "
+                    f"of {result['available_gb']} GB free ({verdict}); "
+                    f"{'4-bit QLoRA' if result['quantized_4bit'] else 'full-precision LoRA'}, "
+                    f"{result['lora_parameters'] / 1e6:.1f}M trainable parameters.")
+
+        def start(name, preset_name, wanted, *values):
+            if not name:
+                raise gr.Error("Import or pick a dataset first.")
+            try:
+                started = lab.train_start(name, settings_from(preset_name, *values), (wanted or "").strip() or None)
+            except LabError as exc:
+                raise gr.Error(str(exc)) from None
+            status, chart, log = job_view(lab, started["id"])
+            return (gr.update(choices=job_choices(lab), value=started["id"]), status, chart, log,
+                    gr.Timer(active=True))
+
+        def poll(job_id):
+            status, chart, log = job_view(lab, job_id)
+            active = False
+            if job_id:
+                try:
+                    active = lab.jobs.get(job_id)["state"] in ("queued", "running")
+                except LabError:
+                    pass
+            updates = (status, chart, log, gr.Timer(active=active))
+            if not active:  # finished: its adapter shows up below
+                return (*updates, adapter_rows(lab), gr.update(choices=adapter_choices(lab)))
+            return (*updates, gr.update(), gr.update())
+
+        def cancel(job_id):
+            if not job_id:
+                raise gr.Error("No job to cancel.")
+            lab.jobs.cancel(job_id)
+            return poll(job_id)
+
+        def resume(job_id):
+            if not job_id:
+                raise gr.Error("No job to resume.")
+            try:
+                lab.jobs.resume(job_id)
+            except LabError as exc:
+                raise gr.Error(str(exc)) from None
+            return poll(job_id)
+
+        def adapter_action(action, name, new_name):
+            if not name:
+                raise gr.Error("Pick an adapter first.")
+            export = gr.update(visible=False)
+            try:
+                if action == "rename":
+                    renamed = lab.adapters.rename(name, new_name)
+                    message = f"**Renamed** · {escape_plain(name)} is now {escape_plain(renamed)}."
+                elif action == "delete":
+                    lab.adapters.delete(name)
+                    message = f"**Deleted** · {escape_plain(name)}."
+                else:
+                    path = lab.adapters.export_zip(name, tempfile.mkdtemp(prefix="lab-export-"))
+                    export = gr.update(value=str(path), visible=True)
+                    message = f"**Exported** · {escape_plain(name)} as a zip (peft adapter folder)."
+            except LabError as exc:
+                raise gr.Error(str(exc)) from None
+            return message, adapter_rows(lab), gr.update(choices=adapter_choices(lab), value=None), export
+
+        job_outputs = [job_status, loss_chart, log_tail, timer, adapters_table, adapter_pick]
+        preset.change(on_preset, [preset], [preset_about, *advanced], api_visibility="private")
+        import_button.click(import_data, [data_file, data_name], [data_status, dataset, preview], api_name="import_dataset")
+        dataset.change(show_dataset, [dataset], [preview], api_visibility="private")
+        estimate_button.click(estimate_plan, [dataset, preset, *advanced], [plan], api_name="estimate_training")
+        start_button.click(start, [dataset, preset, adapter_name, *advanced], [job, job_status, loss_chart, log_tail, timer],
+                           api_name="start_training", concurrency_id="training", concurrency_limit=1)
+        job.change(poll, [job], job_outputs, api_visibility="private")
+        timer.tick(poll, [job], job_outputs, api_visibility="private")
+        cancel_button.click(cancel, [job], job_outputs, api_name="cancel_training")
+        resume_button.click(resume, [job], job_outputs, api_name="resume_training")
+        for button, action in ((rename_button, "rename"), (export_button, "export"), (delete_button, "delete")):
+            button.click(lambda name, new, action=action: adapter_action(action, name, new), [adapter_pick, new_adapter_name],
+                         [adapter_status, adapters_table, adapter_pick, export_file], api_name=f"{action}_adapter")
+        # A page opened (or refreshed) mid-training re-attaches: the newest active job, else the one shown, else the
+        # newest; the timer runs again while that job is active.
+        def reattach(current):
+            listed = lab.jobs.list()
+            active = [j["id"] for j in listed if j["state"] in ("queued", "running")]
+            known = [j["id"] for j in listed]
+            chosen = (active or [current if current in known else None] or [None])[0] or (known or [None])[0]
+            return (gr.update(choices=job_choices(lab), value=chosen), *poll(chosen)[:4],
+                    gr.update(choices=dataset_choices(lab)), adapter_rows(lab), gr.update(choices=adapter_choices(lab)))
+
+        tab.select(reattach, [job], [job, job_status, loss_chart, log_tail, timer, dataset, adapters_table, adapter_pick],
+                   api_visibility="private")
