@@ -85,6 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--replace", action="store_true", help="replace a dataset of the same name")
     _split_args(q)
     q.add_argument("--json", action="store_true")
+    q = ds.add_parser("generate", help="make Q&A pairs (or RAFT examples) from a knowledge base",
+                      description="Answers are fact sentences extracted from the knowledge base's chunks; questions are "
+                                  "written by the base model (with a template fallback). --raft adds the oracle chunk "
+                                  "and distractor chunks to each prompt, as the RAG variants see them.")
+    q.add_argument("--kb", required=True)
+    q.add_argument("--name", required=True, help="dataset name")
+    q.add_argument("--count", type=int, default=50, help="how many examples (default: 50)")
+    q.add_argument("--raft", action="store_true", help="RAFT examples: oracle + distractor passages")
+    q.add_argument("--distractors", type=int, default=3, help="RAFT: distractor chunks per example (default: 3)")
+    q.add_argument("--oracle-share", type=float, default=0.8, help="RAFT: share of examples that keep the oracle (default: 0.8)")
+    q.add_argument("--no-model", action="store_true", help="template questions only (fast, deterministic)")
+    q.add_argument("--replace", action="store_true")
+    _split_args(q)
+    q.add_argument("--json", action="store_true")
     q = ds.add_parser("list", help="list datasets")
     q.add_argument("--json", action="store_true")
     q = ds.add_parser("show", help="a dataset's split and its first examples as the model sees them")
@@ -297,6 +311,10 @@ def _dataset(lab, args) -> int:
     command = args.dataset_command
     if command == "import":
         out = lab.dataset_import(args.path, args.name, args.replace, args.validation, args.test, args.seed)
+    elif command == "generate":
+        out = lab.dataset_generate(args.kb, args.name, args.count, args.raft, args.distractors, args.oracle_share,
+                                   not args.no_model, args.replace, args.validation, args.test, args.seed,
+                                   progress=None if args.json else _progress_to_stderr)
     elif command == "list":
         out = {"datasets": [lab.datasets.info(n).summary() for n in lab.datasets.names()]}
     elif command == "show":

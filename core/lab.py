@@ -230,6 +230,41 @@ class Lab:
         info = self.datasets.save(name, examples, fmt, path.name, replace, validation, test, seed)
         return info.summary()
 
+    def dataset_generate(self, kb: str, name: str, count: int = 50, raft: bool = False, distractors: int = 3,
+                         oracle_share: float = 0.8, use_model: bool = True, replace: bool = False,
+                         validation: float = 0.1, test: float = 0.1, seed: int = 42,
+                         progress: ProgressFn | None = None) -> dict:
+        """Q&A pairs grounded in a knowledge base's chunks (answers extracted, questions written by the model with
+        a template fallback), optionally as RAFT examples; saved as a dataset with its split."""
+        from core.qa_generation import QUESTION_PROMPT, generate_pairs, raft_examples
+
+        if not 1 <= count <= 5000:
+            raise InputError(f"count must be between 1 and 5000, got {count}")
+        chunks = self.store.listed_chunks(kb)
+        if not chunks:
+            raise InputError("the knowledge base has no documents yet", subject=kb)
+        report = progress or (lambda fraction, message: None)
+
+        def write_questions(sentences: list[str]) -> list[str]:
+            conversations = [[{"role": "user", "content": QUESTION_PROMPT.format(sentence=s)}] for s in sentences]
+            questions = [""] * len(sentences)
+            for event in stream_chat(self.generator, conversations, GenerationConfig(max_new_tokens=40)):
+                if isinstance(event, RowDone):
+                    questions[event.row] = event.text.strip()
+                    report(0.1 + 0.8 * sum(bool(q) for q in questions) / len(questions),
+                           f"Writing questions {sum(bool(q) for q in questions)}/{len(questions)}")
+            return questions
+
+        report(0.05, f"Picking fact sentences from {len(chunks)} chunks")
+        examples = generate_pairs(chunks, write_questions if use_model else None, count, seed)
+        if raft:
+            examples = raft_examples(examples, chunks, distractors, oracle_share, seed)
+        fmt = "raft" if raft else "generated-qa"
+        info = self.datasets.save(name, examples, fmt, f"knowledge base {kb}", replace, validation, test, seed)
+        report(1.0, "Done")
+        by_model = sum(e["source"]["question_by"] == "model" for e in examples)
+        return {**info.summary(), "questions_by_model": by_model, "questions_by_template": len(examples) - by_model}
+
     def dataset_show(self, name: str, part: str = "train", limit: int = 3) -> dict:
         """A dataset's summary and its first examples exactly as the model sees them, with token counts."""
         info = self.datasets.info(name)

@@ -522,6 +522,14 @@ class Store:
                 self._keyword_indexes[kb] = cached
         return cached[1]
 
+    def listed_chunks(self, kb: str) -> list[dict]:
+        """Every searchable chunk of a knowledge base: {id, text, file, page}."""
+        kb = self.require_kb(kb)
+        listed = self.listed_ingest_ids(kb)
+        return [{"id": i, "text": t, "file": m.get("file", "?"), "page": str(m.get("page", ""))}
+                for page in self._all_chunks(kb)
+                for i, t, m in zip(page["ids"], page["documents"], page["metadatas"]) if m.get("ingest_id") in listed]
+
     def _all_chunks(self, kb: str, page_size: int = 5000):
         """Every chunk's text and metadata, in pages: one get() of a large collection fails in Chroma
         ("too many SQL variables", seen at 100k chunks)."""

@@ -1,0 +1,152 @@
+"""Training throughput and memory: the engine's fine-tune (core.training.train: TRL SFTTrainer, completion-only loss,
+batches grouped by length) against a plain transformers Trainer + peft baseline on the same data and settings.
+
+    .venv/bin/python bench/bench_training.py [--examples 96] [--steps 12] [--batch-size 4]
+
+Data: PubMedQA questions with their long answers (../shared/data), whose lengths vary as real Q&A does. Both runs
+use the same base model, LoRA (rank 16 on all linear layers), learning rate, batch size, max length and number of
+steps, and learn only the answer tokens. Each run is its own process, so its peak memory (max RSS) is its own.
+Useful tokens/s counts non-padding tokens.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("LAB_MODEL_CACHE", str(ROOT / ".cache" / "models"))
+QUESTIONS = ROOT.parent / "shared" / "data" / "pubmedqa_test" / "questions.jsonl"
+LORA = dict(rank=16, alpha=32, dropout=0.05, learning_rate=5e-4)
+
+
+def make_dataset(data_dir: Path, examples: int) -> None:
+    from core.datasets import DatasetStore
+
+    rows = [json.loads(line) for line in QUESTIONS.read_text().splitlines()[:examples]]
+    chats = [{"messages": [{"role": "user", "content": r["question"]},
+                           {"role": "assistant", "content": r["long_answer"]}]} for r in rows]
+    DatasetStore(data_dir).save("pubmed", chats, "bench", QUESTIONS.name, validation=0, test=0)
+
+
+def run_engine(data_dir: Path, steps: int, batch: int, max_length: int) -> dict:
+    from core.config import BUNDLED_BASE_MODEL
+    from core.training import TrainSettings, train
+
+    settings = TrainSettings.from_preset("quick", max_steps=steps, batch_size=batch, max_length=max_length,
+                                         early_stopping_patience=0, **LORA)
+    job = {"data_dir": str(data_dir), "base_model": BUNDLED_BASE_MODEL, "device": "cpu", "dataset": "pubmed",
+           "settings": settings.to_dict()}
+    t0 = time.perf_counter()  # wall time includes loading the model; tokens/s is the training loop's own
+    result = train(job, Path(tempfile.mkdtemp(prefix="bench-job-")), lambda status: None, lambda: False)
+    return {"tokens_per_s": result["tokens_per_s"], "seconds": time.perf_counter() - t0, "steps": result["steps"]}
+
+
+def run_baseline(data_dir: Path, steps: int, batch: int, max_length: int) -> dict:
+    """What a plain fine-tune script does: tokenize, mask the prompt, pad each random batch to its longest row."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+
+    from core.config import load_settings
+    from core.datasets import DatasetStore
+    from core.models import resolve_base_model
+
+    settings = load_settings(data_dir=data_dir, device="cpu")
+    source = resolve_base_model(settings.base_model, settings)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    rows = []
+    for example in DatasetStore(data_dir).examples("pubmed", "train"):
+        prompt = tokenizer.apply_chat_template(example["messages"][:-1], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(example["messages"], tokenize=False)
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
+        rows.append({"input_ids": ids, "labels": [-100] * len(p_ids) + ids[len(p_ids):]})
+    seen = {"tokens": 0}
+
+    def collate(batch_rows):
+        longest = max(len(r["input_ids"]) for r in batch_rows)
+        ids = [r["input_ids"] + [tokenizer.pad_token_id] * (longest - len(r["input_ids"])) for r in batch_rows]
+        labels = [r["labels"][:longest] + [-100] * (longest - len(r["labels"][:longest])) for r in batch_rows]
+        mask = [[1] * len(r["input_ids"]) + [0] * (longest - len(r["input_ids"])) for r in batch_rows]
+        seen["tokens"] += sum(map(sum, mask))
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+    args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="bench-baseline-"), per_device_train_batch_size=batch,
+                             learning_rate=LORA["learning_rate"], max_steps=steps, logging_steps=1, save_strategy="no",
+                             report_to=[], use_cpu=True, disable_tqdm=True, remove_unused_columns=False,
+                             lr_scheduler_type="cosine", seed=42, optim="adamw_torch", dataloader_num_workers=0)
+    loop = {}
+
+    class Clock(TrainerCallback):  # the training loop's own time, as the engine reports it
+        def on_train_begin(self, *a, **k):
+            loop["t0"] = time.perf_counter()
+
+    t0 = time.perf_counter()
+    Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collate,
+            callbacks=[Clock()]).train()
+    end = time.perf_counter()
+    return {"tokens_per_s": seen["tokens"] / (end - loop["t0"]), "seconds": end - t0, "steps": steps}
+
+
+def child(kind: str, data_dir: Path, steps: int, batch: int, max_length: int) -> None:
+    import core  # noqa: F401 - offline environment
+
+    result = (run_engine if kind == "engine" else run_baseline)(data_dir, steps, batch, max_length)
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+    print("RESULT " + json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--examples", type=int, default=96)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--child", choices=["engine", "baseline"])
+    parser.add_argument("--data-dir", type=Path)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.data_dir, args.steps, args.batch_size, args.max_length)
+        return
+    if not QUESTIONS.exists():
+        raise SystemExit(f"{QUESTIONS} not found")
+    import core  # noqa: F401
+    import torch
+
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    make_dataset(data_dir, args.examples)
+    results = {}
+    for kind in ("baseline", "engine"):
+        out = subprocess.run([sys.executable, __file__, "--child", kind, "--data-dir", str(data_dir),
+                              "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+                              "--max-length", str(args.max_length)], capture_output=True, text=True, check=True)
+        line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
+        results[kind] = json.loads(line[len("RESULT "):])
+    print(f"# {platform.node()} · {os.cpu_count()} CPUs · torch {torch.__version__} · {time.strftime('%Y-%m-%d')} · "
+          f"{args.examples} PubMedQA Q&A, {args.steps} steps of {args.batch_size}, max length {args.max_length}")
+    print("| run | useful tokens/s | ratio | wall s | peak RSS GB | ratio |")
+    print("|---|---:|---:|---:|---:|---:|")
+    base = results["baseline"]
+    for kind, label in (("baseline", "transformers Trainer + peft (random batches, padded to longest)"),
+                        ("engine", "engine: TRL SFTTrainer, grouped by length")):
+        r = results[kind]
+        print(f"| {label} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
+              f"{r['seconds']:.0f} | {r['peak_rss_gb']:.2f} | {r['peak_rss_gb'] / base['peak_rss_gb']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
