@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-modules", default=None, help='"all-linear" or e.g. "q_proj,v_proj"')
     p.add_argument("--quantize", choices=["auto", "4bit", "none"], default=None,
                    help="auto: 4-bit NF4 on CUDA, none on CPU (4-bit on CPU is about 20x slower)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="data-parallel processes under accelerate launch (one per GPU; on CPU, workers)")
     p.add_argument("--estimate", action="store_true", help="only print the memory and time estimate")
     p.add_argument("--detach", action="store_true", help="start the job and return (see: jobs show ID)")
     p.add_argument("--json", action="store_true")
@@ -364,7 +366,7 @@ def _train(lab, args) -> int:
             f"about {plan['minutes']} min, {plan['memory_gb']} GB of {plan['available_gb']} GB free, "
             f"{plan['steps']} steps; {'fits' if plan['fits'] else 'does NOT fit'}")
         return EXIT_OK if plan["fits"] else EXIT_FAILED
-    job = lab.train_start(args.dataset, settings, args.adapter)
+    job = lab.train_start(args.dataset, settings, args.adapter, args.processes)
     print(f"job {job['id']}: training adapter {job['adapter']} (cancel: python -m core jobs cancel {job['id']})",
           file=sys.stderr)
     if args.detach:

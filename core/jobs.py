@@ -54,10 +54,20 @@ class JobStore:
         return job_id
 
     def _launch(self, folder: Path) -> None:
+        job = json.loads((folder / "job.json").read_text())
         log = open(folder / "log.txt", "a")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        command = [sys.executable, "-m", "core.jobs", str(folder)]
+        processes = int(job.get("processes") or 1)
+        if processes > 1:
+            # Data parallel: accelerate's multi-process launcher (torchrun underneath) starts one process per GPU.
+            # Without GPUs the same launch gives CPU workers that the Trainer joins over gloo (accelerate's own
+            # --cpu mode would need MPI for several processes).
+            command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                       str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                       "--main_process_port", str(_free_port()), "-m", "core.jobs", str(folder)]
         process = subprocess.Popen(
-            [sys.executable, "-m", "core.jobs", str(folder)], stdout=log, stderr=subprocess.STDOUT,
+            command, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, cwd=Path(__file__).resolve().parent.parent, env=env,
             start_new_session=True,  # a Ctrl-C in the terminal or the app's exit does not kill the training
         )
@@ -112,6 +122,14 @@ class JobStore:
             time.sleep(poll_s)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _alive(folder: Path) -> bool:
     try:
         pid = int((folder / "pid").read_text())
@@ -153,6 +171,11 @@ def run_job(folder: Path) -> int:
     job = json.loads((folder / "job.json").read_text())
     status_path = folder / "status.json"
     cancel_flag = folder / "cancel"
+    if int(os.environ.get("RANK", "0")) > 0:
+        # Another data-parallel worker (under accelerate launch): it trains alongside the first process, which
+        # alone holds the device lock, writes the status and registers the adapter.
+        train(job, folder, lambda update: None, cancel_flag.exists)
+        return 0
     device = pick_device(job["device"])
     lock_path = folder.parent / f"device-{device.replace(':', '-')}.lock"
     status: dict = {"state": "queued", "step": 0, "total_steps": None}

@@ -292,8 +292,12 @@ class Lab:
         config = AutoConfig.from_pretrained(resolve_base_model(self.settings.base_model, self.settings))
         return estimate(config, sum(lengths), len(train), settings, self.settings.resolved_device, max(lengths))
 
-    def train_start(self, dataset: str, settings: TrainSettings, adapter: str | None = None) -> dict:
-        """Check, estimate, and launch a fine-tune in its own process; returns the job (poll lab.jobs.get)."""
+    def train_start(self, dataset: str, settings: TrainSettings, adapter: str | None = None,
+                    processes: int = 1) -> dict:
+        """Check, estimate, and launch a fine-tune in its own process; returns the job (poll lab.jobs.get).
+        `processes` > 1 trains data-parallel under `accelerate launch` (one process per GPU, or CPU workers)."""
+        if not 1 <= processes <= 64:
+            raise InputError(f"processes must be between 1 and 64, got {processes}")
         info = self.datasets.info(dataset)
         if not info.split.get("train"):
             raise InputError("the dataset has no training examples", subject=dataset)
@@ -305,7 +309,7 @@ class Lab:
         name = self.adapters.free_name(adapter or f"{dataset}-{settings.preset}")
         job_id = self.jobs.start({"dataset": dataset, "settings": settings.to_dict(), "adapter": name,
                                   "base_model": self.settings.base_model, "device": self.settings.device,
-                                  "estimate": plan})
+                                  "estimate": plan, "processes": processes})
         return self.jobs.get(job_id)
 
     def _adapter_key(self, name: str) -> str:

@@ -5,6 +5,7 @@ This module runs inside the training job's own process (see core/jobs.py); nothi
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -215,7 +216,8 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
     lora = LoraConfig(
         r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, task_type="CAUSAL_LM",
         target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()])
-    steps_per_epoch = max(1, math.ceil(len(train_rows) / (settings.batch_size * settings.grad_accum)))
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # data-parallel workers (accelerate launch) share each epoch
+    steps_per_epoch = max(1, math.ceil(len(train_rows) / (settings.batch_size * settings.grad_accum * world)))
     total_steps = settings.max_steps or math.ceil(steps_per_epoch * settings.epochs)
     # About 10 validation checks per run, at least 5 steps apart: each one also saves a checkpoint (for resume and
     # for keeping the best), which cost ~10% of the time when it happened every step.
@@ -304,10 +306,11 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     training_s = time.time() - loop_started[0]
     adapter_dir = job_dir / "adapter"
-    trainer.model.save_pretrained(str(adapter_dir))
     final_eval = None
-    if has_eval:
+    if has_eval:  # every data-parallel worker takes part in evaluation
         final_eval = round(float(trainer.evaluate()["eval_loss"]), 4)
+    if trainer.is_world_process_zero():  # one writer for the adapter files
+        trainer.model.save_pretrained(str(adapter_dir))
     tokens = float(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
     return {
         "steps": trainer.state.global_step, "total_steps": total_steps,
@@ -315,6 +318,7 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
         "eval_loss": final_eval, "history": history, "seconds": round(time.time() - started, 1),
         "tokens_per_s": round(tokens / training_s, 1) if tokens else None,
         "device": device, "quantized_4bit": use_4bit(settings, device), "packing": flash,
+        "processes": trainer.args.world_size,
         "stopped_early": trainer.state.global_step < total_steps,
     }
 

@@ -216,3 +216,14 @@ def test_preview_shows_the_chat_template_and_token_counts(lab):
     assert "<|im_start|>user" in first["text"] and "<|im_start|>assistant" in first["text"]  # SmolLM2's template
     assert first["prompt_tokens"] > 5 and 3 < first["answer_tokens"] < 30
     assert shown["split"] == {"train": 12, "validation": 0, "test": 0}
+
+
+def test_the_same_trainer_runs_data_parallel_under_accelerate(lab):
+    """Two CPU processes under `accelerate launch` (gloo): what several GPUs do, at CI's scale."""
+    lab.dataset_import(FACTS, "facts", validation=0, test=0)
+    job = lab.train_start("facts", lab.train_settings("quick", max_steps=3, batch_size=2), "parallel", processes=2)
+    final = lab.jobs.wait(job["id"])
+    assert final["state"] == "completed", (final.get("error"), final["log_tail"])
+    assert final["result"]["processes"] == 2 and final["result"]["steps"] == 3
+    assert lab.ask("Who founded the Zorblat Institute?", "finetuned", adapter="parallel",
+                   config=GenerationConfig(max_new_tokens=8)).answer
