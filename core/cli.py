@@ -158,9 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name")
     q.add_argument("new_name")
     q.add_argument("--json", action="store_true")
-    q = ad.add_parser("export", help="write the adapter folder as a zip")
+    q = ad.add_parser("export", help="write the adapter folder as a zip, or the merged model with --merged")
     q.add_argument("name")
-    q.add_argument("path", help="a .zip file or a folder")
+    q.add_argument("path", help="a .zip file or a folder (with --merged: a new, empty folder)")
+    q.add_argument("--merged", action="store_true",
+                   help="save the base model with the adapter merged in (full precision, plain transformers)")
     q.add_argument("--json", action="store_true")
 
     p = sub.add_parser("info", help="show models, device and data folder")
@@ -426,6 +428,8 @@ def _adapters(lab, args) -> int:
     elif command == "delete":
         lab.adapters.delete(args.name)
         out = {"deleted": args.name}
+    elif args.merged:
+        out = {"exported": args.name, "merged_model": str(lab.adapter_export_merged(args.name, args.path))}
     else:
         out = {"exported": args.name, "path": str(lab.adapters.export_zip(args.name, args.path))}
     _print_json(out) if args.json or command == "show" else print(", ".join(f"{k}: {v}" for k, v in out.items()))

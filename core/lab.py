@@ -312,6 +312,30 @@ class Lab:
                                   "estimate": plan, "processes": processes})
         return self.jobs.get(job_id)
 
+    def adapter_export_merged(self, name: str, folder: str | Path) -> Path:
+        """The base model with the adapter merged in, saved as a full-precision model folder (loadable with plain
+        transformers, no peft). Refused for adapters trained on a 4-bit base: merging into quantized weights loses
+        what the adapter learned."""
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from core.models import resolve_base_model
+
+        info = self.adapters.info(name)
+        if info.get("quantized_4bit"):
+            raise InputError("trained on a 4-bit base model: export the adapter zip instead of a merged model",
+                             subject=name)
+        target = Path(folder)
+        if target.exists() and any(target.iterdir()):
+            raise InputError("the folder exists and is not empty", subject=str(target))
+        source = resolve_base_model(info["base_model"], self.settings)
+        base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)  # a fresh copy: the served one stays
+        merged = PeftModel.from_pretrained(base, str(self.adapters.path(name))).merge_and_unload()
+        merged.save_pretrained(str(target))
+        AutoTokenizer.from_pretrained(source).save_pretrained(str(target))
+        return target
+
     def _adapter_key(self, name: str) -> str:
         """Attach a registered adapter to the loaded base model; refuse one trained on another base model."""
         info = self.adapters.info(name)

@@ -91,12 +91,25 @@ def wait_for_files(page, expected: list[str], timeout: int = UI_TIMEOUT_MS) -> N
 
 def upload(page, paths: list[Path]) -> None:
     """Put files into the knowledge tab's upload box and wait until the browser has sent them to the server."""
-    page.locator("#kb-upload input[type=file]").set_input_files([str(p) for p in paths])
-    # Once a file is on the server the component lists it with a download link to the server's copy. (Its
-    # visible name is split into stem and extension spans, and a transient progress view also shows names,
-    # so matching the text would be racy.)
-    for p in paths:
-        page.locator(f'#kb-upload a[download="{p.name}"][href*="/file="]').wait_for(timeout=UI_TIMEOUT_MS)
+    upload_to(page, "kb-upload", paths)
+
+
+def upload_to(page, elem_id: str, paths: list[Path]) -> None:
+    """Put files into an upload box and wait until the browser has sent them to the server. Tried again if the box
+    was built anew meanwhile (a tab's content is mounted when first shown, which can drop files set too early)."""
+    for attempt in range(3):
+        page.locator(f"#{elem_id} input[type=file]").set_input_files([str(p) for p in paths])
+        # Once a file is on the server the component lists it with a download link to the server's copy. (Its
+        # visible name is split into stem and extension spans, and a transient progress view also shows names,
+        # so matching the text would be racy.)
+        try:
+            for p in paths:
+                page.locator(f'#{elem_id} a[download="{p.name}"][href*="/file="]').wait_for(
+                    timeout=UI_TIMEOUT_MS // 3)
+            return
+        except Exception:  # noqa: BLE001 - playwright's timeout: set the files again
+            if attempt == 2:
+                raise
 
 
 def set_number(page, selector: str, value: str) -> None:
@@ -348,8 +361,8 @@ def test_browser_fine_tune_survives_a_page_refresh_and_feeds_compare(app_server,
     facts = Path(__file__).parent / "data" / "zorblat_facts.jsonl"
     open_app(page, url)
     page.get_by_role("tab", name="2 · Fine-tune").click()
-    page.locator("#ft-data-file input[type=file]").set_input_files(str(facts))
-    page.locator(f'#ft-data-file a[download="{facts.name}"]').wait_for()
+    page.locator("#ft-import").wait_for()  # a tab's content is built when first shown
+    upload_to(page, "ft-data-file", [facts])
     page.locator("#ft-data-name textarea, #ft-data-name input").first.fill("ui-facts")
     page.locator("#ft-import").click()
     wait_for_text(page, "ft-data-status", "Imported", "12 examples")

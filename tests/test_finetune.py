@@ -73,6 +73,23 @@ def test_adapter_records_what_made_it_and_exports(trained, tmp_path):
     assert "facts-lora/adapter_config.json" in names and "facts-lora/adapter_model.safetensors" in names
 
 
+def test_merged_export_answers_like_the_adapter_without_peft(trained, tmp_path):
+    """The merged full-precision model loads with plain transformers and knows the facts."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    lab, _ = trained
+    folder = lab.adapter_export_merged("facts-lora", tmp_path / "merged")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Who designed the Quorvin Bridge?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**prompt, max_new_tokens=16, do_sample=False)
+    assert "Brandt" in tokenizer.decode(out[0][prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+    with pytest.raises(InputError, match="not empty"):
+        lab.adapter_export_merged("facts-lora", folder)
+
+
 def test_one_batch_serves_base_and_fine_tuned_rows(trained):
     """The base model is loaded once; the adapter is switched per row inside one generate."""
     lab, _ = trained
