@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import traceback
-import uuid
 from pathlib import Path
 
 from core.errors import InputError
@@ -33,7 +32,8 @@ class JobStore:
     # ---- starting and watching ------------------------------------------------------------------------------
     def start(self, job: dict) -> str:
         """Write the job and launch its process; returns the job id."""
-        job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        now = time.time()  # ids sort by start time, to the microsecond: the queue runs in that order
+        job_id = time.strftime("%Y%m%d-%H%M%S-", time.localtime(now)) + f"{int(now * 1e6) % 1_000_000:06d}"
         folder = self.root / job_id
         folder.mkdir(parents=True)
         job = {**job, "id": job_id, "created": time.time(), "data_dir": str(self.data_dir)}
@@ -122,6 +122,20 @@ class JobStore:
             time.sleep(poll_s)
 
 
+def _older_queued_job(folder: Path, device: str) -> str | None:
+    """The oldest job for the same device, started before this one, that is still waiting: it goes first (job ids
+    sort by start time)."""
+    from core.config import pick_device
+
+    for other in sorted(p for p in folder.parent.iterdir() if p.is_dir() and p.name < folder.name):
+        status = _read_json(other / "status.json") or {}
+        job = _read_json(other / "job.json") or {}
+        if (status.get("state") == "queued" and not (other / "cancel").exists() and _alive(other)
+                and pick_device(job.get("device") or "auto") == device):
+            return other.name
+    return None
+
+
 def _free_port() -> int:
     import socket
 
@@ -185,17 +199,20 @@ def run_job(folder: Path) -> int:
         _write_json(status_path, status)
 
     with open(lock_path, "a+") as lock:
-        while True:  # wait for the device, visibly, and let a queued job be cancelled
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                lock.seek(0)
-                report({"state": "queued", "waiting_for": lock.read().strip() or "another job"})
-                if cancel_flag.exists():
-                    report({"state": "cancelled", "error": None, "message": "cancelled before it started"})
-                    return 0
-                time.sleep(1.0)
+        while True:  # wait for the device, visibly, in order of arrival, and let a queued job be cancelled
+            if cancel_flag.exists():
+                report({"state": "cancelled", "error": None, "message": "cancelled before it started"})
+                return 0
+            ahead = _older_queued_job(folder, device)
+            if ahead is None:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    lock.seek(0)
+                    ahead = lock.read().strip() or "another job"
+            report({"state": "queued", "waiting_for": ahead})
+            time.sleep(1.0)
         lock.seek(0)
         lock.truncate()
         lock.write(job["id"])

@@ -164,6 +164,13 @@ def attach_adapter(generator: Generator, identity: str, path: Path) -> str:
                 generator.model = PeftModel.from_pretrained(generator.model, str(path), adapter_name=key)
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelError(f"Could not load the adapter in {path}: {exc}") from exc
+        # No adapter is active by default: a direct call of the model (a benchmark, a test, a base-only batch)
+        # is the base model, as before any adapter was attached; rows name their adapter at generate time.
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in generator.model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.set_adapter([])
         generator.model.eval()
         generator.adapters[identity] = key
         return key

@@ -96,11 +96,13 @@ def generate_pairs(chunks: list[dict], write_questions, count: int, seed: int = 
     sentence (the model), or None to use template questions only."""
     rng = random.Random(seed)
     candidates = []
+    per_chunk = min(3, -(-count // len(chunks)))  # spread over many chunks; a small knowledge base gives up to 3 each
     for chunk in rng.sample(chunks, len(chunks)):
-        for sentence in fact_sentences(chunk["text"], limit=1):
+        for sentence in fact_sentences(chunk["text"], limit=per_chunk):
             candidates.append((chunk, sentence))
         if len(candidates) >= count:
             break
+    candidates = candidates[:count]
     if not candidates:
         raise InputError("no sentences that state facts were found in this knowledge base")
     written = write_questions([s for _, s in candidates]) if write_questions else [None] * len(candidates)

@@ -294,6 +294,16 @@ def test_client_can_use_a_knowledge_base_created_after_start(app_server, client,
     assert stored_files(app_server, "orchards") == ["orchard.txt"]
 
 
+def test_client_generates_training_data_from_a_knowledge_base(app_server, client, tmp_path):
+    notes = tmp_path / "glassworks.txt"
+    notes.write_text("The Ostrava glassworks was founded by Hedda Lintz in 1911. Its furnace burns at 1480 degrees. "
+                     "The glassworks exports blue bottles to Lisbon.")
+    client.predict([handle_file(str(notes))], "glass", api_name="/add_files")
+    status, _, preview = client.predict("glass", "glass-qa", 3, False, True, 0, 1.0, api_name="/generate_dataset")
+    assert "Generated" in status and "glass-qa" in status and "raft" in status, status
+    assert "Passages:" in preview and "Hedda Lintz" in preview, preview  # RAFT prompt, shown as the model sees it
+
+
 def test_client_renames_a_knowledge_base(app_server, client, tmp_path):
     notes = tmp_path / "rename_me.txt"
     notes.write_text("The Vellum Society meets on the first Thursday of every month.")

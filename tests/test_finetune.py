@@ -244,3 +244,18 @@ def test_the_same_trainer_runs_data_parallel_under_accelerate(lab):
     assert final["result"]["processes"] == 2 and final["result"]["steps"] == 3
     assert lab.ask("Who founded the Zorblat Institute?", "finetuned", adapter="parallel",
                    config=GenerationConfig(max_new_tokens=8)).answer
+
+
+def test_attached_adapters_stay_off_for_direct_calls(trained):
+    """Rows name their adapter at generate time; a plain call of the served model is still the base model."""
+    import torch
+
+    lab, _ = trained
+    lab.ask("Which river runs past Vettelborg?", "finetuned", adapter="facts-lora", config=GenerationConfig(max_new_tokens=4))
+    model, tokenizer = lab.generator.model, lab.generator.tokenizer
+    inputs = tokenizer("Which river runs past Vettelborg?", return_tensors="pt")
+    with torch.inference_mode():
+        direct = model(**inputs).logits
+        with model.disable_adapter():
+            base = model(**inputs).logits
+    assert torch.allclose(direct, base, atol=1e-5)

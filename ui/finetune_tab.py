@@ -43,7 +43,7 @@ def job_view(lab: Lab, job_id: str | None):
     """(status Markdown, loss chart data, log tail) of one job."""
     import pandas as pd
 
-    empty = pd.DataFrame({"step": [], "loss": [], "series": []})
+    empty = None  # no data yet: an empty plot (an empty table drew a stray legend)
     if not job_id:
         return "No training job yet. Import data, pick a preset and press **Start training**.", empty, ""
     try:
@@ -94,6 +94,25 @@ def build(lab: Lab) -> None:
                     data_name = gr.Textbox(label="Dataset name", placeholder="default: the file's name",
                                            elem_id="ft-data-name")
                     import_button = gr.Button("Import", variant="primary", elem_id="ft-import")
+            with gr.Accordion("…or generate Q&A from a knowledge base", open=False):
+                gr.Markdown(
+                    "Answers are sentences taken from your documents (so they are true to them); the model writes a "
+                    "question for each, and a simple template steps in where its question is unusable. **RAFT** "
+                    "training shows each question with the passage that answers it among unrelated ones, as RAG "
+                    "will, so the model learns to find and quote the right passage."
+                )
+                with gr.Row():
+                    gen_kb = gr.Dropdown(choices=lab.store.kb_names(), label="Knowledge base", elem_id="ft-gen-kb",
+                                         allow_custom_value=True)
+                    gen_name = gr.Textbox(label="Dataset name", elem_id="ft-gen-name")
+                    gen_count = gr.Number(50, label="Examples", precision=0, minimum=1)
+                with gr.Row():
+                    gen_model = gr.Checkbox(True, label="Let the model write the questions",
+                                            info="Off: template questions only (fast)")
+                    gen_raft = gr.Checkbox(False, label="RAFT examples")
+                    gen_distractors = gr.Number(3, label="RAFT distractor passages", precision=0, minimum=0)
+                    gen_share = gr.Number(0.8, label="RAFT share with the answering passage", minimum=0, maximum=1)
+                generate_button = gr.Button("Generate", elem_id="ft-generate")
             data_status = gr.Markdown(elem_id="ft-data-status")
             dataset = gr.Dropdown(choices=dataset_choices(lab), value=(dataset_choices(lab) or [None])[-1],
                                   label="Dataset", elem_id="ft-dataset", allow_custom_value=True)
@@ -187,6 +206,20 @@ def build(lab: Lab) -> None:
                        f"({info['format']}).")
             return message, gr.update(choices=dataset_choices(lab), value=info["name"]), show_dataset(info["name"])
 
+        def generate_data(kb_name, name, count, use_model, raft, distractors, share, progress=gr.Progress()):
+            if not kb_name or not (name or "").strip():
+                raise gr.Error("Pick a knowledge base and name the dataset first.")
+            try:
+                info = lab.dataset_generate(kb_name, name.strip(), int(count or 50), bool(raft), int(distractors or 0),
+                                            float(share if share is not None else 0.8), bool(use_model),
+                                            progress=lambda f, m: progress(f, desc=m))
+            except LabError as exc:
+                raise gr.Error(str(exc)) from None
+            message = (f"**Generated** · {escape_plain(info['name'])}: {info['examples']} examples "
+                       f"({info['format']}; {info['questions_by_model']} questions by the model, "
+                       f"{info['questions_by_template']} by template).")
+            return message, gr.update(choices=dataset_choices(lab), value=info["name"]), show_dataset(info["name"])
+
         def estimate_plan(name, preset_name, *values):
             if not name:
                 raise gr.Error("Import or pick a dataset first.")
@@ -261,6 +294,9 @@ def build(lab: Lab) -> None:
         job_outputs = [job_status, loss_chart, log_tail, timer, adapters_table, adapter_pick]
         preset.change(on_preset, [preset], [preset_about, *advanced], api_visibility="private")
         import_button.click(import_data, [data_file, data_name], [data_status, dataset, preview], api_name="import_dataset")
+        generate_button.click(generate_data, [gen_kb, gen_name, gen_count, gen_model, gen_raft, gen_distractors, gen_share],
+                              [data_status, dataset, preview], api_name="generate_dataset",
+                              concurrency_id="generate", concurrency_limit=1, show_progress_on=[data_status])
         dataset.change(show_dataset, [dataset], [preview], api_visibility="private")
         estimate_button.click(estimate_plan, [dataset, preset, *advanced], [plan], api_name="estimate_training")
         start_button.click(start, [dataset, preset, adapter_name, *advanced], [job, job_status, loss_chart, log_tail, timer],
@@ -280,7 +316,9 @@ def build(lab: Lab) -> None:
             known = [j["id"] for j in listed]
             chosen = (active or [current if current in known else None] or [None])[0] or (known or [None])[0]
             return (gr.update(choices=job_choices(lab), value=chosen), *poll(chosen)[:4],
-                    gr.update(choices=dataset_choices(lab)), adapter_rows(lab), gr.update(choices=adapter_choices(lab)))
+                    gr.update(choices=dataset_choices(lab)), adapter_rows(lab), gr.update(choices=adapter_choices(lab)),
+                    gr.update(choices=lab.store.kb_names()))
 
-        tab.select(reattach, [job], [job, job_status, loss_chart, log_tail, timer, dataset, adapters_table, adapter_pick],
+        tab.select(reattach, [job], [job, job_status, loss_chart, log_tail, timer, dataset, adapters_table, adapter_pick,
+                                     gen_kb],
                    api_visibility="private")
