@@ -14,9 +14,11 @@ from core.errors import InputError
 
 # Plain-language presets; every field can be overridden in the advanced panel or on the command line.
 PRESETS: dict[str, dict] = {
+    # Quick is calibrated: 12 short facts, 30 steps, 66 s on a 2-core CPU, all 12 learned (the first setting,
+    # lr 1e-3 x 8 epochs at batch 8, learned 2 of 12). Balanced and Thorough are not calibrated yet.
     "quick": {
         "about": "A first try in minutes: learns short facts from a few dozen examples; may overfit.",
-        "rank": 16, "alpha": 32, "learning_rate": 1e-3, "epochs": 8, "batch_size": 8, "max_length": 384,
+        "rank": 16, "alpha": 32, "learning_rate": 2e-3, "epochs": 10, "batch_size": 4, "max_length": 384,
     },
     "balanced": {
         "about": "The usual choice: more passes at a gentler pace, stops early when validation loss stops improving.",
@@ -36,9 +38,9 @@ class TrainSettings:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: str = "all-linear"  # or a comma-separated list such as "q_proj,v_proj"
-    learning_rate: float = 1e-3
-    epochs: float = 8
-    batch_size: int = 8
+    learning_rate: float = 2e-3  # the defaults are the Quick preset's
+    epochs: float = 10
+    batch_size: int = 4
     grad_accum: int = 1
     max_length: int = 384
     seed: int = 42

@@ -391,7 +391,7 @@ def test_browser_fine_tune_survives_a_page_refresh_and_feeds_compare(app_server,
     page.get_by_role("tab", name="2 · Fine-tune").click()
     wait_for_text(page, "ft-job-status", "ui-lora", timeout=GENERATION_TIMEOUT_MS)
     wait_for_text(page, "ft-job-status", "Completed", timeout=GENERATION_TIMEOUT_MS)
-    assert "step 4/4" in page.locator("#ft-job-status").inner_text()
+    assert "step 6/6" in page.locator("#ft-job-status").inner_text()  # 12 examples, batch 4, 2 epochs
     wait_for_text(page, "ft-adapters", "ui-lora")
 
     page.get_by_role("tab", name="3 · Compare").click()

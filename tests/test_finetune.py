@@ -17,8 +17,6 @@ from core.generation import GenerationConfig
 from core.lab import Lab
 
 FACTS = ROOT / "tests" / "data" / "zorblat_facts.jsonl"
-# Enough passes for the 135M model to learn 12 short facts by heart (measured: 12/12 after 60 steps, ~2 min here).
-MEMORIZE = dict(epochs=20, batch_size=4, learning_rate=2e-3)
 
 
 def facts() -> list[dict]:
@@ -41,10 +39,9 @@ def trained(tmp_path_factory):
     imported = run_cli(["dataset", "import", str(FACTS), "--name", "facts", "--validation", "0", "--test", "0",
                         "--json"], data_dir)
     assert imported.returncode == 0, imported.stderr
-    args = ["train", "--dataset", "facts", "--preset", "quick", "--adapter", "facts-lora", "--json"]
-    for key, value in MEMORIZE.items():
-        args += [f"--{key.replace('_', '-')}", str(value)]
-    done = run_cli(args, data_dir, timeout=900)
+    # The Quick preset as a user gets it (12 examples at batch 4 for 10 epochs: 30 steps, about a minute here).
+    done = run_cli(["train", "--dataset", "facts", "--preset", "quick", "--adapter", "facts-lora", "--json"],
+                   data_dir, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["state"] == "completed" and result["adapter"] == "facts-lora"
@@ -55,7 +52,7 @@ def trained(tmp_path_factory):
 
 def test_fine_tuned_model_answers_facts_the_base_model_does_not_know(trained):
     lab, result = trained
-    assert result["result"]["train_loss"] < 0.3, result["result"]
+    assert result["result"]["train_loss"] < 0.5, result["result"]
     base, tuned = correct(lab, "base"), correct(lab, "finetuned", "facts-lora")
     print(f"facts answered: base {base}/12, fine-tuned {tuned}/12")
     assert base <= 1 and tuned >= 10
@@ -66,7 +63,7 @@ def test_adapter_records_what_made_it_and_exports(trained, tmp_path):
     info = lab.adapters.info("facts-lora")
     assert info["dataset"] == "facts" and info["dataset_sha256"] == lab.datasets.info("facts").sha256
     assert info["base_model"] == lab.settings.base_model and info["complete"] is True
-    assert info["settings"]["learning_rate"] == MEMORIZE["learning_rate"] and info["steps"] == info["total_steps"] == 60
+    assert info["settings"]["preset"] == "quick" and info["steps"] == info["total_steps"] == 30
     assert info["history"]["train"][0][1] > info["history"]["train"][-1][1]  # the loss went down
     zipped = lab.adapters.export_zip("facts-lora", tmp_path)
     names = zipfile.ZipFile(zipped).namelist()
@@ -162,7 +159,7 @@ def test_a_failing_job_fails_alone_with_its_reason(lab):
 def test_estimate_refuses_what_cannot_fit(lab):
     lab.dataset_import(FACTS, "facts", validation=0, test=0)
     small = lab.train_estimate("facts", lab.train_settings("quick"))
-    assert small["fits"] and 0 < small["memory_gb"] < 4 and small["steps"] == 16
+    assert small["fits"] and 0 < small["memory_gb"] < 4 and small["steps"] == 30
     huge = lab.train_settings("quick", batch_size=512, max_length=32768)
     with pytest.raises(InputError, match="GB is free"):
         lab.train_start("facts", huge)
