@@ -256,3 +256,28 @@ def test_attached_adapters_stay_off_for_direct_calls(trained):
         with model.disable_adapter():
             base = model(**inputs).logits
     assert torch.allclose(direct, base, atol=1e-5)
+
+
+def test_ctrl_c_on_the_cli_cancels_the_job_and_keeps_a_checkpoint(lab):
+    """Ctrl-C stops the training (not just the watching); the job keeps its last step as an adapter."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    lab.dataset_import(FACTS, "facts", validation=0, test=0)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "core", "train", "--dataset", "facts", "--max-steps", "40", "--adapter", "stopped"],
+        cwd=ROOT, env=subprocess_env(lab.settings.data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not any((j.get("step") or 0) >= 2 for j in lab.jobs.list()):
+        assert time.time() < deadline and process.poll() is None, process.stderr.read() if process.poll() else ""
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-2000:]
+    assert "cancelling" in err and out.startswith("cancelled: adapter stopped")
+    [job] = lab.jobs.list()
+    assert job["state"] == "cancelled"
+    assert 2 <= lab.adapters.info("stopped")["steps"] < 40 and lab.adapters.info("stopped")["complete"] is False
