@@ -395,8 +395,11 @@ def test_browser_fine_tune_survives_a_page_refresh_and_feeds_compare(app_server,
     wait_for_text(page, "ft-adapters", "ui-lora")
 
     page.get_by_role("tab", name="3 · Compare").click()
-    page.locator("#compare-adapter input").fill("ui-lora")
-    page.locator("#compare-adapter input").press("Enter")
+    # Picked from the list: the option shows once the tab has refreshed its choices, so no reply can undo it.
+    page.locator("#compare-adapter input").click()
+    page.get_by_role("option", name="ui-lora").click()
+    page.locator("#question textarea").click()
+    assert page.locator("#compare-adapter input").input_value() == "ui-lora"
     page.locator("#question textarea").fill("Who founded the Zorblat Institute?")
     page.locator("#ask").click()
     wait_for_text(page, "stats-finetuned", "tokens/s", timeout=GENERATION_TIMEOUT_MS)

@@ -95,6 +95,7 @@ def build(lab: Lab) -> None:
         ask.click(answer, inputs, outputs, api_name="ask", concurrency_id="generate", concurrency_limit=1)
         question.submit(answer, inputs, outputs, api_visibility="private",
                         concurrency_id="generate", concurrency_limit=1)
-        tab.select(lambda current, current_adapter: (gr.update(choices=kb_choices(lab), value=current),
-                                                     gr.update(choices=lab.adapters.names(), value=current_adapter)),
-                   [kb, adapter], [kb, adapter], api_visibility="private")
+        # Choices only for the adapter: a late reply must not put back a value the user has changed meanwhile.
+        tab.select(lambda current: (gr.update(choices=kb_choices(lab), value=current),
+                                    gr.update(choices=lab.adapters.names())),
+                   [kb], [kb, adapter], api_visibility="private")
