@@ -211,26 +211,25 @@ def _run_pipeline(items: Iterator, total: int, store: Store, embedder, progress:
     failure: list[BaseException] = []
     stop = threading.Event()
 
+    def offer(item) -> bool:
+        """Hand an item over, waiting for room; False once the consumer has stopped."""
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce():
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        handoff.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(item):
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread, which raises it
             failure.append(exc)
         finally:
-            while not stop.is_set():
-                try:
-                    handoff.put(done_marker, timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
+            offer(done_marker)
 
     reader = threading.Thread(target=produce, name="ingest-reader", daemon=True)
     reader.start()

@@ -287,8 +287,8 @@ class Lab:
 
         train = self.datasets.examples(dataset, "train")
         tokenizer = self.generator.tokenizer
-        lengths = [min(render(e, tokenizer)["prompt_tokens"] + render(e, tokenizer)["answer_tokens"],
-                       settings.max_length) for e in train]
+        rendered = [render(e, tokenizer) for e in train]
+        lengths = [min(r["prompt_tokens"] + r["answer_tokens"], settings.max_length) for r in rendered]
         config = AutoConfig.from_pretrained(resolve_base_model(self.settings.base_model, self.settings))
         return estimate(config, sum(lengths), len(train), settings, self.settings.resolved_device, max(lengths))
 
