@@ -37,9 +37,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", default="rag", help="base, rag, finetuned or finetuned+rag (default: rag)")
     p.add_argument("--adapter", help="the fine-tuned adapter, for finetuned and finetuned+rag")
     p.add_argument("--kb", default=DEFAULT_KB, help=f"knowledge base for rag (default: {DEFAULT_KB})")
-    p.add_argument("--top-k", type=int, default=None, help="passages to retrieve (default: 4)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit in tokens (default: 128)")
+    _generation_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object: answer, variant, sources, timings")
+
+    p = sub.add_parser("compare", help="answer one question with several variants side by side",
+                       description="Run the Compare tab's side-by-side comparison: every chosen variant answers the "
+                                   "same question in one batch; prints each answer with its timings and sources.")
+    p.add_argument("question")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated, from base,finetuned,rag,finetuned+rag (default: base,rag, plus the two "
+                        "fine-tuned variants when --adapter is given)")
+    p.add_argument("--adapter", help="the fine-tuned adapter, for finetuned and finetuned+rag")
+    p.add_argument("--kb", default=DEFAULT_KB, help=f"knowledge base for the RAG variants (default: {DEFAULT_KB})")
+    _generation_args(p)
+    p.add_argument("--markdown", metavar="PATH", help="also write the comparison as Markdown to PATH")
+    p.add_argument("--json", action="store_true", help="print the comparison as one JSON object")
+
+    p = sub.add_parser("votes", help="list votes, show the leaderboard, or export preference data",
+                       description="Votes cast in the Compare tab. Export them as preference pairs (prompt, chosen, "
+                                   "rejected: the JSONL layout TRL's DPO trainer reads) or whole.")
+    vs = p.add_subparsers(dest="votes_command", required=True, metavar="ACTION")
+    q = vs.add_parser("list", help="list the votes")
+    q.add_argument("--kb", help="only votes on this knowledge base")
+    q.add_argument("--json", action="store_true")
+    q = vs.add_parser("leaderboard", help="win rates per variant")
+    q.add_argument("--kb", help="only votes on this knowledge base")
+    q.add_argument("--json", action="store_true")
+    q = vs.add_parser("export", help="write the votes to a JSONL file")
+    q.add_argument("path", metavar="PATH")
+    q.add_argument("--format", default="dpo", choices=["dpo", "jsonl"],
+                   help="dpo: preference pairs for DPO training (default); jsonl: every vote, whole")
+    q.add_argument("--kb", help="only votes on this knowledge base")
+    q.add_argument("--json", action="store_true")
 
     p = sub.add_parser("search", help="retrieve passages without generating", description="Show the passages retrieval finds for a query.")
     p.add_argument("query")
@@ -170,6 +199,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _generation_args(parser) -> None:
+    parser.add_argument("--top-k", type=int, default=None, help="passages to retrieve (default: 4)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit in tokens (default: 128)")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0 (default) always picks the likeliest word: the same question gives the same answer")
+    parser.add_argument("--top-p", type=float, default=0.9, help="with temperature > 0: sample from this share of "
+                                                                 "the probability (default: 0.9)")
+    parser.add_argument("--seed", type=int, default=None, help="with temperature > 0: repeatable samples")
+    parser.add_argument("--system-prompt", default=None, help="instructions for every variant (RAG has its own default)")
+
+
+def _generation_config(lab, args):
+    from core.generation import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=args.max_new_tokens or lab.settings.max_new_tokens,
+                            temperature=args.temperature, top_p=args.top_p, seed=args.seed).checked()
+
+
 def _split_args(parser) -> None:
     parser.add_argument("--validation", type=float, default=0.1, help="share for validation (default: 0.1)")
     parser.add_argument("--test", type=float, default=0.1, help="share kept out for evaluation (default: 0.1)")
@@ -192,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lab = Lab()
         handler = {"ingest": _ingest, "ask": _ask, "search": _search, "kb": _kb, "info": _info, "dataset": _dataset,
-                   "train": _train, "jobs": _jobs, "adapters": _adapters}[args.command]
+                   "train": _train, "jobs": _jobs, "adapters": _adapters, "compare": _compare,
+                   "votes": _votes}[args.command]
         return handler(lab, args)
     except LabError as exc:
         if getattr(args, "json", False):
@@ -217,14 +265,10 @@ def _ingest(lab, args) -> int:
 
 
 def _ask(lab, args) -> int:
-    from core.generation import GenerationConfig
-
-    if args.max_new_tokens is not None and not 1 <= args.max_new_tokens <= 4096:
-        raise LabError(f"--max-new-tokens must be between 1 and 4096, got {args.max_new_tokens}")
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens or lab.settings.max_new_tokens)
+    config = _generation_config(lab, args)
     answer = None
     for event in lab.ask_stream(args.question, [args.variant], kb=args.kb, top_k=args.top_k, config=config,
-                                adapter=args.adapter):
+                                adapter=args.adapter, system_prompt=args.system_prompt):
         answer = event.answer
         if not args.json and event.kind == "delta":
             print(event.text, end="", flush=True)
@@ -240,6 +284,72 @@ def _ask(lab, args) -> int:
             print(f"  [{i}] {cite(s['file'], s['page'])} (score {s['score']:.2f})")
     t = answer.timings
     print(f"\n{t['new_tokens']} tokens, first after {t['ttft_ms']:.0f} ms, {t['tokens_per_s']:.1f} tokens/s", file=sys.stderr)
+    return EXIT_OK
+
+
+def _compare(lab, args) -> int:
+    from core.variants import VARIANTS
+
+    config = _generation_config(lab, args)
+    if args.variants:
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    else:
+        variants = ["base", "rag"] + (["finetuned", "finetuned+rag"] if args.adapter else [])
+    answers = lab.compare(args.question, variants, kb=args.kb, top_k=args.top_k, config=config,
+                          adapter=args.adapter, system_prompt=args.system_prompt)
+    settings = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature, "top_p": config.top_p,
+                "top_k": args.top_k or lab.settings.top_k, "system_prompt": args.system_prompt}
+    comparison = lab.comparison(args.question, answers, kb=args.kb, adapter=args.adapter, settings=settings)
+    if args.markdown:
+        from pathlib import Path
+
+        Path(args.markdown).write_text(comparison.to_markdown(), encoding="utf-8")
+    if args.json:
+        _print_json(comparison.to_dict())
+    else:
+        for a in answers:
+            print(f"== {VARIANTS[a.variant].label} ==")
+            print(f"error: {a.error}" if a.error else a.answer)
+            t = a.timings
+            if "total_ms" in t:
+                print(f"   ({t['new_tokens']} tokens; first after {t['ttft_ms']:.0f} ms, total {t['total_ms']:.0f} ms, "
+                      f"{t['tokens_per_s']:.1f} tokens/s; {t['prompt_tokens']} prompt tokens)")
+            for i, s in enumerate(a.sources, 1):
+                print(f"   [{i}] {cite(s['file'], s['page'])} (score {s['score']:.2f})")
+            print()
+    return EXIT_FAILED if all(a.error for a in answers) else EXIT_OK
+
+
+def _votes(lab, args) -> int:
+    from core.variants import VARIANTS
+
+    if args.votes_command == "export":
+        result = lab.votes.export(args.path, args.format, kb=args.kb)
+        if args.json:
+            _print_json(result)
+        else:
+            what = "preference pairs" if args.format == "dpo" else "votes"
+            print(f"wrote {result['rows']} {what} from {result['votes']} votes to {result['path']}")
+        return EXIT_OK
+    if args.votes_command == "leaderboard":
+        board = lab.votes.leaderboard(args.kb)
+        if args.json:
+            _print_json({"kb": args.kb, "leaderboard": board})
+        elif not board:
+            print("no votes yet: vote in the Compare tab")
+        else:
+            print(f"{'variant':<18}{'win rate':>9}{'wins':>6}{'ties':>6}{'all bad':>9}{'votes':>7}")
+            for r in board:
+                print(f"{VARIANTS[r['variant']].label:<18}{r['win_rate']:>9.0%}{r['wins']:>6}{r['ties']:>6}"
+                      f"{r['all_bad']:>9}{r['votes']:>7}")
+        return EXIT_OK
+    votes = [v for v in lab.votes.all() if args.kb is None or v["comparison"].get("kb") == args.kb]
+    if args.json:
+        _print_json({"votes": votes})
+    else:
+        for v in votes:
+            print(f"{v['time']}  {v['choice']:<14} {v['comparison']['question'][:70]}")
+        print(f"({len(votes)} votes)", file=sys.stderr)
     return EXIT_OK
 
 

@@ -10,6 +10,7 @@ from typing import Iterator
 
 from core.config import Settings, load_settings
 from core.errors import InputError, LabError
+from core.comparison import Comparison
 from core.generation import Delta, GenerationConfig, RowDone, stream_chat
 from core.ingest import IngestResult, check_chunking, ingest_files, reindex_files
 from core.adapters import AdapterStore
@@ -20,6 +21,7 @@ from core.training import TrainSettings, estimate
 from core.progress import ProgressFn
 from core.store import DEFAULT_KB, Chunking, Hit, check_kb_name, open_store
 from core.variants import Variant, get_variant
+from core.votes import VoteStore
 
 MAX_QUESTION_CHARS = 4000
 
@@ -73,6 +75,7 @@ class Lab:
         self.datasets = DatasetStore(self.settings.data_dir)
         self.adapters = AdapterStore(self.settings.data_dir)
         self.jobs = JobStore(self.settings.data_dir)
+        self.votes = VoteStore(self.settings.data_dir)
         self.background_indexing = background_indexing
 
     # ---- models (loaded lazily, once per process) ------------------------------------------
@@ -348,7 +351,7 @@ class Lab:
     # ---- retrieval and answers ---------------------------------------------------------------
     def search(self, question: str, kb: str = DEFAULT_KB, top_k: int | None = None) -> tuple[list[Hit], float]:
         """Return the top passages and the retrieval time in ms."""
-        question = _check_question(question)
+        question = check_question(question)
         top_k = self.settings.top_k if top_k is None else top_k
         if not 1 <= top_k <= 50:
             raise InputError(f"top-k must be between 1 and 50, got {top_k}")
@@ -369,9 +372,11 @@ class Lab:
         config: GenerationConfig | None = None,
         system_prompt: str | None = None,
         adapter: str | None = None,
+        history: dict[str, list[dict]] | None = None,
     ) -> Iterator[AnswerEvent]:
-        """Answer one question with several variants at once (one batched generate), streaming every column."""
-        question = _check_question(question)
+        """Answer one question with several variants at once (one decode batch), streaming every column.
+        `history` maps a variant to its own earlier turns (user/assistant messages) for a multi-turn chat."""
+        question = check_question(question)
         config = config or GenerationConfig(max_new_tokens=self.settings.max_new_tokens)
         chosen: list[Variant] = [get_variant(name) for name in dict.fromkeys(variants)]
         if not chosen:
@@ -409,7 +414,7 @@ class Lab:
                 yield AnswerEvent("sources", variant.name, answer=answer)
             runnable.append(variant)
             row_adapters.append(adapter_key)
-            conversations.append(variant.messages(question, passages, system_prompt))
+            conversations.append(variant.messages(question, passages, system_prompt, (history or {}).get(variant.name)))
         if not runnable:
             return
         try:
@@ -451,8 +456,23 @@ class Lab:
                 final[event.variant] = event.answer
         return [final[v] for v in dict.fromkeys(variants) if v in final]
 
+    def comparison(self, question: str, answers: list[Answer], kb: str | None = None, adapter: str | None = None,
+                   settings: dict | None = None, history: dict | None = None) -> Comparison:
+        """The record of one side-by-side turn, with the model and the adapter's identity, for votes and export."""
+        adapter_info = None
+        if adapter and any(get_variant(a.variant).uses_adapter for a in answers):
+            meta = self.adapters.info(adapter)
+            adapter_info = {k: meta.get(k) for k in ("name", "base_model", "dataset", "dataset_sha256", "job", "created")}
+        else:
+            adapter = None
+        return Comparison(
+            question=question, answers=[a.to_dict() for a in answers], kb=kb, model=self.settings.base_model,
+            adapter=adapter, adapter_info=adapter_info, settings=dict(settings or {}),
+            history={k: v for k, v in (history or {}).items() if v and any(a.variant == k for a in answers)},
+        )
 
-def _check_question(question: str) -> str:
+
+def check_question(question: str) -> str:
     question = (question or "").strip()
     if not question:
         raise InputError("the question is empty")

@@ -22,7 +22,10 @@ class Variant:
     uses_retrieval: bool
     uses_adapter: bool = False
 
-    def messages(self, question: str, passages: list[Hit], system_prompt: str | None = None) -> list[dict]:
+    def messages(self, question: str, passages: list[Hit], system_prompt: str | None = None,
+                 history: list[dict] | None = None) -> list[dict]:
+        """The conversation to generate from. `history` holds this column's earlier turns as plain user/assistant
+        messages; only the newest question carries passages (earlier ones would crowd the context)."""
         messages = []
         if self.uses_retrieval:
             numbered = "\n\n".join(
@@ -30,10 +33,12 @@ class Variant:
                 for i, hit in enumerate(passages, start=1)
             )
             messages.append({"role": "system", "content": system_prompt or RAG_SYSTEM_PROMPT})
+            messages.extend(history or [])
             messages.append({"role": "user", "content": f"Passages:\n{numbered}\n\nQuestion: {question}"})
         else:
             if system_prompt:
                 messages.append({"role": "system", "content": system_prompt})
+            messages.extend(history or [])
             messages.append({"role": "user", "content": question})
         return messages
 

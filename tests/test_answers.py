@@ -63,12 +63,14 @@ def test_non_english_question_is_answered(lab, handbook):
     assert answer.answer and answer.sources
 
 
-def test_batches_group_similar_prompt_lengths_on_cpu_and_everything_on_gpu():
+def test_prefill_groups_short_similar_prompts_on_cpu_and_everything_on_gpu():
     from core.generation import plan_batches
 
     assert plan_batches([30, 1000], "cpu") == [[0], [1]]  # padding 30 -> 1000 would redo a long prefill
-    assert plan_batches([30, 1000, 35, 990], "cpu") == [[0, 2], [1, 3]]
-    assert plan_batches([500, 520], "cpu") == [[0, 1]]
+    # Short prompts share a prefill; long ones go one at a time (no gain together), shortest first.
+    assert plan_batches([30, 1000, 35, 990], "cpu") == [[0, 2], [3], [1]]
+    assert plan_batches([200, 210], "cpu") == [[0, 1]]
+    assert plan_batches([500, 520], "cpu") == [[0], [1]]
     assert plan_batches([30, 1000], "cuda") == [[0, 1]]
 
 

@@ -65,6 +65,63 @@ def dom_rows(page, elem_id: str) -> list[list[str]]:
     )
 
 
+# /ask and the other Compare events return, per column slot, (header, chat, stats, sources), then the vote status.
+SLOT_FIELDS = 4
+ALL_COLUMNS = ["base", "finetuned", "rag", "finetuned+rag"]
+
+
+def slot_outputs(result, slot: int) -> tuple:
+    return tuple(result[slot * SLOT_FIELDS:(slot + 1) * SLOT_FIELDS])
+
+
+def message_text(message: dict) -> str:
+    """A chat message's text (the API gives content as a string or as a list of typed parts)."""
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+
+
+def last_bot_text(chat) -> str:
+    return message_text(chat[-1]) if chat else ""
+
+
+def user_questions(chat) -> list[str]:
+    return [message_text(m) for m in chat if m["role"] == "user"]
+
+
+def ask_api(client, question: str, kb: str, columns=("base", "rag"), blind=False, max_new=MAX_NEW_TOKENS, **kw):
+    return client.predict(question, kb, kw.get("adapter"), list(columns), blind, kw.get("top_k", 3), max_new, 0.0,
+                          0.9, "", api_name="/ask")
+
+
+def bot_messages(page, slot: int) -> list[str]:
+    return page.locator(f'#chat-{slot} [data-testid="bot"]').all_inner_texts()
+
+
+def slot_titles(page) -> list[str]:
+    return [page.locator(f"#header-{i}").inner_text().split("\n")[0].strip() if page.locator(f"#header-{i}").is_visible()
+            else "" for i in range(4)]
+
+
+def wait_for_answers(page, timeout: int = GENERATION_TIMEOUT_MS) -> None:
+    """Wait until the Compare tab has finished a turn (the vote status says what to do next)."""
+    page.wait_for_function("() => /Vote below|Vote saved/.test(document.getElementById('vote-status').textContent)",
+                           timeout=timeout)
+
+
+def set_max_tokens(page, value: int) -> None:
+    page.get_by_text("Generation settings").click()
+    box = page.get_by_label("number input for Max answer length (tokens)")
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()
+
+
+def pick_kb(page, name: str) -> None:
+    box = page.locator("#compare-kb input")
+    box.fill(name)
+    box.press("Enter")
+
+
 def dom_file_names(page) -> list[str]:
     return [row[0] for row in dom_rows(page, "kb-files")]
 
@@ -184,21 +241,22 @@ def test_client_add_handbook_then_ask(app_server, client, handbook):
     assert not cleared, "the upload box should be emptied after adding"
     assert "handbook.md" in [row[0] for row in table_data(table)]
 
-    base, base_stats, rag, rag_stats, tuned, _, _, _, sources = client.predict(
-        "Who founded the Zorblat Institute?", "default", 3, MAX_NEW_TOKENS, api_name="/ask"
-    )
-    rows = table_data(sources)
-    assert rows, "RAG read no passages"
-    assert "handbook.md" in [row[1] for row in rows], rows
-    assert 1 <= len(rows) <= 3, rows
+    result = ask_api(client, "Who founded the Zorblat Institute?", "default", columns=ALL_COLUMNS)
+    base_header, base_chat, base_stats, _ = slot_outputs(result, 0)
+    _, tuned_chat, _, _ = slot_outputs(result, 1)
+    rag_header, rag_chat, rag_stats, sources = slot_outputs(result, 2)
+    assert "Base model" in base_header and "RAG" in rag_header
+    rag, base = last_bot_text(rag_chat), last_bot_text(base_chat)
+    assert "handbook.md" in sources and sources.count("<li>") <= 3, sources
     assert "Quanz" in rag, rag
     assert "Quanz" not in base, base
-    assert "Pick a fine-tuned adapter" in tuned, tuned  # no adapter chosen: the column says how to get one
+    assert "Pick a fine-tuned adapter" in last_bot_text(tuned_chat)  # no adapter: the column says how to get one
     assert "tokens/s" in base_stats, base_stats
     assert "tokens/s" in rag_stats, rag_stats
     assert "retrieval" in rag_stats and "retrieval" not in base_stats
     new_tokens = int(re.search(r"(\d+) tokens$", base_stats).group(1))
     assert 0 < new_tokens <= MAX_NEW_TOKENS, base_stats
+    assert "Vote below" in result[-1]
 
 
 @pytest.mark.browser
@@ -223,32 +281,33 @@ def test_browser_upload_pdf_then_compare(app_server, client, page, tmp_path):
     assert row[1] == "1", row  # pages
 
     page.get_by_role("tab", name="3 · Compare").click()
+    # No adapter yet: switch the two fine-tuned columns off, and the page shows Base and RAG only.
+    page.get_by_label("Fine-tuned", exact=True).uncheck()
+    page.get_by_label("Fine-tuned + RAG").uncheck()
+    page.wait_for_function("() => !document.getElementById('header-2')?.offsetParent")
+    assert slot_titles(page) == ["Base model", "RAG", "", ""]
     page.locator("#question textarea").fill("Who designed the Quorvin Bridge?")
-    max_tokens = page.get_by_label("number input for Max answer length (tokens)")
-    max_tokens.fill(str(MAX_NEW_TOKENS))
-    max_tokens.press("Enter")
-    max_tokens.blur()
+    set_max_tokens(page, MAX_NEW_TOKENS)
     page.locator("#ask").click()
 
-    wait_for_text(page, "stats-base", "tokens/s", timeout=GENERATION_TIMEOUT_MS)
-    wait_for_text(page, "stats-rag", "tokens/s", timeout=GENERATION_TIMEOUT_MS)
-    base = page.locator("#answer-base").inner_text()
-    rag = page.locator("#answer-rag").inner_text()
-    base_stats = page.locator("#stats-base").inner_text()
+    wait_for_answers(page)
+    wait_for_text(page, "stats-0", "tokens/s")
+    wait_for_text(page, "stats-1", "tokens/s")
+    base, rag = bot_messages(page, 0)[-1], bot_messages(page, 1)[-1]
+    base_stats = page.locator("#stats-0").inner_text()
     assert "Brandt" in rag, rag
     assert "Brandt" not in base, base
     new_tokens = int(re.search(r"(\d+) tokens\s*$", base_stats).group(1))
     assert new_tokens <= MAX_NEW_TOKENS, f"the max-length slider was not applied: {base_stats}"
 
-    sources = dom_rows(page, "sources")
-    assert sources, "the sources table is empty"
-    cited = [r for r in sources if r[1] == pdf.name]
+    sources = page.locator("#sources-1 li").all_inner_texts()
+    assert sources, "the RAG column shows no sources"
+    cited = [s for s in sources if s.startswith(pdf.name)]
     assert cited, sources
-    assert cited[0][2] == "1", cited  # page
-    assert "vector" in cited[0][4], cited  # found by
-    assert "Tessaly Brandt" in cited[0][5], cited  # passage
-    marked = page.locator("#sources mark").all_inner_texts()  # the question's words, highlighted
+    assert "page 1" in cited[0] and "vector" in cited[0] and "Tessaly Brandt" in cited[0], cited
+    marked = page.locator("#sources-1 mark").all_inner_texts()  # the question's words, highlighted
     assert "Quorvin" in marked and "Bridge" in marked, marked
+    assert not page.locator("#sources-0 li").count()  # the base model read nothing
 
 
 @pytest.mark.browser
@@ -287,9 +346,10 @@ def test_client_can_use_a_knowledge_base_created_after_start(app_server, client,
     notes.write_text("The Hollowmere orchard grows a pear variety called Duskwater Gold.")
     status, *_ = client.predict([handle_file(str(notes))], "orchards", api_name="/add_files")
     assert "Added" in status and "orchard.txt" in status
-    _, _, rag, rag_stats, _, _, _, _, sources = client.predict(
-        "Which pear variety grows in the Hollowmere orchard?", "orchards", 3, 24, api_name="/ask")
-    assert [row[1] for row in table_data(sources)][0] == "orchard.txt"
+    result = ask_api(client, "Which pear variety grows in the Hollowmere orchard?", "orchards", columns=["rag"],
+                     max_new=24)
+    _, _, rag_stats, sources = slot_outputs(result, 0)
+    assert "<li><b>orchard.txt</b>" in sources, sources
     assert "tokens/s" in rag_stats
     assert stored_files(app_server, "orchards") == ["orchard.txt"]
 
@@ -364,7 +424,7 @@ def test_browser_new_kb_preview_reindex_and_delete(app_server, page, tmp_path):
 
 @pytest.mark.browser
 @needs_chromium
-def test_browser_fine_tune_survives_a_page_refresh_and_feeds_compare(app_server, page):
+def test_browser_fine_tune_survives_a_page_refresh_and_feeds_compare(app_server, client, page, handbook):
     """Import Q&A, see it as the model will, train (2 epochs, to keep it short), refresh the page mid-run and find
     the job again, then pick the new adapter in Compare and get a fine-tuned answer."""
     url, _ = app_server
@@ -400,7 +460,109 @@ def test_browser_fine_tune_survives_a_page_refresh_and_feeds_compare(app_server,
     page.get_by_role("option", name="ui-lora").click()
     page.locator("#question textarea").click()
     assert page.locator("#compare-adapter input").input_value() == "ui-lora"
+    client.predict([handle_file(str(handbook))], "ft-compare", api_name="/add_files")
+    pick_kb(page, "ft-compare")
+    set_max_tokens(page, 24)
     page.locator("#question textarea").fill("Who founded the Zorblat Institute?")
     page.locator("#ask").click()
-    wait_for_text(page, "stats-finetuned", "tokens/s", timeout=GENERATION_TIMEOUT_MS)
-    assert page.locator("#answer-finetuned").inner_text().strip()
+    wait_for_answers(page)
+    # All four columns, one question: each answered, with timings; both RAG columns show what they read.
+    assert slot_titles(page) == ["Base model", "Fine-tuned", "RAG", "Fine-tuned + RAG"]
+    for slot in range(4):
+        assert bot_messages(page, slot)[-1].strip(), slot
+        assert "tokens/s" in page.locator(f"#stats-{slot}").inner_text(), slot
+    for slot in (2, 3):
+        assert page.locator(f"#sources-{slot} li").count() >= 1, slot
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_browser_blind_vote_reveals_names_and_exports_preferences(app_server, client, page, tmp_path):
+    """Blind mode: two shuffled columns named A and B, no timings or sources to give them away; a vote reveals
+    the names, lands on the leaderboard and becomes a preference pair in the exported DPO file."""
+    import json
+
+    url, _ = app_server
+    notes = tmp_path / "lighthouse.txt"
+    notes.write_text("The Skerrow lighthouse keeper in 1921 was Ansgar Vole. The lamp burned whale oil.")
+    client.predict([handle_file(str(notes))], "blind-kb", api_name="/add_files")
+    open_app(page, url)
+    page.get_by_role("tab", name="3 · Compare").click()
+    pick_kb(page, "blind-kb")
+    page.get_by_label("Fine-tuned", exact=True).uncheck()
+    page.get_by_label("Fine-tuned + RAG").uncheck()
+    page.locator("#blind input").check()
+    page.wait_for_function("() => /Answer A/.test(document.getElementById('header-0').textContent)")
+    set_max_tokens(page, 24)
+    page.locator("#question textarea").fill("Who was the Skerrow lighthouse keeper in 1921?")
+    page.locator("#ask").click()
+    wait_for_answers(page)
+    assert slot_titles(page) == ["Answer A", "Answer B", "", ""]
+    assert "tokens/s" not in page.locator("#stats-0").inner_text() + page.locator("#stats-1").inner_text()
+    assert page.locator("#sources-0 li").count() + page.locator("#sources-1 li").count() == 0
+    answers = [bot_messages(page, 0)[-1], bot_messages(page, 1)[-1]]
+
+    page.locator("#vote-comment textarea, #vote-comment input").first.fill("names the keeper")
+    page.locator("#best-1").click()
+    wait_for_text(page, "vote-status", "Vote saved")
+    titles = slot_titles(page)
+    assert {t.split(": ")[1] for t in titles[:2]} == {"Base model", "RAG"}, titles
+    assert titles[0].startswith("Answer A: ") and titles[1].startswith("Answer B: ")
+    winner = titles[1].split(": ")[1]
+    assert winner in page.locator("#vote-status").inner_text()
+    assert "tokens/s" in page.locator("#stats-0").inner_text()  # revealed with the names
+    page.wait_for_function("() => document.querySelector('#best-0').disabled")  # one vote per answer set
+
+    page.get_by_text("Leaderboard and exports").click()
+    page.wait_for_function("() => document.querySelectorAll('#leaderboard [role=row]').length > 1")
+    board = {row[0]: row for row in dom_rows(page, "leaderboard")}
+    assert board[winner][1:] == ["100%", "1", "0", "0", "1"], board
+
+    with page.expect_download() as download:
+        page.locator("#export-votes").click()
+        page.locator("#export-file a[download]").first.click()
+    rows = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
+    assert len(rows) == 1, rows
+    assert rows[0]["prompt"] == [{"role": "user", "content": "Who was the Skerrow lighthouse keeper in 1921?"}]
+    assert rows[0]["chosen"] == [{"role": "assistant", "content": answers[1]}]
+    assert rows[0]["rejected"] == [{"role": "assistant", "content": answers[0]}]
+
+
+def test_two_sessions_ask_at_once_and_keep_their_own_conversations(app_server, tmp_path):
+    """Two users at once: both are answered (one waits its turn in the queue), and neither sees the other's
+    conversation."""
+    import threading
+
+    url, _ = app_server
+    notes = tmp_path / "ferry.txt"
+    notes.write_text("The Brisk Otter ferry leaves Pellham harbour at 07:40 every weekday.")
+    first, second = Client(url, verbose=False), Client(url, verbose=False)
+    first.predict([handle_file(str(notes))], "ferries", api_name="/add_files")
+    questions = ["When does the Brisk Otter ferry leave?", "Which harbour does the Brisk Otter leave from?"]
+    jobs = [c.submit(q, "ferries", None, ["base", "rag"], False, 2, 24, 0.0, 0.9, "", api_name="/ask")
+            for c, q in zip((first, second), questions)]
+    seen_queued = threading.Event()
+
+    def watch(job):
+        while not job.done():
+            status = job.status()
+            if status.rank is not None and status.rank >= 0 and str(status.code).endswith("IN_QUEUE"):
+                seen_queued.set()
+            time.sleep(0.05)
+
+    watchers = [threading.Thread(target=watch, args=(j,)) for j in jobs]
+    for w in watchers:
+        w.start()
+    results = [j.result(timeout=GENERATION_TIMEOUT_MS / 1000) for j in jobs]
+    for w in watchers:
+        w.join()
+    for result, question in zip(results, questions):
+        for slot in (0, 1):
+            chat = slot_outputs(result, slot)[1]
+            assert user_questions(chat) == [question]  # its own question only
+            assert last_bot_text(chat).strip()
+    assert "07:40" in last_bot_text(slot_outputs(results[0], 1)[1])
+    assert seen_queued.is_set(), "one of the two requests should have waited in the queue"
+    # A follow-up continues each session's own conversation.
+    follow = first.predict("And on Sundays?", "ferries", None, ["base"], False, 2, 16, 0.0, 0.9, "", api_name="/ask")
+    assert user_questions(slot_outputs(follow, 0)[1]) == [questions[0], "And on Sundays?"]

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT, run_cli, subprocess_env
 
-COMMANDS = [[], ["dataset"], ["train"], ["jobs"], ["adapters"], ["ingest"], ["ask"], ["search"], ["kb"], ["kb", "list"], ["kb", "show"], ["kb", "create"], ["kb", "configure"], ["kb", "rename"], ["kb", "delete"], ["info"]]
+COMMANDS = [[], ["dataset"], ["train"], ["jobs"], ["adapters"], ["ingest"], ["ask"], ["search"], ["kb"], ["kb", "list"], ["kb", "show"], ["kb", "create"], ["kb", "configure"], ["kb", "rename"], ["kb", "delete"], ["info"], ["compare"], ["votes"], ["votes", "export"], ["votes", "leaderboard"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
@@ -45,6 +45,13 @@ def test_errors_are_clear_with_exit_codes(data_dir, tmp_path):
     assert missing.returncode == 1 and "no such knowledge base" in json.loads(missing.stdout)["error"]
     usage = run_cli(["ask"], data_dir)
     assert usage.returncode == 2 and "required" in usage.stderr
+    hot = run_cli(["compare", "hello", "--temperature", "5", "--json"], data_dir)
+    assert hot.returncode == 1 and "temperature must be between 0" in json.loads(hot.stdout)["error"]
+    fmt = run_cli(["votes", "export", str(tmp_path / "v.jsonl"), "--format", "csv"], data_dir)
+    assert fmt.returncode == 2 and "invalid choice: 'csv'" in fmt.stderr
+    empty = run_cli(["votes", "export", str(tmp_path / "v.jsonl"), "--json"], data_dir)
+    assert empty.returncode == 0 and json.loads(empty.stdout)["rows"] == 0  # no votes yet: an empty, valid file
+    assert (tmp_path / "v.jsonl").read_text() == ""
 
 
 # Runs the CLI with every socket connection outside loopback recorded and refused, on top of dead proxies.

@@ -87,14 +87,56 @@ def test_merged_export_answers_like_the_adapter_without_peft(trained, tmp_path):
         lab.adapter_export_merged("facts-lora", folder)
 
 
-def test_one_batch_serves_base_and_fine_tuned_rows(trained):
-    """The base model is loaded once; the adapter is switched per row inside one generate."""
+def towns_kb(lab, folder: Path) -> None:
+    notes = folder / "towns.txt"
+    notes.write_text("Vettelborg lies on the river Oda. The town hall has a green copper roof.")
+    lab.ingest([notes], kb="towns")  # unchanged when already there
+
+
+def test_one_batch_serves_all_four_columns(trained, tmp_path):
+    """The base model is loaded once; the adapter is switched per row inside one decode batch, and each column
+    says exactly what it says when asked alone."""
     lab, _ = trained
+    towns_kb(lab, tmp_path)
     question = "Which river runs past Vettelborg?"
-    base, tuned = lab.compare(question, ["base", "finetuned"], adapter="facts-lora",
-                              config=GenerationConfig(max_new_tokens=16))
-    assert "Oda" in tuned.answer and "Oda" not in base.answer
-    assert base.answer == lab.ask(question, "base", config=GenerationConfig(max_new_tokens=16)).answer
+    short = GenerationConfig(max_new_tokens=16)
+    together = {a.variant: a for a in lab.compare(question, ["base", "finetuned", "rag", "finetuned+rag"],
+                                                  kb="towns", adapter="facts-lora", config=short)}
+    assert "Oda" in together["finetuned"].answer and "Oda" not in together["base"].answer
+    for variant, answer in together.items():
+        alone = lab.ask(question, variant, kb="towns", adapter="facts-lora", config=short)
+        assert answer.answer == alone.answer, variant
+    assert together["finetuned+rag"].sources and together["base"].sources == []
+    assert len(lab.generator.adapters) == 1  # one attached adapter, no second copy of the model
+
+
+def test_cli_compares_four_columns_and_exports_votes(trained, tmp_path):
+    lab, _ = trained
+    towns_kb(lab, tmp_path)
+    compared = run_cli(["compare", "Who designed the Quorvin Bridge?", "--adapter", "facts-lora", "--kb", "towns",
+                        "--max-new-tokens", "16", "--json", "--markdown", str(tmp_path / "c.md")],
+                       lab.settings.data_dir)
+    assert compared.returncode == 0, compared.stderr
+    record = json.loads(compared.stdout)
+    answers = {a["variant"]: a for a in record["answers"]}
+    assert list(answers) == ["base", "rag", "finetuned", "finetuned+rag"]
+    assert "Brandt" in answers["finetuned"]["answer"] and all("ttft_ms" in a["timings"] for a in answers.values())
+    assert record["adapter"] == "facts-lora" and record["adapter_info"]["dataset"] == "facts"
+    assert "## Fine-tuned + RAG" in (tmp_path / "c.md").read_text()
+    from core.comparison import Comparison
+
+    lab.votes.record(Comparison.from_dict(record), "finetuned")
+    exported = run_cli(["votes", "export", "--format", "dpo", str(tmp_path / "prefs.jsonl"), "--json"],
+                       lab.settings.data_dir)
+    assert exported.returncode == 0, exported.stderr
+    chosen = answers["finetuned"]["answer"]
+    others = [a["answer"] for v, a in answers.items() if v != "finetuned" and a["answer"].strip() != chosen.strip()]
+    assert json.loads(exported.stdout)["rows"] == len(others) >= 1  # the winner against each different answer
+    rows = [json.loads(line) for line in (tmp_path / "prefs.jsonl").read_text().splitlines()]
+    assert all(r["chosen"][0]["content"] == chosen for r in rows)
+    assert sorted(r["rejected"][0]["content"] for r in rows) == sorted(others)
+    board = run_cli(["votes", "leaderboard"], lab.settings.data_dir)
+    assert board.returncode == 0 and "Fine-tuned" in board.stdout and "100%" in board.stdout, board.stdout
 
 
 def test_cli_asks_the_fine_tuned_variant(trained):

@@ -1,101 +1,232 @@
-"""Compare tab: one question, the base model, RAG and (with an adapter) the fine-tuned variants answering side by
-side, streaming, with sources."""
+"""Compare tab: up to four columns (base, fine-tuned, RAG, fine-tuned + RAG) answering side by side, streaming,
+each keeping its own conversation; blind mode and votes; the leaderboard and exports. The session logic is
+core.arena.ArenaSession; this module only lays it out."""
 from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
 
 import gradio as gr
 
-from core.errors import LabError
+from core.arena import COLUMN_ORDER, ArenaSession
 from core.generation import GenerationConfig
 from core.lab import Lab
 from core.store import DEFAULT_KB
-from ui.formatting import SOURCES_HEADERS, SOURCES_TYPES, escape, sources_rows, timing_line
+from core.variants import VARIANTS
+from core.votes import ALL_BAD, TIE
+from ui.formatting import escape, sources_html, timing_line, user_errors
 from ui.knowledge_tab import kb_choices
 
-COLUMNS = ("base", "rag", "finetuned", "finetuned+rag")
-NEEDS_ADAPTER = "Pick a fine-tuned adapter above to see this column (train one in the Fine-tune tab)."
+SLOTS = len(COLUMN_ORDER)
+COLUMN_CHOICES = [(VARIANTS[v].label, v) for v in COLUMN_ORDER]
+LEADERBOARD_HEADERS = ["Variant", "Win rate", "Wins", "Ties", "All bad", "Votes"]
+SETTING_HINTS = {
+    "temperature": "0 always picks the likeliest word, so the same question gets the same answer. "
+                   "Higher values give more varied (and more often wrong) answers.",
+    "top_p": "Only used when temperature is above 0: sample only from the likeliest words that together "
+             "make up this share of the probability.",
+    "system_prompt": "Optional instructions given to every column. Empty: RAG uses its own (answer from the "
+                     "passages and cite them).",
+}
+
+
+def leaderboard_rows(lab: Lab, kb: str | None) -> list[list]:
+    return [[VARIANTS[r["variant"]].label, f"{r['win_rate']:.0%}", r["wins"], r["ties"], r["all_bad"], r["votes"]]
+            for r in lab.votes.leaderboard(kb or None)]
+
+
+def _export_dir() -> Path:
+    # Gradio serves files only from allowed places; the system temp folder is one.
+    return Path(tempfile.mkdtemp(prefix="lab-export-"))
 
 
 def build(lab: Lab) -> None:
     with gr.Tab("3 · Compare", id="compare") as tab:
         gr.Markdown(
             "Ask a question about your documents. The **base model** answers from what it already knows; "
-            "**RAG** first finds the most relevant passages in your knowledge base and answers from them; "
-            "**Fine-tuned** uses an adapter trained on your Q&A, and **Fine-tuned + RAG** does both. "
-            "Compare them to see what your documents and your training add."
+            "**Fine-tuned** uses an adapter trained on your Q&A; **RAG** first finds the most relevant passages in "
+            "your knowledge base and answers from them; **Fine-tuned + RAG** does both. Each column keeps its own "
+            "conversation. Vote for the best answer to build a leaderboard and preference data for training."
         )
+        session = gr.State(ArenaSession())
         question = gr.Textbox(label="Your question", placeholder="e.g. What does the handbook say about paid leave?",
                               lines=2, elem_id="question")
         with gr.Row():
-            # allow_custom_value: knowledge bases created after start-up (or by API clients) must be accepted;
-            # the engine reports an unknown name clearly.
+            # allow_custom_value: knowledge bases and adapters made after start-up (or by API clients) must be
+            # accepted; the engine reports an unknown name clearly.
             kb = gr.Dropdown(choices=kb_choices(lab), value=DEFAULT_KB, label="Knowledge base (for RAG)",
-                             allow_custom_value=True, scale=2)
-            top_k = gr.Slider(1, 10, value=lab.settings.top_k, step=1, label="Passages to retrieve (top-k)",
-                              info="More passages give RAG more context but a longer, slower prompt.", scale=2)
-            max_tokens = gr.Slider(16, 512, value=lab.settings.max_new_tokens, step=16, label="Max answer length (tokens)",
-                                   info="Longer answers take longer to generate.", scale=2)
+                             allow_custom_value=True, elem_id="compare-kb", scale=2)
             adapter = gr.Dropdown(choices=lab.adapters.names(), value=None, label="Fine-tuned adapter",
-                                  info="Optional: adds the two fine-tuned columns.", allow_custom_value=True,
+                                  info="Needed by the two fine-tuned columns.", allow_custom_value=True,
                                   elem_id="compare-adapter", scale=2)
-        ask = gr.Button("Ask", variant="primary", elem_id="ask")
+            columns = gr.CheckboxGroup(COLUMN_CHOICES, value=list(COLUMN_ORDER), label="Columns",
+                                       info="Switch off what you do not want to compare.", elem_id="columns", scale=3)
+            blind = gr.Checkbox(value=False, label="Blind mode",
+                                info="Shuffled columns named A-D; the names show after you vote.",
+                                elem_id="blind", scale=1)
+        with gr.Accordion("Generation settings (shared by all columns)", open=False):
+            with gr.Row():
+                temperature = gr.Slider(0, 1.5, value=0.0, step=0.05, label="Temperature",
+                                        info=SETTING_HINTS["temperature"])
+                top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p", info=SETTING_HINTS["top_p"])
+            with gr.Row():
+                max_tokens = gr.Slider(16, 512, value=lab.settings.max_new_tokens, step=16,
+                                       label="Max answer length (tokens)", info="Longer answers take longer.")
+                top_k = gr.Slider(1, 10, value=lab.settings.top_k, step=1, label="Passages to retrieve (top-k)",
+                                  info="More passages give RAG more context but a longer, slower prompt.")
+            system_prompt = gr.Textbox(label="System prompt", lines=2, info=SETTING_HINTS["system_prompt"])
+        with gr.Row():
+            ask = gr.Button("Ask", variant="primary", elem_id="ask", scale=3)
+            clear = gr.Button("Clear conversations", elem_id="clear", scale=1)
+
+        slots = []
         with gr.Row(equal_height=False):
-            with gr.Column():
-                gr.Markdown("### Base model\n*The model alone — it has not read your documents.*")
-                base_answer = gr.Markdown(elem_id="answer-base", min_height=80)
-                base_stats = gr.Markdown(elem_id="stats-base")
-            with gr.Column():
-                gr.Markdown("### RAG\n*The same model, reading passages from your knowledge base.*")
-                rag_answer = gr.Markdown(elem_id="answer-rag", min_height=80)
-                rag_stats = gr.Markdown(elem_id="stats-rag")
-        with gr.Row(equal_height=False):
-            with gr.Column():
-                gr.Markdown("### Fine-tuned\n*The model with your adapter, without your documents.*")
-                ft_answer = gr.Markdown(elem_id="answer-finetuned", min_height=80)
-                ft_stats = gr.Markdown(elem_id="stats-finetuned")
-            with gr.Column():
-                gr.Markdown("### Fine-tuned + RAG\n*Your adapter, reading the same passages as RAG.*")
-                ftrag_answer = gr.Markdown(elem_id="answer-finetuned-rag", min_height=80)
-                ftrag_stats = gr.Markdown(elem_id="stats-finetuned-rag")
-        sources = gr.Dataframe(headers=SOURCES_HEADERS, datatype=SOURCES_TYPES, interactive=False, wrap=True, elem_id="sources",
-                               label="Sources the RAG answer read (score: cosine similarity, 1 is identical; found by meaning "
-                                     "(vector) and/or by shared words (keyword); the question's words are highlighted)")
+            for i in range(SLOTS):
+                with gr.Column(min_width=280) as column:
+                    variant = VARIANTS[COLUMN_ORDER[i]]
+                    header = gr.Markdown(f"### {variant.label}\n*{variant.description}*", elem_id=f"header-{i}")
+                    chat = gr.Chatbot(elem_id=f"chat-{i}", height=360, show_label=False, feedback_options=None,
+                                      buttons=["copy_all"], placeholder="Answers appear here.")
+                    stats = gr.Markdown(elem_id=f"stats-{i}")
+                    sources = gr.HTML(elem_id=f"sources-{i}", js_on_load=None)
+                    with gr.Row():
+                        again = gr.Button("Ask again", size="sm", elem_id=f"again-{i}", interactive=False)
+                        best = gr.Button("This one is best", size="sm", elem_id=f"best-{i}", interactive=False)
+                slots.append(dict(column=column, header=header, chat=chat, stats=stats, sources=sources,
+                                  again=again, best=best))
+        with gr.Row():
+            tie = gr.Button("It's a tie", size="sm", elem_id="vote-tie", interactive=False)
+            all_bad = gr.Button("All are bad", size="sm", elem_id="vote-all-bad", interactive=False)
+            comment = gr.Textbox(placeholder="Optional comment on your vote", show_label=False, scale=3,
+                                 elem_id="vote-comment")
+        vote_status = gr.Markdown(elem_id="vote-status")
 
-        def answer(q, kb_name, k, max_new, adapter_name=None):
-            if not (q or "").strip():
-                raise gr.Error("Type a question first.")
-            chosen = [v for v in COLUMNS if adapter_name or not v.startswith("finetuned")]
-            texts = {name: "" if name in chosen else NEEDS_ADAPTER for name in COLUMNS}
-            stats = {name: "" for name in COLUMNS}
-            rows: list[list] = []
-            config = GenerationConfig(max_new_tokens=int(max_new))
+        with gr.Accordion("Leaderboard and exports", open=False):
+            leaderboard = gr.Dataframe(headers=LEADERBOARD_HEADERS, value=leaderboard_rows(lab, DEFAULT_KB),
+                                       interactive=False, elem_id="leaderboard",
+                                       label="Votes on this knowledge base (win rate: wins / votes it was in)")
+            with gr.Row():
+                export_votes = gr.Button("Export preference data (DPO JSONL)", elem_id="export-votes")
+                export_md = gr.Button("Export this comparison (Markdown)", elem_id="export-md")
+                export_json = gr.Button("Export this comparison (JSON)", elem_id="export-json")
+            export_file = gr.File(label="Exported file", interactive=False, elem_id="export-file")
 
-            def view():
-                return (*(x for name in COLUMNS for x in (escape(texts[name]), stats[name])), rows)
+        slot_outputs = [c for s in slots for c in (s["column"], s["header"], s["chat"], s["stats"], s["sources"],
+                                                   s["again"], s["best"])]
+        outputs = [session, *slot_outputs, tie, all_bad, vote_status]
 
-            try:
-                for event in lab.ask_stream(q, chosen, kb=kb_name, top_k=int(k), config=config,
-                                            adapter=adapter_name or None):
-                    if event.kind == "delta":
-                        texts[event.variant] += event.text
-                    elif event.kind == "sources":
-                        rows = sources_rows(event.answer.sources)
-                        stats[event.variant] = "retrieved passages, generating…"
-                    elif event.kind == "done":
-                        texts[event.variant] = event.answer.answer
-                        stats[event.variant] = timing_line(event.answer.timings)
-                    elif event.kind == "error":
-                        texts[event.variant] = f"Could not answer: {event.text}"
-                    yield view()
-            except LabError as exc:
-                raise gr.Error(str(exc)) from None
+        def view(state: ArenaSession, status: str = ""):
+            """Every slot's content from the session (a hidden slot when fewer columns are on)."""
+            updates = []
+            for i in range(SLOTS):
+                variant = state.order[i] if i < len(state.order) else None
+                if variant is None:
+                    updates += [gr.update(visible=False), "", [], "", "", gr.update(interactive=False),
+                                gr.update(interactive=False)]
+                    continue
+                col = state.columns[variant]
+                shown = not state.blind or state.revealed  # timings and passages would give a blind column away
+                stats = timing_line(col.timings) if shown else ("answered" if col.timings else "")
+                if col.note and stats:
+                    stats += f" · {col.note}"
+                updates += [
+                    gr.update(visible=True),
+                    f"### {state.title(variant)}" + ("" if state.blind else f"\n*{VARIANTS[variant].description}*"),
+                    [{"role": m["role"], "content": escape(m["content"])} for m in col.messages],
+                    stats,
+                    sources_html(col.sources) if shown else "",
+                    gr.update(interactive=state.turn is not None),
+                    gr.update(interactive=state.can_vote and bool(col.timings) and not col.error),
+                ]
+            can_vote = state.can_vote
+            return (state, *updates, gr.update(interactive=can_vote), gr.update(interactive=can_vote), status)
 
-        outputs = [base_answer, base_stats, rag_answer, rag_stats, ft_answer, ft_stats, ftrag_answer, ftrag_stats, sources]
-        inputs = [question, kb, top_k, max_tokens, adapter]
-        # Button and Enter share one queue slot: the model generates one batch at a time.
-        ask.click(answer, inputs, outputs, api_name="ask", concurrency_id="generate", concurrency_limit=1)
-        question.submit(answer, inputs, outputs, api_visibility="private",
-                        concurrency_id="generate", concurrency_limit=1)
+        def settings(k, max_new, temp, p):
+            return GenerationConfig(max_new_tokens=int(max_new), temperature=float(temp), top_p=float(p)), int(k)
+
+        def answer(state: ArenaSession, q, kb_name, adapter_name, chosen, is_blind, k, max_new, temp, p, system):
+            config, k = settings(k, max_new, temp, p)
+            with user_errors():
+                events = state.ask(lab, q, list(chosen or []), config, kb=kb_name, adapter=adapter_name or None,
+                                   top_k=k, system_prompt=system, blind=bool(is_blind))
+                yield view(state, "Answering…")
+                for _ in events:
+                    yield view(state, "Answering…")
+            note = "Which answer is best? Vote below." if state.can_vote else ""
+            yield view(state, note)
+
+        def answer_again(slot: int):
+            def run(state: ArenaSession, kb_name, adapter_name, k, max_new, temp, p, system):
+                if slot >= len(state.order):
+                    raise gr.Error("This column is not in use.")
+                config, k = settings(k, max_new, temp, p)
+                with user_errors():
+                    for _ in state.ask_again(lab, state.order[slot], config, kb=kb_name, adapter=adapter_name or None,
+                                             top_k=k, system_prompt=system):
+                        yield view(state, "Answering again…")
+                yield view(state, "Which answer is best now? Vote below." if state.can_vote else "")
+            return run
+
+        def cast(choice_of):
+            def run(state: ArenaSession, note, kb_name):
+                choice = choice_of(state)
+                with user_errors():
+                    state.vote(lab, choice, note)
+                picked = {TIE: "a tie", ALL_BAD: "all answers bad"}.get(choice) or f"**{state.title(choice)}** best"
+                return (*view(state, f"Vote saved: {picked}."), "", leaderboard_rows(lab, kb_name))
+            return run
+
+        def clear_all(state: ArenaSession, chosen, is_blind):
+            state.clear()
+            return rearrange(state, chosen, is_blind)
+
+        def rearrange(state: ArenaSession, chosen, is_blind):
+            """Show the switched-on columns now (in blind mode: shuffled, named A-D)."""
+            if not chosen:
+                state.order = []
+                return view(state, "Switch on at least one column.")
+            state.arrange(list(chosen), bool(is_blind))
+            return view(state, "")
+
+        inputs = [session, question, kb, adapter, columns, blind, top_k, max_tokens, temperature, top_p, system_prompt]
+        # Every generating event shares one queue slot: the model runs one batch at a time, and a waiting user
+        # sees their place in the queue.
+        busy = dict(concurrency_id="generate", concurrency_limit=1)
+        ask.click(answer, inputs, outputs, api_name="ask", **busy)
+        question.submit(answer, inputs, outputs, api_visibility="private", **busy)
+        again_inputs = [session, kb, adapter, top_k, max_tokens, temperature, top_p, system_prompt]
+        for i, s in enumerate(slots):
+            s["again"].click(answer_again(i), again_inputs, outputs, api_name=f"ask_again_{i}", **busy)
+            s["best"].click(cast(lambda state, i=i: state.order[i]), [session, comment, kb],
+                            [*outputs, comment, leaderboard], api_name=f"vote_best_{i}")
+        tie.click(cast(lambda state: TIE), [session, comment, kb], [*outputs, comment, leaderboard], api_name="vote_tie")
+        all_bad.click(cast(lambda state: ALL_BAD), [session, comment, kb], [*outputs, comment, leaderboard],
+                      api_name="vote_all_bad")
+        clear.click(clear_all, [session, columns, blind], outputs, api_name="clear")
+        columns.input(rearrange, [session, columns, blind], outputs, api_visibility="private")
+        blind.input(rearrange, [session, columns, blind], outputs, api_visibility="private")
+
+        def write_votes(kb_name):
+            path = _export_dir() / f"preferences-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+            with user_errors():
+                result = lab.votes.export(path, "dpo", kb=kb_name or None)
+            gr.Info(f"{result['rows']} preference pairs from the votes on {kb_name}.")
+            return str(path)
+
+        def write_comparison(state: ArenaSession, fmt: str):
+            with user_errors():
+                comparison = state.comparison()
+            path = _export_dir() / f"comparison-{time.strftime('%Y%m%d-%H%M%S')}.{fmt}"
+            path.write_text(comparison.to_markdown() if fmt == "md" else comparison.to_json(), encoding="utf-8")
+            return str(path)
+
+        export_votes.click(write_votes, [kb], [export_file], api_name="export_votes")
+        export_md.click(lambda state: write_comparison(state, "md"), [session], [export_file], api_name="export_md")
+        export_json.click(lambda state: write_comparison(state, "json"), [session], [export_file],
+                          api_name="export_json")
+        kb.change(lambda name: leaderboard_rows(lab, name), [kb], [leaderboard], api_visibility="private")
         # Choices only for the adapter: a late reply must not put back a value the user has changed meanwhile.
         tab.select(lambda current: (gr.update(choices=kb_choices(lab), value=current),
-                                    gr.update(choices=lab.adapters.names())),
-                   [kb], [kb, adapter], api_visibility="private")
+                                    gr.update(choices=lab.adapters.names()), leaderboard_rows(lab, current)),
+                   [kb], [kb, adapter, leaderboard], api_visibility="private")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import re
+from contextlib import contextmanager
 
 # Plain words, not emoji: emoji fonts are missing on many Linux desktops and headless browsers.
 STATUS_LABEL = {"added": "Added", "updated": "Updated", "unchanged": "Unchanged", "failed": "Not added"}
@@ -58,3 +59,30 @@ def sources_rows(sources: list[dict]) -> list[list]:
 
 SOURCES_HEADERS = ["#", "File", "Page", "Score", "Found by", "Passage"]
 SOURCES_TYPES = ["number", "str", "str", "number", "str", "html"]
+
+
+def sources_html(sources: list[dict]) -> str:
+    """A RAG column's passages as a collapsible numbered list (file, page, score, how found, highlighted text)."""
+    if not sources:
+        return ""
+    items = []
+    for s in sources:
+        where = html.escape(s["file"]) + (f" · page {html.escape(str(s['page']))}" if s.get("page") else "")
+        found = " + ".join(s.get("found_by", []))
+        items.append(f"<li><b>{where}</b> · score {s['score']:.3f}" + (f" · {html.escape(found)}" if found else "")
+                     + f"<br><span class='passage'>{highlight(s['text'], s.get('matched', []))}</span></li>")
+    return (f"<details open><summary>Sources ({len(sources)}): score is cosine similarity, 1 is identical; "
+            f"the question's words are highlighted</summary><ol>{''.join(items)}</ol></details>")
+
+
+@contextmanager
+def user_errors():
+    """Engine errors (bad input, missing things) reach the user as a Gradio error popup with their message."""
+    import gradio as gr
+
+    from core.errors import LabError
+
+    try:
+        yield
+    except LabError as exc:
+        raise gr.Error(str(exc)) from None

@@ -1,0 +1,166 @@
+"""Compare-tab benchmark: all four columns (base, fine-tuned, RAG, fine-tuned + RAG) for one question against
+each column alone, measured in the same run, with answers of equal length.
+
+    .venv/bin/python bench/bench_compare.py [--pdf PATH] [--repeats 3] [--max-new-tokens 64]
+
+The adapter is a freshly initialised LoRA (rank 16 on every linear layer, as the Quick preset trains): it costs
+what a trained one costs to run, and the benchmark needs no training run. Memory is the process's resident set
+size, sampled every 10 ms.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("LAB_MODEL_CACHE", str(ROOT / ".cache" / "models"))
+
+import core  # noqa: E402,F401
+from core.config import load_settings  # noqa: E402
+from core.generation import GenerationConfig  # noqa: E402
+from core.lab import Lab  # noqa: E402
+
+DEFAULT_PDF = ROOT.parent / "shared" / "data" / "pdfs" / "United_States_PDF.pdf"
+QUESTION = "When did the thirteen colonies declare independence from the British Crown?"
+COLUMNS = ["base", "finetuned", "rag", "finetuned+rag"]
+
+
+class PeakRss:
+    """The highest resident set size seen while the block runs."""
+
+    def __init__(self):
+        import psutil
+
+        self.process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+
+    def __enter__(self):
+        self.peak = self.process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.01)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def make_adapter(lab: Lab, folder: Path) -> str:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from core.models import resolve_base_model
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_base_model(lab.settings.base_model, lab.settings))
+    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
+                                                  task_type="CAUSAL_LM"))
+    peft_model.save_pretrained(folder)
+    return lab.adapters.add("bench-lora", folder, {"base_model": lab.settings.base_model, "created": time.time()})
+
+
+def run(lab: Lab, columns: list[str], config: GenerationConfig, adapter: str) -> dict:
+    t0 = time.perf_counter()
+    answers = lab.compare(QUESTION, columns, kb="bench", config=config, adapter=adapter)
+    wall = time.perf_counter() - t0
+    for a in answers:
+        assert not a.error, a.error
+        assert a.timings["new_tokens"] == config.max_new_tokens, a.timings
+    return {"wall": wall, **{a.variant: a.timings for a in answers}}
+
+
+def decode_step_ms(lab: Lab, rows: int, cached: int = 1000, steps: int = 20) -> float:
+    """One decode step of the bare model (no adapters, no engine) over `rows` rows: what batching costs here."""
+    import torch
+    from transformers import DynamicCache
+
+    model = lab.generator.model
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    ids = torch.randint(0, 1000, (rows, cached))
+    cache = DynamicCache(config=model.config)
+    times = []
+    with torch.inference_mode():
+        model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        for i in range(steps):
+            t0 = time.perf_counter()
+            model(input_ids=ids[:, :1], attention_mask=torch.ones(rows, cached + i + 1, dtype=torch.long),
+                  past_key_values=cache, use_cache=True, logits_to_keep=1)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pdf", type=Path, default=DEFAULT_PDF)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    args = parser.parse_args()
+    import torch
+
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-compare-"))
+    lab = Lab(load_settings(data_dir=data_dir))
+    lab.ingest([args.pdf], kb="bench")
+    adapter = make_adapter(lab, data_dir / "new-adapter")
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens)
+    run(lab, COLUMNS, GenerationConfig(max_new_tokens=2, min_new_tokens=2), adapter)  # warm-up, attaches adapter
+
+    singles = {c: [] for c in COLUMNS}
+    together, peaks = [], {}
+    import psutil
+
+    idle_rss = psutil.Process().memory_info().rss
+    for _ in range(args.repeats):
+        for column in COLUMNS:
+            with PeakRss() as rss:
+                singles[column].append(run(lab, [column], config, adapter))
+            peaks[column] = max(peaks.get(column, 0), rss.peak)
+        with PeakRss() as rss:
+            together.append(run(lab, COLUMNS, config, adapter))
+        peaks["all"] = max(peaks.get("all", 0), rss.peak)
+
+    steps = {rows: decode_step_ms(lab, rows) for rows in (1, 4)}  # the hardware's own cost of a wider batch
+    med = statistics.median
+    single_wall = {c: med(r["wall"] for r in singles[c]) for c in COLUMNS}
+    single_ttft = {c: med(r[c]["ttft_ms"] for r in singles[c]) for c in COLUMNS}
+    all_wall = med(r["wall"] for r in together)
+    all_ttft = {c: med(r[c]["ttft_ms"] for r in together) for c in COLUMNS}
+    slowest = max(single_wall, key=single_wall.get)
+    prompt_tokens = {c: together[0][c]["prompt_tokens"] for c in COLUMNS}
+
+    print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+          f"{torch.__version__} ({torch.get_num_threads()} threads), device {lab.settings.resolved_device}")
+    print(f"Question: {QUESTION!r}; {args.max_new_tokens} new tokens per column; median of {args.repeats}")
+    print(f"Prompt tokens: " + ", ".join(f"{c} {n}" for c, n in prompt_tokens.items()) + "\n")
+    print("| measure | value | ratio |")
+    print("|---|---:|---:|")
+    for c in COLUMNS:
+        print(f"| wall s, {c} alone | {single_wall[c]:.2f} | {single_wall[c] / single_wall[slowest]:.2f}x |")
+    print(f"| wall s, all four columns together | {all_wall:.2f} | **{all_wall / single_wall[slowest]:.2f}x** "
+          f"of the slowest column alone ({slowest}) |")
+    print(f"| wall s, the four one after another | {sum(single_wall.values()):.2f} | "
+          f"{sum(single_wall.values()) / single_wall[slowest]:.2f}x |")
+    for c in COLUMNS:
+        print(f"| first token ms, {c}: alone / in four | {single_ttft[c]:.0f} / {all_ttft[c]:.0f} | "
+              f"{all_ttft[c] / single_ttft[c]:.2f}x |")
+    print(f"| decode step ms, plain model forward, 1 row / 4 rows (~1,000 cached tokens) | {steps[1]:.0f} / "
+          f"{steps[4]:.0f} | {steps[4] / steps[1]:.2f}x |")
+    mib = 1 / 2**20
+    print(f"| resident memory MiB, model + adapter loaded, idle | {idle_rss * mib:.0f} | 1.00x |")
+    for c in COLUMNS:
+        print(f"| peak resident MiB, {c} alone | {peaks[c] * mib:.0f} | {peaks[c] / idle_rss:.2f}x |")
+    print(f"| peak resident MiB, all four | {peaks['all'] * mib:.0f} | {peaks['all'] / idle_rss:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
