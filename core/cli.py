@@ -70,6 +70,31 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--kb", help="only votes on this knowledge base")
     q.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("eval", help="evaluate variants on a test set: run, list, show, export",
+                       description="Evaluate the variants on held-out questions, scored offline (no LLM judge).")
+    es = p.add_subparsers(dest="eval_command", required=True, metavar="ACTION")
+    q = es.add_parser("run", help="answer every test question with every variant and score the answers")
+    q.add_argument("--testset", metavar="DATASET", help="a dataset: its held-out part is used (see --part)")
+    q.add_argument("--testset-file", metavar="PATH", help="or a Q&A file (the formats `dataset import` reads)")
+    q.add_argument("--part", default="test", help="the dataset's part to use (default: test)")
+    q.add_argument("--variants", default="base,rag", help="comma-separated (default: base,rag)")
+    q.add_argument("--kb", default=None, help="knowledge base for the RAG variants")
+    q.add_argument("--adapter", help="the adapter for the fine-tuned variants")
+    q.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    q.add_argument("--top-k", type=int, default=None, help="passages to retrieve (default: 4)")
+    q.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer length (default: 8 for yes/no/maybe test sets, else 128)")
+    q.add_argument("--json", action="store_true", help="print the run (settings, summary, verdict) as JSON")
+    q = es.add_parser("list", help="list past runs")
+    q.add_argument("--json", action="store_true")
+    q = es.add_parser("show", help="a past run's results table and verdict")
+    q.add_argument("run", metavar="RUN")
+    q.add_argument("--json", action="store_true")
+    q = es.add_parser("export", help="write a run as CSV (a row per question and variant) or JSON")
+    q.add_argument("run", metavar="RUN")
+    q.add_argument("path", metavar="PATH", help="a .csv or .json file")
+    q.add_argument("--json", action="store_true")
+
     p = sub.add_parser("search", help="retrieve passages without generating", description="Show the passages retrieval finds for a query.")
     p.add_argument("query")
     p.add_argument("--kb", default=DEFAULT_KB)
@@ -240,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         lab = Lab()
         handler = {"ingest": _ingest, "ask": _ask, "search": _search, "kb": _kb, "info": _info, "dataset": _dataset,
                    "train": _train, "jobs": _jobs, "adapters": _adapters, "compare": _compare,
-                   "votes": _votes}[args.command]
+                   "votes": _votes, "eval": _eval}[args.command]
         return handler(lab, args)
     except LabError as exc:
         if getattr(args, "json", False):
@@ -350,6 +375,61 @@ def _votes(lab, args) -> int:
         for v in votes:
             print(f"{v['time']}  {v['choice']:<14} {v['comparison']['question'][:70]}")
         print(f"({len(votes)} votes)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _eval_table(run: dict) -> str:
+    from core.variants import VARIANTS
+
+    metrics = (["correct", "macro_f1"] if run.get("classify") else []) + [
+        "contains", "exact_match", "f1", "rouge_l", "chrf", "groundedness", "hit", "rr"]
+    names = {"correct": "accuracy", "macro_f1": "macro-F1", "contains": "contains", "exact_match": "EM", "f1": "F1",
+             "rouge_l": "ROUGE-L", "chrf": "chrF", "groundedness": "grounded", "hit": "hit@k", "rr": "MRR"}
+    lines = [f"{'variant':<17}" + "".join(f"{names[m]:>20}" for m in metrics) + f"{'ms/answer':>11}"]
+    for variant, s in (run.get("summary") or {}).items():
+        cells = []
+        for m in metrics:
+            v = s.get(m)
+            cells.append(f"{v['mean']:.3f} [{v['low']:.2f}-{v['high']:.2f}]" if v else "–")
+        lines.append(f"{VARIANTS[variant].label:<17}" + "".join(f"{c:>20}" for c in cells)
+                     + f"{s.get('latency_ms', 0):>11.0f}")
+    return "\n".join(lines)
+
+
+def _eval(lab, args) -> int:
+    from core.evaluation import export, verdict
+
+    if args.eval_command == "list":
+        runs = lab.evals.list()
+        if args.json:
+            _print_json({"runs": runs})
+        for r in [] if args.json else runs:
+            print(f"{r['id']}  {r['state']:<9} {r['done']}/{r['questions']}  {','.join(r['variants'])}  {r['testset']}")
+        return EXIT_OK
+    if args.eval_command == "run":
+        config = None
+        if args.max_new_tokens is not None:
+            from core.generation import GenerationConfig
+
+            config = GenerationConfig(max_new_tokens=args.max_new_tokens)
+        items, label = lab.eval_items(args.testset, args.testset_file, args.part, args.limit)
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        run = lab.eval_run(items, label, variants, kb=args.kb, adapter=args.adapter, config=config, top_k=args.top_k,
+                           progress=None if args.json else _progress_to_stderr)
+    else:
+        run = lab.evals.load(args.run)
+    if args.eval_command == "export":
+        path = export(run, args.path)
+        _print_json({"path": str(path), "questions": len(run["results"])}) if args.json else print(f"wrote {path}")
+        return EXIT_OK
+    if args.json:
+        _print_json({**{k: v for k, v in run.items() if k != "results"}, "verdict": verdict(run)})
+        return EXIT_OK
+    print(f"run {run['id']} · {run['testset']} · {run['done']}/{run['questions']} questions · {run['state']}")
+    for warning in run.get("warnings", []):
+        print(f"warning: {warning}")
+    print(_eval_table(run))
+    print("\n" + verdict(run))
     return EXIT_OK
 
 

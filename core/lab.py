@@ -11,6 +11,7 @@ from typing import Iterator
 from core.config import Settings, load_settings
 from core.errors import InputError, LabError
 from core.comparison import Comparison
+from core.evaluation import EvalStore, example_to_item, run_evaluation
 from core.generation import Delta, GenerationConfig, RowDone, stream_chat
 from core.ingest import IngestResult, check_chunking, ingest_files, reindex_files
 from core.adapters import AdapterStore
@@ -76,6 +77,7 @@ class Lab:
         self.adapters = AdapterStore(self.settings.data_dir)
         self.jobs = JobStore(self.settings.data_dir)
         self.votes = VoteStore(self.settings.data_dir)
+        self.evals = EvalStore(self.settings.data_dir)
         self.background_indexing = background_indexing
 
     # ---- models (loaded lazily, once per process) ------------------------------------------
@@ -470,6 +472,42 @@ class Lab:
             adapter=adapter, adapter_info=adapter_info, settings=dict(settings or {}),
             history={k: v for k, v in (history or {}).items() if v and any(a.variant == k for a in answers)},
         )
+
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    def eval_items(self, dataset: str | None = None, file: str | Path | None = None, part: str = "test",
+                   limit: int | None = None) -> tuple[list[dict], str]:
+        """A test set as items (question, answer, source): a dataset's held-out part, or a Q&A file."""
+        if bool(dataset) == bool(file):
+            raise InputError("give either a dataset (its test part is used) or a Q&A file")
+        if file:
+            from core.datasets import parse_examples
+
+            path = Path(file)
+            if not path.is_file():
+                raise InputError("no such file", subject=str(path))
+            examples, _ = parse_examples(path)
+            label = path.name
+        else:
+            examples = self.datasets.examples(dataset, part)
+            if not examples:
+                raise InputError(f"the {part!r} part is empty; split it again with a test share "
+                                 "(dataset split NAME --test 0.2)", subject=dataset)
+            label = f"{dataset} ({part})"
+        items = [example_to_item(e) for e in examples]
+        if limit is not None:
+            if limit < 1:
+                raise InputError(f"the question limit must be at least 1, not {limit}")
+            items = items[:limit]
+        return items, label
+
+    def eval_run(self, items: list[dict], testset: str, variants: list[str], kb: str | None = None,
+                 adapter: str | None = None, config: GenerationConfig | None = None, top_k: int | None = None,
+                 progress: ProgressFn | None = None, should_stop=None) -> dict:
+        if adapter:
+            self._adapter_key(adapter)  # refuse an adapter for another base model before the first question
+        return run_evaluation(self, items, variants, testset, kb=kb, adapter=adapter, config=config, top_k=top_k,
+                              progress=progress, should_stop=should_stop)
 
 
 def check_question(question: str) -> str:

@@ -254,7 +254,7 @@ def test_client_add_handbook_then_ask(app_server, client, handbook):
     assert "tokens/s" in base_stats, base_stats
     assert "tokens/s" in rag_stats, rag_stats
     assert "retrieval" in rag_stats and "retrieval" not in base_stats
-    new_tokens = int(re.search(r"(\d+) tokens$", base_stats).group(1))
+    new_tokens = int(re.search(r"tokens in, (\d+) out$", base_stats).group(1))
     assert 0 < new_tokens <= MAX_NEW_TOKENS, base_stats
     assert "Vote below" in result[-1]
 
@@ -297,7 +297,7 @@ def test_browser_upload_pdf_then_compare(app_server, client, page, tmp_path):
     base_stats = page.locator("#stats-0").inner_text()
     assert "Brandt" in rag, rag
     assert "Brandt" not in base, base
-    new_tokens = int(re.search(r"(\d+) tokens\s*$", base_stats).group(1))
+    new_tokens = int(re.search(r"tokens in, (\d+) out\s*$", base_stats).group(1))
     assert new_tokens <= MAX_NEW_TOKENS, f"the max-length slider was not applied: {base_stats}"
 
     sources = page.locator("#sources-1 li").all_inner_texts()

@@ -31,7 +31,7 @@ def timing_line(timings: dict) -> str:
         f"first token {timings['ttft_ms'] / 1000:.1f} s",
         f"total {timings['total_ms'] / 1000:.1f} s",
         f"{timings['tokens_per_s']:.1f} tokens/s",
-        f"{timings['new_tokens']} tokens",
+        f"{timings['prompt_tokens']} tokens in, {timings['new_tokens']} out",
     ]
     if "retrieval_ms" in timings:
         parts.insert(0, f"retrieval {timings['retrieval_ms']:.0f} ms")

@@ -1,0 +1,224 @@
+"""Evaluation runs: every chosen variant answers every question of a test set; each answer is scored (core.metrics)
+and saved as it comes, so a cancelled run keeps what it did and a past run can be reopened. Runs live in
+data_dir/evals/<id>/ as run.json (settings, state, summary) and results.jsonl (one line per question)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from core.errors import InputError
+from core.generation import GenerationConfig
+from core.metrics import LABELS, normalise, score_answer, summarise
+from core.progress import ProgressFn
+from core.store import check_name
+from core.variants import VARIANTS
+
+CLASSIFY_INSTRUCTION = "Answer with one word: yes, no or maybe."
+
+
+def example_to_item(example: dict) -> dict:
+    """A training-format example (chat messages) as a test item: question, gold answer, gold source file."""
+    messages = example["messages"]
+    question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+    if question.startswith("Passages:") and "\n\nQuestion: " in question:  # a RAFT example: the bare question
+        question = question.rsplit("\n\nQuestion: ", 1)[1]
+    source = (example.get("source") or {}).get("file")
+    return {"question": question, "answer": messages[-1]["content"], "source": source}
+
+
+def is_yes_no_maybe(items: list[dict]) -> bool:
+    return bool(items) and all(normalise(i["answer"]) in LABELS for i in items)
+
+
+class EvalStore:
+    def __init__(self, data_dir: Path):
+        self.root = Path(data_dir) / "evals"
+
+    def new_id(self) -> str:
+        return time.strftime("%Y%m%d-%H%M%S-", time.gmtime()) + f"{time.time_ns() % 1_000_000:06d}"
+
+    def folder(self, run_id: str) -> Path:
+        folder = self.root / check_name(run_id, "evaluation run")
+        if not (folder / "run.json").exists():
+            known = ", ".join(self.ids()[-5:]) or "none yet"
+            raise InputError(f"no such evaluation run (latest: {known})", subject=run_id)
+        return folder
+
+    def ids(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "run.json").exists())
+
+    def write_run(self, run: dict) -> None:
+        folder = self.root / run["id"]
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "run.json.tmp"
+        tmp.write_text(json.dumps(run, indent=2, ensure_ascii=False))
+        os.replace(tmp, folder / "run.json")
+
+    def append_result(self, run_id: str, result: dict) -> None:
+        with open(self.root / run_id / "results.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(result, ensure_ascii=False) + "\n")
+
+    def load(self, run_id: str) -> dict:
+        folder = self.folder(run_id)
+        run = json.loads((folder / "run.json").read_text())
+        path = folder / "results.jsonl"
+        run["results"] = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+        return run
+
+    def list(self) -> list[dict]:
+        return [{k: v for k, v in json.loads((self.root / i / "run.json").read_text()).items() if k != "summary"}
+                for i in self.ids()]
+
+
+def run_evaluation(lab, items: list[dict], variants: list[str], testset: str, kb: str | None = None,
+                   adapter: str | None = None, config: GenerationConfig | None = None, top_k: int | None = None,
+                   progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
+    """Answer every item with every variant (the variants of one question share one decode batch), score and
+    save each as it comes; returns the finished (or cancelled) run with its summary."""
+    if not items:
+        raise InputError("the test set has no questions")
+    variants = list(dict.fromkeys(variants))
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise InputError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    if any(VARIANTS[v].uses_adapter for v in variants) and not adapter:
+        raise InputError("the fine-tuned variants need an adapter (--adapter NAME)")
+    if any(VARIANTS[v].uses_retrieval for v in variants):
+        if not kb:
+            raise InputError("the RAG variants need a knowledge base (--kb NAME)")
+        lab.kb_show(kb)  # an unknown knowledge base fails here, before any question is asked
+    classify = is_yes_no_maybe(items)
+    config = (config or GenerationConfig(max_new_tokens=8 if classify else lab.settings.max_new_tokens)).checked()
+    store = lab.evals
+    run = {
+        "id": store.new_id(), "testset": testset, "questions": len(items), "variants": variants, "kb": kb,
+        "adapter": adapter, "model": lab.settings.base_model, "classify": classify,
+        "instruction": CLASSIFY_INSTRUCTION if classify else None,
+        "settings": {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
+                     "top_k": top_k or lab.settings.top_k},
+        "state": "running", "started": time.time(), "done": 0,
+    }
+    if adapter:
+        run["adapter_info"] = {k: lab.adapters.info(adapter).get(k) for k in ("dataset", "seconds", "steps")}
+    if adapter:
+        trained_on = lab.adapters.info(adapter).get("dataset")
+        if trained_on in lab.datasets.names():
+            seen = {normalise(example_to_item(e)["question"]) for e in lab.datasets.examples(trained_on, "train")}
+            overlap = sum(normalise(i["question"]) in seen for i in items)
+            if overlap:
+                run["warnings"] = [f"{overlap} of {len(items)} test questions are in the adapter's training data "
+                                   f"({trained_on}): the fine-tuned scores on them measure recall, not generalisation"]
+    store.write_run(run)
+    report = progress or (lambda fraction, message: None)
+    results = []
+    for index, item in enumerate(items):
+        if should_stop and should_stop():
+            run["state"] = "cancelled"
+            break
+        question = item["question"] + (f"\n{CLASSIFY_INSTRUCTION}" if classify else "")
+        answers = {a.variant: a for a in lab.compare(question, variants, kb=kb, adapter=adapter, config=config,
+                                                     top_k=top_k)}
+        result = {"index": index, "question": item["question"], "gold": item["answer"],
+                  "source": item.get("source"), "answers": {}}
+        for variant in variants:
+            answer = answers[variant]
+            entry = {"answer": answer.answer, "error": answer.error, "timings": answer.timings}
+            if not answer.error:
+                rag = VARIANTS[variant].uses_retrieval
+                entry["scores"] = score_answer(
+                    answer.answer, item["answer"], classify=classify,
+                    passages=[s["text"] for s in answer.sources] if rag else None,
+                    retrieved=[s["file"] for s in answer.sources] if rag else None,
+                    gold_source=item.get("source"))
+                entry["sources"] = [{"file": s["file"], "page": s["page"], "score": s["score"]}
+                                    for s in answer.sources]
+            result["answers"][variant] = entry
+        store.append_result(run["id"], result)
+        results.append(result)
+        run["done"] = index + 1
+        report((index + 1) / len(items), f"Question {index + 1}/{len(items)}")
+    else:
+        run["state"] = "completed"
+    run["finished"] = time.time()
+    run["summary"] = summary_of(run, results)
+    store.write_run(run)
+    return {**run, "results": results}
+
+
+def summary_of(run: dict, results: list[dict]) -> dict:
+    """Per variant: the metrics with intervals, plus mean latency, tokens/s and the error count."""
+    summary = {}
+    for variant in run["variants"]:
+        answered = [r for r in results if not r["answers"][variant].get("error")]
+        scores = [r["answers"][variant]["scores"] for r in answered]
+        out = summarise(scores, [r["gold"] for r in answered], run["classify"]) if answered else {"n": 0}
+        timings = [r["answers"][variant]["timings"] for r in answered if r["answers"][variant].get("timings")]
+        if timings:
+            out["latency_ms"] = sum(t["total_ms"] for t in timings) / len(timings)
+            out["tokens_per_s"] = sum(t["tokens_per_s"] for t in timings) / len(timings)
+        out["errors"] = len(results) - len(answered)
+        summary[variant] = out
+    return summary
+
+
+HEADLINE = {"correct": "accuracy", "contains": "answer contains the gold answer"}
+
+
+def verdict(run: dict) -> str:
+    """A plain-language summary of a run: who answered how many right, and what each costs."""
+    summary, n = run.get("summary") or {}, run.get("done", 0)
+    metric = "correct" if run.get("classify") else "contains"
+    ranked = sorted(((v, s[metric]["mean"]) for v, s in summary.items() if metric in s), key=lambda x: -x[1])
+    if not ranked:
+        return "No answers were scored yet."
+    parts = [f"{VARIANTS[v].label} {score:.0%}" for v, score in ranked]
+    what = "right (yes/no/maybe accuracy)" if metric == "correct" else "with the gold answer in the answer"
+    text = f"On these {n} questions: " + ", ".join(parts) + f" {what}."
+    best, best_score = ranked[0]
+    low = summary[best][metric]["low"]
+    if len(ranked) > 1:
+        second, second_score = ranked[1]
+        if low > summary[second][metric]["high"]:
+            text += f" {VARIANTS[best].label} is ahead by {best_score - second_score:.0%} (the 95% intervals do not overlap)."
+        else:
+            text += (f" {VARIANTS[best].label} and {VARIANTS[second].label} are within each other's 95% intervals: "
+                     "more questions are needed to tell them apart.")
+    if run.get("classify") and "macro_f1" in summary.get(best, {}):
+        text += f" Macro-F1 of {VARIANTS[best].label}: {summary[best]['macro_f1']['mean']:.3f}."
+    base_latency = summary.get("base", {}).get("latency_ms")
+    rag_latency = summary.get("rag", {}).get("latency_ms")
+    if base_latency and rag_latency:
+        text += f" RAG takes {rag_latency - base_latency:+.0f} ms per answer against the base model."
+    seconds = (run.get("adapter_info") or {}).get("seconds")
+    if seconds:
+        text += f" The adapter took {seconds / 60:.1f} min to train."
+    return text
+
+
+def export(run: dict, path: Path) -> Path:
+    """A run as CSV (one row per question and variant) or JSON (everything), by the file's extension."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        path.write_text(json.dumps(run, indent=2, ensure_ascii=False), encoding="utf-8")
+        return path
+    if path.suffix.lower() != ".csv":
+        raise InputError("export to a .csv or .json file", subject=str(path))
+    metrics = ["contains", "exact_match", "f1", "rouge_l", "chrf", "bleu", "label", "correct", "groundedness", "hit",
+               "rr"]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "question", "gold", "variant", "answer", "error", "total_ms", *metrics])
+        for r in run["results"]:
+            for variant, a in r["answers"].items():
+                scores = a.get("scores") or {}
+                writer.writerow([r["index"], r["question"], r["gold"], variant, a["answer"], a.get("error") or "",
+                                 (a.get("timings") or {}).get("total_ms", ""),
+                                 *[scores.get(m, "") if scores.get(m) is not None else "" for m in metrics]])
+    return path
+

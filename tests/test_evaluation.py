@@ -1,0 +1,106 @@
+"""Evaluation: offline metrics with known values, and real runs of the bundled model, saved, cancelled,
+reopened and exported."""
+import csv
+import json
+
+import pytest
+
+from conftest import run_cli
+from core import metrics
+from core.errors import InputError
+from core.evaluation import verdict
+from core.generation import GenerationConfig
+
+
+def test_answer_metrics_on_known_cases():
+    assert metrics.final_answer("Let me think. The answer is: Mirela Quanz [1]. She founded it.") == "Mirela Quanz."
+    assert metrics.exact_match("Answer: The Mirela Quanz.", "Mirela Quanz") == 1.0
+    assert metrics.exact_match("Mirela Quanz founded it in 1987.", "Mirela Quanz") == 0.0
+    assert metrics.token_f1("Mirela Quanz founded it", "Mirela Quanz") == pytest.approx(2 * 0.5 * 1 / 1.5)
+    assert metrics.contains("It was founded by Mirela Quanz in 1987.", "mirela quanz") == 1.0
+    assert metrics.contains("Mirelax Quanzy", "Mirela Quanz") == 0.0  # whole words only
+    assert metrics.rouge_l("31 days of leave", "31 days") == pytest.approx(2 * 0.5 * 1 / 1.5)
+    # BLEU counts up to 4-grams: a right answer in a sentence around a one- or two-word gold answer scores near 0
+    # (sacrebleu's sentence BLEU with effective order; plain BLEU gives exactly 0), which is why chrF is shown.
+    assert metrics.bleu("The mascot is Pim.", "Pim") < 0.15 and metrics.chrf("The mascot is Pim.", "Pim") > 0.4
+    assert metrics.bleu("Pim", "Pim") == pytest.approx(1.0) == metrics.chrf("Pim", "Pim")
+    assert metrics.label_of("Maybe. The evidence is mixed; yes in some.") == "maybe"
+    assert metrics.label_of("It depends.") is None
+    assert metrics.macro_f1(["yes", "no", None, "yes"], ["yes", "no", "maybe", "no"]) == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)
+    assert metrics.groundedness("Pim is a purple heron", ["The mascot is a purple heron named Pim."]) == 1.0
+    assert metrics.groundedness("Pim is a green parrot", ["The mascot is a purple heron named Pim."]) == pytest.approx(1 / 3)
+    assert metrics.groundedness("anything", []) is None
+    assert metrics.retrieval_ranks(["a.md", "b.md", "c.md"], "b.md") == (1.0, 0.5)
+    assert metrics.retrieval_ranks(["a.md"], "z.md") == (0.0, 0.0)
+    low, high = metrics.bootstrap_ci([1, 0, 1, 1, 0, 1, 1, 1, 0, 1])
+    assert low < 0.7 < high and 0 <= low and high <= 1
+
+
+@pytest.fixture
+def handbook_items():
+    return [
+        {"question": "Who founded the Zorblat Institute?", "answer": "Mirela Quanz", "source": "handbook.md"},
+        {"question": "In which town was the Zorblat Institute founded?", "answer": "Vettelborg",
+         "source": "handbook.md"},
+    ]
+
+
+def test_a_run_scores_saves_and_exports(lab, handbook, handbook_items, tmp_path):
+    lab.ingest([handbook])
+    run = lab.eval_run(handbook_items, "handbook", ["base", "rag"], kb="default",
+                       config=GenerationConfig(max_new_tokens=24))
+    assert run["state"] == "completed" and run["done"] == 2 and not run["classify"]
+    rag, base = run["summary"]["rag"], run["summary"]["base"]
+    assert rag["contains"]["mean"] > base["contains"]["mean"]  # only RAG has read the handbook
+    assert rag["hit"]["mean"] == 1.0 and rag["rr"]["mean"] == 1.0  # the handbook is the only file
+    assert 0 <= rag["groundedness"]["mean"] <= 1 and "groundedness" not in base
+    for metric in ("contains", "f1", "rouge_l", "chrf"):
+        assert rag[metric]["low"] <= rag[metric]["mean"] <= rag[metric]["high"]
+    assert rag["latency_ms"] > 0 and rag["errors"] == 0
+    assert "On these 2 questions: RAG" in verdict(run)
+
+    reopened = lab.evals.load(run["id"])  # as after a restart
+    assert reopened["summary"] == json.loads(json.dumps(run["summary"]))
+    assert [r["question"] for r in reopened["results"]] == [i["question"] for i in handbook_items]
+    shown = run_cli(["eval", "show", run["id"]], lab.settings.data_dir)
+    assert shown.returncode == 0 and "RAG" in shown.stdout and "hit@k" in shown.stdout, shown.stderr
+    exported = run_cli(["eval", "export", run["id"], str(tmp_path / "run.csv")], lab.settings.data_dir)
+    assert exported.returncode == 0, exported.stderr
+    rows = list(csv.DictReader(open(tmp_path / "run.csv")))
+    assert len(rows) == 4 and {r["variant"] for r in rows} == {"base", "rag"}
+    assert run_cli(["eval", "export", run["id"], str(tmp_path / "run.txt")], lab.settings.data_dir).returncode == 1
+
+
+def test_a_cancelled_run_keeps_what_it_answered(lab, handbook, handbook_items):
+    lab.ingest([handbook])
+    asked = []
+    run = lab.eval_run(handbook_items, "handbook", ["rag"], kb="default", config=GenerationConfig(max_new_tokens=8),
+                       progress=lambda fraction, message: asked.append(message), should_stop=lambda: len(asked) >= 1)
+    assert run["state"] == "cancelled" and run["done"] == 1 and asked == ["Question 1/2"]
+    assert len(lab.evals.load(run["id"])["results"]) == 1
+
+
+def test_yes_no_maybe_test_sets_get_accuracy_and_macro_f1(lab, tmp_path):
+    items = [{"question": "Is water wet?", "answer": "yes"}, {"question": "Is fire cold?", "answer": "no"},
+             {"question": "Will it rain in ten years on this day?", "answer": "maybe"}]
+    run = lab.eval_run(items, "yn", ["base"])
+    assert run["classify"] and run["settings"]["max_new_tokens"] == 8
+    summary = run["summary"]["base"]
+    assert 0 <= summary["correct"]["mean"] <= 1 and 0 <= summary["macro_f1"]["mean"] <= 1
+    labels = [r["answers"]["base"]["scores"]["label"] for r in lab.evals.load(run["id"])["results"]]
+    assert all(label in ("yes", "no", "maybe", None) for label in labels)
+
+
+def test_bad_evaluation_requests_are_refused_clearly(lab, tmp_path, handbook_items):
+    with pytest.raises(InputError, match="knowledge base"):
+        lab.eval_run(handbook_items, "x", ["rag"])
+    with pytest.raises(InputError, match="no such knowledge base"):
+        lab.eval_run(handbook_items, "x", ["rag"], kb="missing")
+    with pytest.raises(InputError, match="need an adapter"):
+        lab.eval_run(handbook_items, "x", ["finetuned"])
+    with pytest.raises(InputError, match="no questions"):
+        lab.eval_run([], "x", ["base"])
+    with pytest.raises(InputError, match="either a dataset"):
+        lab.eval_items()
+    missing = run_cli(["eval", "show", "nope", "--json"], lab.settings.data_dir)
+    assert missing.returncode == 1 and "no such evaluation run" in json.loads(missing.stdout)["error"]
