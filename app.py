@@ -6,7 +6,7 @@ import core  # noqa: F401 - sets the offline/telemetry environment before gradio
 import gradio as gr
 
 from core.lab import Lab
-from ui import compare_tab, finetune_tab, knowledge_tab
+from ui import compare_tab, evaluate_tab, finetune_tab, knowledge_tab
 
 
 def build_app(lab: Lab | None = None) -> gr.Blocks:
@@ -15,7 +15,7 @@ def build_app(lab: Lab | None = None) -> gr.Blocks:
     with gr.Blocks(title="RAG & Fine-Tune Lab") as demo:
         gr.Markdown(
             "# RAG & Fine-Tune Lab\n"
-            "For your documents: should you use **RAG**, **fine-tuning**, or both? Add documents, fine-tune on Q&A, then compare answers.\n\n"
+            "For your documents: should you use **RAG**, **fine-tuning**, or both? Add documents, fine-tune on Q&A, compare answers, then evaluate.\n\n"
             f"<sub>Model: **{info['base_model']}** · Embeddings: **{info['embed_model']}** · "
             f"Device: **{info['device'].upper()}** · Data: `{info['data_dir']}`</sub>"
         )
@@ -23,6 +23,7 @@ def build_app(lab: Lab | None = None) -> gr.Blocks:
             knowledge_tab.build(lab)
             finetune_tab.build(lab)
             compare_tab.build(lab)
+            evaluate_tab.build(lab)
     return demo
 
 

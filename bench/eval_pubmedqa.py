@@ -1,7 +1,7 @@
 """PubMedQA (expert-labelled test split, in ../shared/data/pubmedqa_test): base vs RAG with the bundled model,
 through the engine's own evaluation (core.evaluation), yes/no/maybe accuracy and macro-F1 with 95% intervals.
 
-    .venv/bin/python bench/eval_pubmedqa.py [--limit 100] [--variants base,rag] [--data-dir DIR]
+    .venv/bin/python bench/eval_pubmedqa.py [--sample 100] [--variants base,rag] [--data-dir DIR]
 
 The 500 abstracts are ingested into a knowledge base `pubmedqa` (once per data folder); each question's gold
 source is its own abstract, so retrieval hit@k and MRR are measured too. Always answering "yes" scores 55.2%
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import tempfile
 import time
@@ -32,7 +33,9 @@ DATA = ROOT.parent / "shared" / "data" / "pubmedqa_test"
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--limit", type=int, default=100, help="the first N questions (default 100; all: 500)")
+    parser.add_argument("--sample", type=int, default=500,
+                        help="a seeded random sample of N questions (default: all 500; the file is sorted by label, "
+                             "so its first N are not a fair sample)")
     parser.add_argument("--variants", default="base,rag")
     parser.add_argument("--data-dir", type=Path, default=None, help="reuse a data folder (its ingested abstracts)")
     args = parser.parse_args()
@@ -44,13 +47,15 @@ def main() -> None:
         t0 = time.perf_counter()
         lab.ingest(sorted((DATA / "docs").glob("*.txt")), kb="pubmedqa")
         print(f"ingested {len(rows)} abstracts in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    items = [{"question": r["question"], "answer": r["final_decision"], "source": r["doc"]} for r in rows][: args.limit]
+    items = [{"question": r["question"], "answer": r["final_decision"], "source": r["doc"]} for r in rows]
+    if args.sample < len(items):
+        items = random.Random(0).sample(items, args.sample)
     t0 = time.perf_counter()
-    run = lab.eval_run(items, f"PubMedQA test, first {len(items)}", args.variants.split(","), kb="pubmedqa",
+    run = lab.eval_run(items, f"PubMedQA test, {len(items)} of 500", args.variants.split(","), kb="pubmedqa",
                        progress=lambda f, m: print(f"\r{m}", end="", file=sys.stderr, flush=True))
     minutes = (time.perf_counter() - t0) / 60
     gold = [i["answer"] for i in items]
-    print(f"\n\nPubMedQA test split, first {len(items)} of 500 questions; run {run['id']} in {data_dir}; "
+    print(f"\n\nPubMedQA test split, {len(items)} of 500 questions; run {run['id']} in {data_dir}; "
           f"{minutes:.1f} min\n")
     print("| variant | accuracy [95% CI] | macro-F1 [95% CI] | hit@k | MRR | grounded | ms/answer |")
     print("|---|---|---|---:|---:|---:|---:|")

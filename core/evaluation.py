@@ -161,13 +161,14 @@ def summary_of(run: dict, results: list[dict]) -> dict:
         timings = [r["answers"][variant]["timings"] for r in answered if r["answers"][variant].get("timings")]
         if timings:
             out["latency_ms"] = sum(t["total_ms"] for t in timings) / len(timings)
+            out["ttft_ms"] = sum(t["ttft_ms"] for t in timings) / len(timings)
             out["tokens_per_s"] = sum(t["tokens_per_s"] for t in timings) / len(timings)
         out["errors"] = len(results) - len(answered)
         summary[variant] = out
     return summary
 
 
-HEADLINE = {"correct": "accuracy", "contains": "answer contains the gold answer"}
+FEW_QUESTIONS = 20
 
 
 def verdict(run: dict) -> str:
@@ -191,10 +192,14 @@ def verdict(run: dict) -> str:
                      "more questions are needed to tell them apart.")
     if run.get("classify") and "macro_f1" in summary.get(best, {}):
         text += f" Macro-F1 of {VARIANTS[best].label}: {summary[best]['macro_f1']['mean']:.3f}."
-    base_latency = summary.get("base", {}).get("latency_ms")
-    rag_latency = summary.get("rag", {}).get("latency_ms")
-    if base_latency and rag_latency:
-        text += f" RAG takes {rag_latency - base_latency:+.0f} ms per answer against the base model."
+    if n < FEW_QUESTIONS:
+        text += f" Only {n} questions: treat this as a first look."
+    base_first = summary.get("base", {}).get("ttft_ms")
+    rag_first = summary.get("rag", {}).get("ttft_ms")
+    if base_first and rag_first:
+        # First-token time, not total: total time mostly measures how long each variant chose to talk.
+        text += (f" Retrieving and reading the passages makes RAG's first word come {rag_first - base_first:.0f} ms "
+                 "later than the base model's.")
     seconds = (run.get("adapter_info") or {}).get("seconds")
     if seconds:
         text += f" The adapter took {seconds / 60:.1f} min to train."

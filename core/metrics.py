@@ -90,7 +90,8 @@ def label_of(answer: str) -> str | None:
 def macro_f1(predicted: list[str | None], gold: list[str]) -> float:
     from sklearn.metrics import f1_score
 
-    labels = [label for label in LABELS if label in gold]
+    # The labels in the gold answers or the predictions: on PubMedQA's 500 questions always-"yes" scores 0.237.
+    labels = [label for label in LABELS if label in gold or label in predicted]
     return float(f1_score(gold, [p or "none" for p in predicted], labels=labels, average="macro", zero_division=0))
 
 

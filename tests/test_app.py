@@ -109,11 +109,11 @@ def wait_for_answers(page, timeout: int = GENERATION_TIMEOUT_MS) -> None:
 
 
 def set_max_tokens(page, value: int) -> None:
-    page.get_by_text("Generation settings").click()
-    box = page.get_by_label("number input for Max answer length (tokens)")
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()
+    """Open the Compare tab's generation settings (if closed) and set the answer length so that it sticks."""
+    box = "#max-tokens input[type=number]"
+    if not page.locator(box).is_visible():
+        page.get_by_text("Generation settings").click()
+    set_number(page, box, str(value))
 
 
 def pick_kb(page, name: str) -> None:
@@ -566,3 +566,36 @@ def test_two_sessions_ask_at_once_and_keep_their_own_conversations(app_server, t
     # A follow-up continues each session's own conversation.
     follow = first.predict("And on Sundays?", "ferries", None, ["base"], False, 2, 16, 0.0, 0.9, "", api_name="/ask")
     assert user_questions(slot_outputs(follow, 0)[1]) == [questions[0], "And on Sundays?"]
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_browser_runs_a_small_evaluation_and_sees_the_table_and_chart(app_server, client, page, tmp_path, handbook):
+    url, _ = app_server
+    client.predict([handle_file(str(handbook))], "eval-kb", api_name="/add_files")
+    questions = tmp_path / "handbook_qa.csv"
+    questions.write_text("question,answer\nWho founded the Zorblat Institute?,Mirela Quanz\n"
+                         "In which town was the Zorblat Institute founded?,Vettelborg\n"
+                         "What is the mascot of the institute?,Pim\n")
+    open_app(page, url)
+    page.get_by_role("tab", name="4 · Evaluate").click()
+    page.get_by_label("A Q&A file").check()
+    upload_to(page, "ev-file", [questions])
+    set_number(page, "#ev-limit input", "2")
+    page.locator("#ev-kb input").fill("eval-kb")
+    page.locator("#ev-kb input").press("Enter")
+    page.locator("#ev-run").click()
+    wait_for_text(page, "ev-status", "Completed", "2/2 questions", timeout=GENERATION_TIMEOUT_MS)
+    wait_for_text(page, "ev-verdict", "On these 2 questions")
+    rows = {row[0]: row for row in dom_rows(page, "ev-summary")}
+    assert set(rows) == {"Base model", "RAG"}, rows
+    assert rows["RAG"][5] != "–" and rows["Base model"][5] == "–", rows  # grounded: only RAG read passages
+    assert page.locator("#ev-chart canvas, #ev-chart svg").count() >= 1  # the bar chart is drawn
+    per_question = dom_rows(page, "ev-questions")
+    assert len(per_question) == 2 and per_question[0][1] == "Who founded the Zorblat Institute?", per_question
+    assert per_question[0][4].startswith(("RIGHT", "WRONG")), per_question
+    with page.expect_download() as download:
+        page.locator("#ev-export-csv").click()
+        page.locator("#ev-export-file a[download]").first.click()
+    exported = Path(download.value.path()).read_text()
+    assert exported.splitlines()[0].startswith("index,question,gold,variant,answer") and "Mirela Quanz" in exported

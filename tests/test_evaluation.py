@@ -104,3 +104,15 @@ def test_bad_evaluation_requests_are_refused_clearly(lab, tmp_path, handbook_ite
         lab.eval_items()
     missing = run_cli(["eval", "show", "nope", "--json"], lab.settings.data_dir)
     assert missing.returncode == 1 and "no such evaluation run" in json.loads(missing.stdout)["error"]
+
+
+def test_always_yes_on_pubmedqa_matches_the_published_baseline():
+    """The data's README: always "yes" scores 55.2% accuracy and macro-F1 23.7 on the 500 test questions."""
+    from conftest import SHARED_DATA
+
+    path = SHARED_DATA / "pubmedqa_test" / "questions.jsonl"
+    if not path.exists():
+        pytest.skip(f"{path} is not there")
+    gold = [json.loads(line)["final_decision"] for line in path.read_text().splitlines() if line]
+    assert sum(g == "yes" for g in gold) / len(gold) == pytest.approx(0.552)
+    assert metrics.macro_f1(["yes"] * len(gold), gold) == pytest.approx(0.237, abs=5e-4)

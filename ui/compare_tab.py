@@ -72,7 +72,8 @@ def build(lab: Lab) -> None:
                 top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p", info=SETTING_HINTS["top_p"])
             with gr.Row():
                 max_tokens = gr.Slider(16, 512, value=lab.settings.max_new_tokens, step=16,
-                                       label="Max answer length (tokens)", info="Longer answers take longer.")
+                                       label="Max answer length (tokens)", info="Longer answers take longer.",
+                                       elem_id="max-tokens")
                 top_k = gr.Slider(1, 10, value=lab.settings.top_k, step=1, label="Passages to retrieve (top-k)",
                                   info="More passages give RAG more context but a longer, slower prompt.")
             system_prompt = gr.Textbox(label="System prompt", lines=2, info=SETTING_HINTS["system_prompt"])

@@ -1,0 +1,188 @@
+"""Evaluate tab: run the variants on held-out questions, see who wins with intervals, a chart, every answer, and
+a plain-language verdict; reopen and export past runs. The work is core.evaluation's."""
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from core.errors import LabError
+from core.evaluation import export, verdict
+from core.lab import Lab
+from core.store import DEFAULT_KB
+from core.variants import VARIANTS
+from ui.formatting import escape_plain, user_errors
+from ui.knowledge_tab import kb_choices
+
+FROM_DATASET, FROM_FILE = "A dataset's held-out questions", "A Q&A file"
+VARIANT_CHOICES = [(VARIANTS[v].label, v) for v in ("base", "finetuned", "rag", "finetuned+rag")]
+SUMMARY_HEADERS = ["Variant", "Score [95% interval]", "Token F1", "ROUGE-L", "chrF", "Grounded", "Hit@k", "MRR",
+                   "ms / answer", "Errors"]
+METRIC_NOTE = (
+    "**Score** is yes/no/maybe accuracy for yes/no/maybe questions, otherwise the share of answers that contain the "
+    "gold answer. Token F1 is after taking the answer's final sentence. chrF is shown instead of BLEU: BLEU counts "
+    "4-word sequences, so it is near 0 for right answers to short questions. Grounded: share of the answer's words "
+    "found in the passages it read. Hit@k / MRR: whether (and how high) the question's own source was retrieved.")
+_cancels: dict[str, threading.Event] = {}
+
+
+def _headline(run: dict) -> str:
+    return "correct" if run.get("classify") else "contains"
+
+
+def summary_rows(run: dict) -> list[list]:
+    def mean(s, metric):
+        return round(s[metric]["mean"], 3) if metric in s else "–"
+
+    rows = []
+    for variant, s in (run.get("summary") or {}).items():
+        head = s.get(_headline(run))
+        score = f"{head['mean']:.1%} [{head['low']:.0%}-{head['high']:.0%}]" if head else "–"
+        rows.append([VARIANTS[variant].label, score, mean(s, "f1"), mean(s, "rouge_l"), mean(s, "chrf"),
+                     mean(s, "groundedness"), mean(s, "hit"), mean(s, "rr"), round(s.get("latency_ms", 0)),
+                     s.get("errors", 0)])
+    return rows
+
+
+def chart_data(run: dict):
+    import pandas as pd
+
+    metric = _headline(run)
+    rows = [{"variant": VARIANTS[v].label, "score": s[metric]["mean"]}
+            for v, s in (run.get("summary") or {}).items() if metric in s]
+    return pd.DataFrame(rows) if rows else None
+
+
+def question_rows(run: dict) -> tuple[list[str], list[list]]:
+    variants = run.get("variants", [])
+    headers = ["#", "Question", "Gold answer"] + [VARIANTS[v].label for v in variants]
+    metric = _headline(run)
+    rows = []
+    for r in run.get("results", []):
+        cells = []
+        for v in variants:
+            a = r["answers"][v]
+            if a.get("error"):
+                cells.append(f"(error) {a['error']}")
+            else:
+                right = (a.get("scores") or {}).get(metric)
+                cells.append(("RIGHT · " if right else "WRONG · ") + a["answer"])
+        rows.append([r["index"] + 1, r["question"], r["gold"], *cells])
+    return headers, rows
+
+
+def status_line(run: dict) -> str:
+    line = (f"**{run['state'].capitalize()}** · run `{run['id']}` · {escape_plain(run['testset'])} · "
+            f"{run['done']}/{run['questions']} questions")
+    for warning in run.get("warnings", []):
+        line += f"\n\n**Warning:** {escape_plain(warning)}"
+    return line
+
+
+def build(lab: Lab) -> None:
+    with gr.Tab("4 · Evaluate", id="evaluate") as tab:
+        gr.Markdown(
+            "Which variant answers your questions best? Pick held-out questions with their right answers, the "
+            "variants to compare, and run. Every variant answers every question; the answers are scored without "
+            "any AI judge, and you get a verdict in plain words.")
+        with gr.Row():
+            source = gr.Radio([FROM_DATASET, FROM_FILE], value=FROM_DATASET, label="Questions from",
+                              elem_id="ev-source")
+            dataset = gr.Dropdown(choices=lab.datasets.names(), label="Dataset (its test part)",
+                                  allow_custom_value=True, elem_id="ev-dataset")
+            upload = gr.File(label="Q&A file (.jsonl, .json, .csv)", file_types=[".jsonl", ".json", ".csv"],
+                             type="filepath", elem_id="ev-file")
+            limit = gr.Number(value=20, precision=0, minimum=1, label="Questions (at most)",
+                              info="Each question takes a few seconds per variant on a CPU.", elem_id="ev-limit")
+        with gr.Row():
+            variants = gr.CheckboxGroup(VARIANT_CHOICES, value=["base", "rag"], label="Variants", elem_id="ev-variants")
+            kb = gr.Dropdown(choices=kb_choices(lab), value=DEFAULT_KB, label="Knowledge base (for RAG)",
+                             allow_custom_value=True, elem_id="ev-kb")
+            adapter = gr.Dropdown(choices=lab.adapters.names(), value=None, label="Adapter (for fine-tuned)",
+                                  allow_custom_value=True, elem_id="ev-adapter")
+        with gr.Row():
+            run_button = gr.Button("Run evaluation", variant="primary", elem_id="ev-run")
+            cancel = gr.Button("Cancel", elem_id="ev-cancel")
+        status = gr.Markdown("No evaluation yet.", elem_id="ev-status")
+        verdict_box = gr.Markdown(elem_id="ev-verdict")
+        summary = gr.Dataframe(headers=SUMMARY_HEADERS, interactive=False, elem_id="ev-summary",
+                               label="Results per variant")
+        gr.Markdown(METRIC_NOTE)
+        chart = gr.BarPlot(x="variant", y="score", y_lim=[0, 1], title="Score by variant (higher is better)",
+                           elem_id="ev-chart")
+        questions = gr.Dataframe(interactive=False, wrap=True, elem_id="ev-questions", label="Every question")
+        with gr.Row():
+            past = gr.Dropdown(choices=list(reversed(lab.evals.ids())), label="Past runs", elem_id="ev-past",
+                               allow_custom_value=True)
+            open_button = gr.Button("Open", elem_id="ev-open")
+            export_csv = gr.Button("Export CSV", elem_id="ev-export-csv")
+            export_json = gr.Button("Export JSON", elem_id="ev-export-json")
+        export_file = gr.File(label="Exported file", interactive=False, elem_id="ev-export-file")
+
+        def shown(run: dict):
+            headers, rows = question_rows(run)
+            return (status_line(run), verdict(run), summary_rows(run), chart_data(run),
+                    gr.update(value=rows, headers=headers), gr.update(choices=list(reversed(lab.evals.ids())),
+                                                                       value=run["id"]))
+
+        outputs = [status, verdict_box, summary, chart, questions, past]
+
+        def run_evaluation(src, dataset_name, file, most, chosen, kb_name, adapter_name, request: gr.Request):
+            with user_errors():
+                items, label = lab.eval_items(dataset_name if src == FROM_DATASET else None,
+                                              file if src == FROM_FILE else None,
+                                              limit=int(most) if most else None)
+            stop = _cancels[request.session_hash] = threading.Event()
+            progress, outcome = {"text": f"Starting: {len(items)} questions…"}, {}
+
+            def work():
+                try:
+                    outcome["run"] = lab.eval_run(
+                        items, label, list(chosen or []), kb=kb_name or None, adapter=adapter_name or None,
+                        progress=lambda fraction, message: progress.update(text=f"{message} ({fraction:.0%})"),
+                        should_stop=stop.is_set)
+                except LabError as exc:
+                    outcome["error"] = str(exc)
+
+            worker = threading.Thread(target=work, daemon=True)
+            worker.start()
+            while worker.is_alive():
+                yield (f"**Running** · {progress['text']}", *[gr.update()] * (len(outputs) - 1))
+                time.sleep(0.5)
+            if "error" in outcome:
+                raise gr.Error(outcome["error"])
+            yield shown(outcome["run"])
+
+        def cancel_run(request: gr.Request):
+            event = _cancels.get(request.session_hash)
+            if event:
+                event.set()
+                return "**Cancelling** · the current question finishes first; the answered ones are kept."
+            return gr.update()
+
+        def open_run(run_id):
+            if not run_id:
+                raise gr.Error("Pick a past run first.")
+            with user_errors():
+                return shown(lab.evals.load(run_id))
+
+        def write(run_id, suffix):
+            if not run_id:
+                raise gr.Error("Run or open an evaluation first.")
+            with user_errors():
+                path = export(lab.evals.load(run_id), Path(tempfile.mkdtemp(prefix="lab-eval-")) / f"{run_id}{suffix}")
+            return str(path)
+
+        run_button.click(run_evaluation, [source, dataset, upload, limit, variants, kb, adapter], outputs,
+                         api_name="run_evaluation", concurrency_id="evaluate", concurrency_limit=1)
+        cancel.click(cancel_run, None, [status], api_name="cancel_evaluation")
+        open_button.click(open_run, [past], outputs, api_name="open_evaluation")
+        export_csv.click(lambda r: write(r, ".csv"), [past], [export_file], api_name="export_evaluation_csv")
+        export_json.click(lambda r: write(r, ".json"), [past], [export_file], api_visibility="private")
+        tab.select(lambda current: (gr.update(choices=lab.datasets.names()), gr.update(choices=kb_choices(lab)),
+                                    gr.update(choices=lab.adapters.names()),
+                                    gr.update(choices=list(reversed(lab.evals.ids())))),
+                   [kb], [dataset, kb, adapter, past], api_visibility="private")
