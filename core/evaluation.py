@@ -12,7 +12,7 @@ from typing import Callable
 
 from core.errors import InputError
 from core.generation import GenerationConfig
-from core.metrics import LABELS, normalise, score_answer, summarise
+from core.metrics import LABELS, normalise, paired_difference_ci, score_answer, summarise
 from core.progress import ProgressFn
 from core.store import check_name
 from core.variants import VARIANTS
@@ -181,17 +181,26 @@ def verdict(run: dict) -> str:
     parts = [f"{VARIANTS[v].label} {score:.0%}" for v, score in ranked]
     what = "right (yes/no/maybe accuracy)" if metric == "correct" else "with the gold answer in the answer"
     text = f"On these {n} questions: " + ", ".join(parts) + f" {what}."
-    best, best_score = ranked[0]
-    low = summary[best][metric]["low"]
+    best = ranked[0][0]
     if len(ranked) > 1:
-        second, second_score = ranked[1]
-        if low > summary[second][metric]["high"]:
-            text += f" {VARIANTS[best].label} is ahead by {best_score - second_score:.0%} (the 95% intervals do not overlap)."
-        else:
-            text += (f" {VARIANTS[best].label} and {VARIANTS[second].label} are within each other's 95% intervals: "
-                     "more questions are needed to tell them apart.")
+        second = ranked[1][0]
+        both = [r for r in run.get("results", []) if all(not r["answers"][v].get("error") for v in (best, second))]
+        if both:
+            diff, low, high = paired_difference_ci([r["answers"][best]["scores"][metric] for r in both],
+                                                   [r["answers"][second]["scores"][metric] for r in both])
+            if low > 0:
+                text += (f" {VARIANTS[best].label} is ahead of {VARIANTS[second].label} by {diff:.0%} "
+                         f"(95% interval of the difference on the same questions: {low:.0%} to {high:.0%}).")
+            else:
+                text += (f" {VARIANTS[best].label} and {VARIANTS[second].label} cannot be told apart yet (95% "
+                         f"interval of the difference: {low:+.0%} to {high:+.0%}); more questions would.")
     if run.get("classify") and "macro_f1" in summary.get(best, {}):
         text += f" Macro-F1 of {VARIANTS[best].label}: {summary[best]['macro_f1']['mean']:.3f}."
+        gold = [normalise(r["gold"]) for r in run.get("results", [])]
+        if gold:
+            common = max(set(gold), key=gold.count)
+            text += (f" For scale: always answering \"{common}\" would score {gold.count(common) / len(gold):.0%}"
+                     " here.")
     if n < FEW_QUESTIONS:
         text += f" Only {n} questions: treat this as a first look."
     base_first = summary.get("base", {}).get("ttft_ms")

@@ -32,6 +32,9 @@ def test_answer_metrics_on_known_cases():
     assert metrics.groundedness("anything", []) is None
     assert metrics.retrieval_ranks(["a.md", "b.md", "c.md"], "b.md") == (1.0, 0.5)
     assert metrics.retrieval_ranks(["a.md"], "z.md") == (0.0, 0.0)
+    assert metrics.paired_difference_ci([1, 1, 1, 1], [0, 0, 0, 0]) == (1.0, 1.0, 1.0)
+    diff, low, high = metrics.paired_difference_ci([1, 0, 1, 0] * 5, [0, 1, 1, 0] * 5)
+    assert diff == 0 and low < 0 < high
     low, high = metrics.bootstrap_ci([1, 0, 1, 1, 0, 1, 1, 1, 0, 1])
     assert low < 0.7 < high and 0 <= low and high <= 1
 
