@@ -95,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("path", metavar="PATH", help="a .csv or .json file")
     q.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("demo", help="load the demo pack (a fictional company's documents and questions)",
+                       description="Add the demo documents to the knowledge base 'demo' and its questions as the "
+                                   "dataset 'demo-qa' (12 to train on, 4 held out).")
+    ds = p.add_subparsers(dest="demo_command", required=True, metavar="ACTION")
+    q = ds.add_parser("load", help="load the demo pack")
+    q.add_argument("--train", action="store_true", help="also start the Quick fine-tune (adapter 'demo-quick')")
+    q.add_argument("--json", action="store_true")
+
     p = sub.add_parser("search", help="retrieve passages without generating", description="Show the passages retrieval finds for a query.")
     p.add_argument("query")
     p.add_argument("--kb", default=DEFAULT_KB)
@@ -265,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         lab = Lab()
         handler = {"ingest": _ingest, "ask": _ask, "search": _search, "kb": _kb, "info": _info, "dataset": _dataset,
                    "train": _train, "jobs": _jobs, "adapters": _adapters, "compare": _compare,
-                   "votes": _votes, "eval": _eval}[args.command]
+                   "votes": _votes, "eval": _eval, "demo": _demo}[args.command]
         return handler(lab, args)
     except LabError as exc:
         if getattr(args, "json", False):
@@ -430,6 +438,22 @@ def _eval(lab, args) -> int:
         print(f"warning: {warning}")
     print(_eval_table(run))
     print("\n" + verdict(run))
+    return EXIT_OK
+
+
+def _demo(lab, args) -> int:
+    from core.demo import load_demo
+
+    done = load_demo(lab, train=args.train, progress=None if args.json else _progress_to_stderr)
+    if args.json:
+        _print_json(done)
+        return EXIT_OK
+    print(f"knowledge base {done['kb']}: " + ", ".join(f"{f['file']} {f['status']}" for f in done["files"]))
+    print(f"dataset {done['dataset']['name']}: {done['dataset']['examples']} questions")
+    if done["job"]:
+        print(f"training job {done['job']['id']} started (adapter {done['adapter']}): python -m core jobs show "
+              f"{done['job']['id']}")
+    print(f"try: python -m core compare \"{done['first_question']}\" --kb {done['kb']}")
     return EXIT_OK
 
 

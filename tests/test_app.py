@@ -599,3 +599,10 @@ def test_browser_runs_a_small_evaluation_and_sees_the_table_and_chart(app_server
         page.locator("#ev-export-file a[download]").first.click()
     exported = Path(download.value.path()).read_text()
     assert exported.splitlines()[0].startswith("index,question,gold,variant,answer") and "Mirela Quanz" in exported
+
+
+def test_client_loads_the_demo_pack(app_server, client):
+    status, _kb, table, _ = client.predict(False, api_name="/load_demo")
+    assert "Demo loaded" in status and "demo-qa" in status and "Brindlewick" in status, status
+    assert sorted(row[0] for row in table_data(table)) == ["handbook.md", "policies.md", "products.md"]
+    assert sorted(stored_files(app_server, "demo")) == ["handbook.md", "policies.md", "products.md"]

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import gradio as gr
 
+from core.demo import load_demo
 from core.errors import LabError
 from core.lab import Lab
 from core.store import DEFAULT_KB
 from core.web import as_url
-from ui.formatting import STATUS_LABEL, escape_plain
+from ui.formatting import STATUS_LABEL, escape_plain, user_errors
 
 FILE_HEADERS = ["File", "Pages", "Chunks", "Added"]
 PREVIEW_HEADERS = ["#", "Page", "Tokens", "Chunk text"]
@@ -37,6 +38,10 @@ def build(lab: Lab) -> None:
             "text is kept; menus and scripts are dropped). Adding the same content again changes nothing; "
             "a changed file or page replaces its old version."
         )
+        with gr.Row():
+            demo = gr.Button("New here? Load the demo (a fictional company)", size="sm", scale=2, elem_id="demo-load")
+            demo_train = gr.Checkbox(False, label="Also fine-tune on its questions (Quick preset, a few minutes)",
+                                     scale=2, elem_id="demo-train")
         with gr.Row():
             kb = gr.Dropdown(
                 choices=kb_choices(lab), value=DEFAULT_KB, label="Knowledge base", allow_custom_value=True, elem_id="kb-select",
@@ -93,6 +98,17 @@ def build(lab: Lab) -> None:
                 rows,
                 gr.update(choices=[r[0] for r in rows], value=None),
             )
+
+        def load_the_demo(train, progress=gr.Progress()):
+            with user_errors():
+                done = load_demo(lab, train=bool(train), progress=lambda f, m: progress(f, desc=m))
+            lines = [f"**Demo loaded** into the knowledge base **{done['kb']}** and the dataset "
+                     f"**{done['dataset']['name']}** ({done['dataset']['examples']} questions)."]
+            if done["job"]:
+                lines.append(f"Fine-tuning started (adapter **{done['adapter']}**): follow it in the *Fine-tune* tab.")
+            lines.append(f"Now try the *Compare* tab with the knowledge base **{done['kb']}**: "
+                         f"*{done['first_question']}*")
+            return ("\n\n".join(lines), *refresh(done["kb"]))
 
         def chunk_fields(kb_name):
             """The knowledge base's own chunk settings; a name not created yet keeps what the user typed."""
@@ -188,6 +204,8 @@ def build(lab: Lab) -> None:
         delete_kb.click(delete_whole_kb, [kb, confirm_name],
                         [status, kb, table, to_delete, confirm_name, chunk_size, chunk_overlap],
                         api_name="delete_kb", concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status])
+        demo.click(load_the_demo, [demo_train], [status, kb, table, to_delete], api_name="load_demo",
+                   concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status])
         preview.click(preview_file, [kb, to_delete], [preview_table], api_name="preview_file")
         # The chunk fields follow the user's own picks only (input, not change): a late reply to a programmatic
         # change (the tab's refresh) would otherwise overwrite values just typed for a new knowledge base.
