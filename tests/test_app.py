@@ -590,7 +590,7 @@ def test_browser_runs_a_small_evaluation_and_sees_the_table_and_chart(app_server
     rows = {row[0]: row for row in dom_rows(page, "ev-summary")}
     assert set(rows) == {"Base model", "RAG"}, rows
     assert rows["RAG"][5] != "–" and rows["Base model"][5] == "–", rows  # grounded: only RAG read passages
-    assert page.locator("#ev-chart canvas, #ev-chart svg").count() >= 1  # the bar chart is drawn
+    page.locator("#ev-chart canvas, #ev-chart svg").first.wait_for()  # the bar chart is drawn (asynchronously)
     per_question = dom_rows(page, "ev-questions")
     assert len(per_question) == 2 and per_question[0][1] == "Who founded the Zorblat Institute?", per_question
     assert per_question[0][4].startswith(("RIGHT", "WRONG")), per_question
