@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
-from core.comparison import Comparison
+from core.comparison import Comparison, answered
 from core.errors import InputError
 from core.generation import GenerationConfig
 from core.lab import Answer, AnswerEvent, Lab, check_question
@@ -66,8 +66,7 @@ class ArenaSession:
 
     @property
     def can_vote(self) -> bool:
-        answered = [a for a in (self.turn or {}).get("answers", []) if a.get("answer") and not a.get("error")]
-        return len(answered) >= 2 and self.voted is None
+        return len(answered((self.turn or {}).get("answers", []))) >= 2 and self.voted is None
 
     def clear(self) -> None:
         self.columns, self.turn, self.before, self.voted, self.revealed = {}, None, {}, None, not self.blind

@@ -376,7 +376,7 @@ def _votes(lab, args) -> int:
                 print(f"{VARIANTS[r['variant']].label:<18}{r['win_rate']:>9.0%}{r['wins']:>6}{r['ties']:>6}"
                       f"{r['all_bad']:>9}{r['votes']:>7}")
         return EXIT_OK
-    votes = [v for v in lab.votes.all() if args.kb is None or v["comparison"].get("kb") == args.kb]
+    votes = lab.votes.all(args.kb)
     if args.json:
         _print_json({"votes": votes})
     else:

@@ -9,6 +9,11 @@ from dataclasses import asdict, dataclass, field
 from core.variants import VARIANTS
 
 
+def answered(answers: list[dict]) -> list[dict]:
+    """The answers (Answer.to_dict()) that can be judged: they have text and no error."""
+    return [a for a in answers if a.get("answer") and not a.get("error")]
+
+
 @dataclass
 class Comparison:
     question: str

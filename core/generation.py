@@ -106,25 +106,21 @@ def stream_chat(generator: Generator, conversations: list[list[dict]], config: G
     Closing the iterator (a cancelled request, a closed page) stops generation at the next step."""
     adapters = adapters or [None] * len(conversations)
     limit = getattr(generator.model.config, "max_position_embeddings", 2048)
-    prompts = [_fit_prompt(generator.tokenizer, c, limit - config.max_new_tokens) for c in conversations]
+    fitted = [_fit_prompt(generator.tokenizer, c, limit - config.max_new_tokens) for c in conversations]
     with _generate_lock(generator):
-        yield from _Decoder(generator, prompts, adapters, config).run()
+        yield from _Decoder(generator, fitted, adapters, config).run()
 
 
-def _prompt_tokens(tokenizer, prompt: str) -> int:
-    return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-
-
-def _fit_prompt(tokenizer, conversation: list[dict], budget: int) -> str:
-    """The conversation as prompt text; in a long chat the oldest turns are left out until it fits the context
-    (never the system message or the newest question)."""
+def _fit_prompt(tokenizer, conversation: list[dict], budget: int) -> tuple[str, int]:
+    """The conversation as prompt text and its length in tokens; in a long chat the oldest turns are left out
+    until it fits the context (never the system message or the newest question)."""
     system = [m for m in conversation if m["role"] == "system"][:1]
     turns = [m for m in conversation if m["role"] != "system"]
     while True:
         prompt = tokenizer.apply_chat_template(system + turns, add_generation_prompt=True, tokenize=False)
-        length = _prompt_tokens(tokenizer, prompt)
+        length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         if length <= budget:
-            return prompt
+            return prompt, length
         if len(turns) <= 1:
             raise InputError(
                 f"the prompt is {length} tokens; with the new tokens asked for that is over the model's context "
@@ -137,17 +133,19 @@ def _fit_prompt(tokenizer, conversation: list[dict], budget: int) -> str:
 class _Decoder:
     """One multi-row generation: grouped prefill, then a joint decode loop over a merged KV cache."""
 
-    def __init__(self, generator: Generator, prompts: list[str], adapters: list[str | None],
+    def __init__(self, generator: Generator, fitted: list[tuple[str, int]], adapters: list[str | None],
                  config: GenerationConfig):
         import torch
 
         self.torch = torch
-        self.generator, self.prompts, self.config = generator, prompts, config
+        self.generator, self.config = generator, config
+        self.prompts, self.lengths = [p for p, _ in fitted], [n for _, n in fitted]
         self.model, self.tokenizer = generator.model, generator.tokenizer
+        self.keeps_last_logits = _keeps_last_logits(self.model)  # asked once, not at every decode step
         self.adapter_names = [name or "__base__" for name in adapters] if generator.adapters else None
         self.eos = _eos_ids(generator)
         self.picker = _TokenPicker(config, self.eos)
-        rows = len(prompts)
+        rows = len(fitted)
         self.ids: list[list[int]] = [[] for _ in range(rows)]
         self.texts = ["" for _ in range(rows)]
         self.stats: list[RowStats] = []
@@ -160,7 +158,7 @@ class _Decoder:
                       use_cache=True)
         if self.adapter_names:
             kwargs["adapter_names"] = [self.adapter_names[r] for r in rows]
-        if _keeps_last_logits(self.model):
+        if self.keeps_last_logits:
             kwargs["logits_to_keep"] = 1  # a long prompt's full logits would be prompt x vocabulary floats
         with self.torch.inference_mode():
             return self.model(**kwargs).logits[:, -1, :]
@@ -181,9 +179,8 @@ class _Decoder:
 
     def run(self) -> Iterator[Delta | RowDone]:
         torch = self.torch
-        lengths = [_prompt_tokens(self.tokenizer, p) for p in self.prompts]
-        self.stats = [RowStats(prompt_tokens=n) for n in lengths]
-        groups = plan_batches(lengths, self.generator.device)
+        self.stats = [RowStats(prompt_tokens=n) for n in self.lengths]
+        groups = plan_batches(self.lengths, self.generator.device)
         if len(groups) > 1 and not _mergeable(self.model):
             groups = [sorted(i for g in groups for i in g)]  # one padded prefill instead of merged caches
         parts, prompt_ids = [], {}

@@ -473,7 +473,6 @@ class Lab:
             history={k: v for k, v in (history or {}).items() if v and any(a.variant == k for a in answers)},
         )
 
-
     # ---- evaluation ---------------------------------------------------------------------------
     def eval_items(self, dataset: str | None = None, file: str | Path | None = None, part: str = "test",
                    limit: int | None = None) -> tuple[list[dict], str]:
@@ -481,8 +480,6 @@ class Lab:
         if bool(dataset) == bool(file):
             raise InputError("give either a dataset (its test part is used) or a Q&A file")
         if file:
-            from core.datasets import parse_examples
-
             path = Path(file)
             if not path.is_file():
                 raise InputError("no such file", subject=str(path))

@@ -67,16 +67,19 @@ def rouge_l(answer: str, gold: str) -> float:
     return _rouge().score(gold or "", answer or "")["rougeL"].fmeasure
 
 
-def chrf(answer: str, gold: str) -> float:
-    from sacrebleu.metrics import CHRF
+@lru_cache(maxsize=1)
+def _sacrebleu():
+    from sacrebleu.metrics import BLEU, CHRF
 
-    return CHRF().sentence_score(answer or "", [gold or ""]).score / 100
+    return CHRF(), BLEU(effective_order=True)
+
+
+def chrf(answer: str, gold: str) -> float:
+    return _sacrebleu()[0].sentence_score(answer or "", [gold or ""]).score / 100
 
 
 def bleu(answer: str, gold: str) -> float:
-    from sacrebleu.metrics import BLEU
-
-    return BLEU(effective_order=True).sentence_score(answer or "", [gold or ""]).score / 100
+    return _sacrebleu()[1].sentence_score(answer or "", [gold or ""]).score / 100
 
 
 def label_of(answer: str) -> str | None:

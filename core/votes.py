@@ -9,7 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
-from core.comparison import Comparison
+from core.comparison import Comparison, answered
 from core.errors import InputError
 
 TIE, ALL_BAD = "tie", "all_bad"
@@ -24,7 +24,7 @@ class VoteStore:
                comment: str = "") -> dict:
         """Store one vote. `choice` is the variant judged best, TIE, or ALL_BAD; `labels` maps the letters shown
         in blind mode to variants."""
-        shown = [a["variant"] for a in comparison.answers if not a.get("error") and a.get("answer")]
+        shown = [a["variant"] for a in answered(comparison.answers)]
         if len(shown) < 2:
             raise InputError("a vote needs at least two answers side by side")
         if choice not in (*shown, TIE, ALL_BAD):
@@ -48,7 +48,8 @@ class VoteStore:
                 os.fsync(f.fileno())
         return vote
 
-    def all(self) -> list[dict]:
+    def all(self, kb: str | None = None) -> list[dict]:
+        """Every vote, oldest first; with `kb`, only the votes on that knowledge base."""
         if not self.path.exists():
             return []
         votes = []
@@ -57,18 +58,14 @@ class VoteStore:
                 votes.append(json.loads(line))
             except json.JSONDecodeError:
                 continue  # a line torn by a crash mid-write: the votes before and after it still count
-        return votes
+        return [v for v in votes if kb is None or v["comparison"].get("kb") == kb]
 
     def leaderboard(self, kb: str | None = None) -> list[dict]:
         """Per variant: how often it was shown, won outright, tied, or was in an all-bad vote; win rate is wins
         over votes it appeared in. Sorted best first."""
         board: dict[str, dict] = {}
-        for vote in self.all():
-            comparison = vote["comparison"]
-            if kb is not None and comparison.get("kb") != kb:
-                continue
-            shown = [a["variant"] for a in comparison["answers"] if not a.get("error") and a.get("answer")]
-            for variant in shown:
+        for vote in self.all(kb):
+            for variant in (a["variant"] for a in answered(vote["comparison"]["answers"])):
                 row = board.setdefault(variant, {"variant": variant, "votes": 0, "wins": 0, "ties": 0, "all_bad": 0})
                 row["votes"] += 1
                 if vote["choice"] == variant:
@@ -87,11 +84,11 @@ class VoteStore:
         set), without retrieved passages: training on it teaches the model the answer users preferred. Ties,
         all-bad votes and identical answers give no pair."""
         pairs = []
-        for vote in self.all():
+        for vote in self.all(kb):
             comparison, choice = vote["comparison"], vote["choice"]
-            if choice in (TIE, ALL_BAD) or (kb is not None and comparison.get("kb") != kb):
+            if choice in (TIE, ALL_BAD):
                 continue
-            answers = {a["variant"]: a for a in comparison["answers"] if not a.get("error") and a.get("answer")}
+            answers = {a["variant"]: a for a in answered(comparison["answers"])}
             if choice not in answers:
                 continue
             prompt = []
@@ -115,7 +112,7 @@ class VoteStore:
         if format == "dpo":
             rows = self.preference_pairs(kb)
         elif format == "jsonl":
-            rows = [v for v in self.all() if kb is None or v["comparison"].get("kb") == kb]
+            rows = self.all(kb)
         else:
             raise InputError("the export format must be 'dpo' or 'jsonl'", subject=repr(format))
         path = Path(path)
