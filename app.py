@@ -5,37 +5,60 @@ import threading
 import core  # noqa: F401 - sets the offline/telemetry environment before gradio is imported
 import gradio as gr
 
-from core.lab import Lab
+from core.lab import warm_up
+from core.workspaces import Workspaces, demo_mode_from_env
 from ui import compare_tab, evaluate_tab, finetune_tab, knowledge_tab
+from ui.workspace import COOKIE_SCRIPT, LabOf
+
+DEMO_NOTE = ("**Demo mode:** your knowledge bases, datasets, adapters and votes are yours alone and are deleted "
+             "after {hours:g} hours without use. Files up to {mb} MB, fine-tunes up to {minutes:g} minutes, "
+             "{questions} evaluation questions at a time. Run the app on your own machine for no limits.")
 
 
-def build_app(lab: Lab | None = None) -> gr.Blocks:
-    lab = lab or Lab()
-    info = lab.info()
+def build_app(workspaces: Workspaces) -> gr.Blocks:
+    lab_of = LabOf(workspaces)
+    settings = workspaces.settings
+    from core.models import describe_model
+
+    where = "a workspace of your own" if workspaces.demo else f"`{settings.data_dir}`"
     with gr.Blocks(title="RAG & Fine-Tune Lab") as demo:
         gr.Markdown(
             "# RAG & Fine-Tune Lab\n"
             "For your documents: should you use **RAG**, **fine-tuning**, or both? Add documents, fine-tune on Q&A, compare answers, then evaluate.\n\n"
-            f"<sub>Model: **{info['base_model']}** · Embeddings: **{info['embed_model']}** · "
-            f"Device: **{info['device'].upper()}** · Data: `{info['data_dir']}`</sub>"
+            f"<sub>Model: **{describe_model(settings.base_model)}** · Embeddings: "
+            f"**{describe_model(settings.embed_model)}** · Device: **{settings.resolved_device.upper()}** · "
+            f"Data: {where}</sub>"
         )
+        if workspaces.demo:
+            limits = workspaces.limits
+            gr.Markdown(DEMO_NOTE.format(hours=limits.idle_minutes / 60, mb=limits.max_file_mb,
+                                         minutes=limits.max_train_minutes, questions=limits.max_eval_questions),
+                        elem_id="demo-note")
         with gr.Tabs():
-            knowledge_tab.build(lab)
-            finetune_tab.build(lab)
-            compare_tab.build(lab)
-            evaluate_tab.build(lab)
+            knowledge = knowledge_tab.build(lab_of)
+            finetune_tab.build(lab_of)
+            compare_tab.build(lab_of)
+            evaluate_tab.build(lab_of)
+        if workspaces.demo:
+            # A returning visitor's workspace may hold knowledge bases already: show them on load, not only after
+            # a tab switch (outside demo mode the page is built with them).
+            demo.load(*knowledge, api_visibility="private")
     return demo
 
 
 def main() -> None:
-    lab = Lab(background_indexing=True)
-    demo = build_app(lab)
+    demo_mode = demo_mode_from_env(os.environ)
+    workspaces = Workspaces(demo=demo_mode, background_indexing=True)
+    demo = build_app(workspaces)
     # Load both models in the background so the first question does not wait for them.
-    threading.Thread(target=lab.warm_up, daemon=True).start()
+    threading.Thread(target=warm_up, args=(workspaces.settings,), daemon=True).start()
     demo.queue(default_concurrency_limit=1).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         show_error=True,
+        head=COOKIE_SCRIPT if demo_mode else None,
+        # Oversized uploads are refused by the server before they are stored.
+        max_file_size=f"{workspaces.limits.max_file_mb}mb" if demo_mode else None,
     )
 
 

@@ -79,6 +79,7 @@ class ArenaSession:
         """Ask every switched-on column; the columns update as the events stream."""
         question = check_question(question)
         config = config.checked()
+        lab.spend("generate")  # before any column changes: a refused question leaves the chat as it was
         self.arrange(variants, blind)
         self.voted, self.revealed = None, not self.blind
         self.before = {v: list(self.columns[v].history) for v in self.order}
@@ -110,6 +111,7 @@ class ArenaSession:
         if not self.turn or variant not in self.order:
             raise InputError("ask a question first")
         config = config.checked()
+        lab.spend("generate")
         note = ""
         if config.temperature == 0:
             config = replace(config, temperature=ASK_AGAIN_TEMPERATURE, seed=random.randrange(2**31))

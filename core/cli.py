@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = es.add_parser("run", help="answer every test question with every variant and score the answers")
     q.add_argument("--testset", metavar="DATASET", help="a dataset: its held-out part is used (see --part)")
     q.add_argument("--testset-file", metavar="PATH", help="or a Q&A file (the formats `dataset import` reads)")
+    q.add_argument("--generate-from", metavar="KB", help="or questions generated from this knowledge base's passages "
+                                                           "(--limit of them, default 20; never saved as training data)")
     q.add_argument("--part", default="test", help="the dataset's part to use (default: test)")
     q.add_argument("--variants", default="base,rag", help="comma-separated (default: base,rag)")
     q.add_argument("--kb", default=None, help="knowledge base for the RAG variants")
@@ -102,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     q = ds.add_parser("load", help="load the demo pack")
     q.add_argument("--train", action="store_true", help="also start the Quick fine-tune (adapter 'demo-quick')")
     q.add_argument("--json", action="store_true")
+
+    from core.advisor import QUESTIONS, Situation
+
+    p = sub.add_parser("advise", help="RAG, fine-tuning or both? a recommendation from five answers",
+                       description="Answer five questions about your documents and get a recommendation with its "
+                                   "reasons. A finished evaluation in this data folder is shown beside it.")
+    for key, (question, answers) in QUESTIONS.items():
+        p.add_argument(f"--{key}", choices=list(answers), default=getattr(Situation, key),
+                       help=f"{question} ({'; '.join(f'{k}: {v}' for k, v in answers.items())}; "
+                            f"default: {getattr(Situation, key)})")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("search", help="retrieve passages without generating", description="Show the passages retrieval finds for a query.")
     p.add_argument("query")
@@ -273,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         lab = Lab()
         handler = {"ingest": _ingest, "ask": _ask, "search": _search, "kb": _kb, "info": _info, "dataset": _dataset,
                    "train": _train, "jobs": _jobs, "adapters": _adapters, "compare": _compare,
-                   "votes": _votes, "eval": _eval, "demo": _demo}[args.command]
+                   "votes": _votes, "eval": _eval, "demo": _demo, "advise": _advise}[args.command]
         return handler(lab, args)
     except LabError as exc:
         if getattr(args, "json", False):
@@ -420,9 +433,10 @@ def _eval(lab, args) -> int:
             from core.generation import GenerationConfig
 
             config = GenerationConfig(max_new_tokens=args.max_new_tokens)
-        items, label = lab.eval_items(args.testset, args.testset_file, args.part, args.limit)
+        items, label = lab.eval_items(args.testset, args.testset_file, args.part, args.limit, args.generate_from,
+                                      progress=None if args.json else _progress_to_stderr)
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-        run = lab.eval_run(items, label, variants, kb=args.kb, adapter=args.adapter, config=config, top_k=args.top_k,
+        run = lab.eval_run(items, label, variants, kb=args.kb or args.generate_from, adapter=args.adapter, config=config, top_k=args.top_k,
                            progress=None if args.json else _progress_to_stderr)
     else:
         run = lab.evals.load(args.run)
@@ -454,6 +468,30 @@ def _demo(lab, args) -> int:
         print(f"training job {done['job']['id']} started (adapter {done['adapter']}): python -m core jobs show "
               f"{done['job']['id']}")
     print(f"try: python -m core compare \"{done['first_question']}\" --kb {done['kb']}")
+    return EXIT_OK
+
+
+def _advise(lab, args) -> int:
+    from core.advisor import QUESTIONS, Situation
+
+    advice = lab.advise(Situation(**{key: getattr(args, key) for key in QUESTIONS}))
+    if args.json:
+        _print_json(advice)
+        return EXIT_OK
+    print(f"Recommendation: {advice['label']}")
+    for reason in advice["reasons"]:
+        side = "RAG" if reason["for"] == "rag" else "fine-tuning"
+        print(f"  {reason['points']:+d} {side}: {reason['reason']}")
+    for caution in advice["cautions"]:
+        print(f"Note: {caution}")
+    measured = advice.get("measured")
+    if measured:
+        print(f"Measured (evaluation {measured['run']}): {measured['verdict']}")
+        if measured["agrees"] is False:
+            print("Your measurement disagrees with this advice: trust the measurement.")
+        elif measured["agrees"] is None:
+            print("It could not tell the best two apart yet, so it neither confirms nor contradicts this advice.")
+    print(advice["next_step"])
     return EXIT_OK
 
 

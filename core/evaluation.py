@@ -26,8 +26,11 @@ def example_to_item(example: dict) -> dict:
     question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
     if question.startswith("Passages:") and "\n\nQuestion: " in question:  # a RAFT example: the bare question
         question = question.rsplit("\n\nQuestion: ", 1)[1]
-    source = (example.get("source") or {}).get("file")
-    return {"question": question, "answer": messages[-1]["content"], "source": source}
+    source = example.get("source") or {}
+    item = {"question": question, "answer": messages[-1]["content"], "source": source.get("file")}
+    if source.get("chunk_id"):
+        item["chunk_id"] = source["chunk_id"]  # generated from this passage: lets overlap with training be seen
+    return item
 
 
 def is_yes_no_maybe(items: list[dict]) -> bool:
@@ -104,16 +107,11 @@ def run_evaluation(lab, items: list[dict], variants: list[str], testset: str, kb
                      "top_k": top_k or lab.settings.top_k},
         "state": "running", "started": time.time(), "done": 0,
     }
+    uses_kb = any(VARIANTS[v].uses_retrieval for v in variants)
+    run["costs"] = lab.costs(kb if uses_kb else None, adapter)
     if adapter:
         run["adapter_info"] = {k: lab.adapters.info(adapter).get(k) for k in ("dataset", "seconds", "steps")}
-    if adapter:
-        trained_on = lab.adapters.info(adapter).get("dataset")
-        if trained_on in lab.datasets.names():
-            seen = {normalise(example_to_item(e)["question"]) for e in lab.datasets.examples(trained_on, "train")}
-            overlap = sum(normalise(i["question"]) in seen for i in items)
-            if overlap:
-                run["warnings"] = [f"{overlap} of {len(items)} test questions are in the adapter's training data "
-                                   f"({trained_on}): the fine-tuned scores on them measure recall, not generalisation"]
+        run["warnings"] = overlap_warnings(lab, items, run["adapter_info"]["dataset"])
     store.write_run(run)
     report = progress or (lambda fraction, message: None)
     results = []
@@ -151,6 +149,25 @@ def run_evaluation(lab, items: list[dict], variants: list[str], testset: str, kb
     return {**run, "results": results}
 
 
+def overlap_warnings(lab, items: list[dict], trained_on: str | None) -> list[str]:
+    """Test questions the adapter has seen in training, or that were made from passages it trained on."""
+    if trained_on not in lab.datasets.names():
+        return []
+    train = [example_to_item(e) for e in lab.datasets.examples(trained_on, "train")]
+    seen = {normalise(t["question"]) for t in train}
+    passages = {t["chunk_id"] for t in train if t.get("chunk_id")}
+    warnings = []
+    same = sum(normalise(i["question"]) in seen for i in items)
+    if same:
+        warnings.append(f"{same} of {len(items)} test questions are in the adapter's training data ({trained_on}): "
+                        "the fine-tuned scores on them measure recall, not generalisation")
+    shared = sum(i.get("chunk_id") in passages for i in items if i.get("chunk_id"))
+    if shared:
+        warnings.append(f"{shared} of {len(items)} test questions were made from passages the adapter trained on "
+                        f"({trained_on}): easier for the fine-tuned variants than new material would be")
+    return warnings
+
+
 def summary_of(run: dict, results: list[dict]) -> dict:
     """Per variant: the metrics with intervals, plus mean latency, tokens/s and the error count."""
     summary = {}
@@ -171,29 +188,49 @@ def summary_of(run: dict, results: list[dict]) -> dict:
 FEW_QUESTIONS = 20
 
 
+def ranking(run: dict) -> list[tuple[str, float]]:
+    """(variant, headline score), best first: accuracy for yes/no/maybe sets, else 'contains the gold answer'."""
+    metric = "correct" if run.get("classify") else "contains"
+    return sorted(((v, s[metric]["mean"]) for v, s in (run.get("summary") or {}).items() if metric in s),
+                  key=lambda x: -x[1])
+
+
+def lead(run: dict) -> dict | None:
+    """The best variant against the runner-up on the questions both answered: the difference in the headline
+    score and its paired 95% interval (`clear` when the interval is above 0)."""
+    ranked = ranking(run)
+    if len(ranked) < 2:
+        return None
+    metric = "correct" if run.get("classify") else "contains"
+    best, second = ranked[0][0], ranked[1][0]
+    both = [r for r in run.get("results", []) if all(not r["answers"][v].get("error") for v in (best, second))]
+    if not both:
+        return None
+    diff, low, high = paired_difference_ci([r["answers"][best]["scores"][metric] for r in both],
+                                           [r["answers"][second]["scores"][metric] for r in both])
+    return {"best": best, "second": second, "difference": diff, "low": low, "high": high, "clear": low > 0}
+
+
 def verdict(run: dict) -> str:
     """A plain-language summary of a run: who answered how many right, and what each costs."""
     summary, n = run.get("summary") or {}, run.get("done", 0)
     metric = "correct" if run.get("classify") else "contains"
-    ranked = sorted(((v, s[metric]["mean"]) for v, s in summary.items() if metric in s), key=lambda x: -x[1])
+    ranked = ranking(run)
     if not ranked:
         return "No answers were scored yet."
     parts = [f"{VARIANTS[v].label} {score:.0%}" for v, score in ranked]
     what = "right (yes/no/maybe accuracy)" if metric == "correct" else "with the gold answer in the answer"
     text = f"On these {n} questions: " + ", ".join(parts) + f" {what}."
     best = ranked[0][0]
-    if len(ranked) > 1:
-        second = ranked[1][0]
-        both = [r for r in run.get("results", []) if all(not r["answers"][v].get("error") for v in (best, second))]
-        if both:
-            diff, low, high = paired_difference_ci([r["answers"][best]["scores"][metric] for r in both],
-                                                   [r["answers"][second]["scores"][metric] for r in both])
-            if low > 0:
-                text += (f" {VARIANTS[best].label} is ahead of {VARIANTS[second].label} by {diff:.0%} "
-                         f"(95% interval of the difference on the same questions: {low:.0%} to {high:.0%}).")
-            else:
-                text += (f" {VARIANTS[best].label} and {VARIANTS[second].label} cannot be told apart yet (95% "
-                         f"interval of the difference: {low:+.0%} to {high:+.0%}); more questions would.")
+    ahead = lead(run)
+    if ahead:
+        first, second = VARIANTS[ahead["best"]].label, VARIANTS[ahead["second"]].label
+        if ahead["clear"]:
+            text += (f" {first} is ahead of {second} by {ahead['difference']:.0%} (95% interval of the difference "
+                     f"on the same questions: {ahead['low']:.0%} to {ahead['high']:.0%}).")
+        else:
+            text += (f" {first} and {second} cannot be told apart yet (95% interval of the difference: "
+                     f"{ahead['low']:+.0%} to {ahead['high']:+.0%}); more questions would.")
     if run.get("classify") and "macro_f1" in summary.get(best, {}):
         text += f" Macro-F1 of {VARIANTS[best].label}: {summary[best]['macro_f1']['mean']:.3f}."
         gold = [normalise(r["gold"]) for r in run.get("results", [])]
@@ -212,7 +249,25 @@ def verdict(run: dict) -> str:
     seconds = (run.get("adapter_info") or {}).get("seconds")
     if seconds:
         text += f" The adapter took {seconds / 60:.1f} min to train."
+    text += _cost_sentence(run.get("costs") or {})
     return text
+
+
+def _size(mb: float) -> str:
+    return f"{mb:.1f} MB" if mb >= 0.1 else f"{mb * 1024:.0f} KB"
+
+
+def _cost_sentence(costs: dict) -> str:
+    """Memory and disk next to quality: what each way costs to keep."""
+    parts = []
+    if "model_mb" in costs:
+        parts.append(f"the model's weights take {costs['model_mb']:.0f} MB of memory")
+    if "index" in costs:
+        parts.append(f"RAG adds the search model ({costs['embedder_mb']:.0f} MB) and an index of "
+                     f"{costs['index']['chunks']} passages ({_size(costs['index']['mb'])} of text and vectors)")
+    if "adapter_mb" in costs:
+        parts.append(f"the fine-tuned adapter is {_size(costs['adapter_mb'])} on top of the model")
+    return (" Costs: " + "; ".join(parts) + ".") if parts else ""
 
 
 def export(run: dict, path: Path) -> Path:

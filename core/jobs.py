@@ -25,9 +25,12 @@ FINAL = ("completed", "cancelled", "failed")
 
 
 class JobStore:
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, lock_dir: Path | None = None):
+        """`lock_dir`: where the device lock lives when several data folders share the device (demo
+        workspaces); by default the jobs folder."""
         self.data_dir = Path(data_dir)
         self.root = self.data_dir / "jobs"
+        self.lock_dir = Path(lock_dir) if lock_dir else None
 
     # ---- starting and watching ------------------------------------------------------------------------------
     def start(self, job: dict) -> str:
@@ -37,6 +40,8 @@ class JobStore:
         folder = self.root / job_id
         folder.mkdir(parents=True)
         job = {**job, "id": job_id, "created": time.time(), "data_dir": str(self.data_dir)}
+        if self.lock_dir:
+            job["lock_dir"] = str(self.lock_dir)
         _write_json(folder / "job.json", job)
         _write_json(folder / "status.json", {"state": "queued", "step": 0, "total_steps": None})
         self._launch(folder)
@@ -191,7 +196,7 @@ def run_job(folder: Path) -> int:
         train(job, folder, lambda update: None, cancel_flag.exists)
         return 0
     device = pick_device(job["device"])
-    lock_path = folder.parent / f"device-{device.replace(':', '-')}.lock"
+    lock_path = Path(job.get("lock_dir") or folder.parent) / f"device-{device.replace(':', '-')}.lock"
     status: dict = {"state": "queued", "step": 0, "total_steps": None}
 
     def report(update: dict) -> None:

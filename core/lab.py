@@ -11,7 +11,8 @@ from typing import Iterator
 from core.config import Settings, load_settings
 from core.errors import InputError, LabError
 from core.comparison import Comparison
-from core.evaluation import EvalStore, example_to_item, run_evaluation
+from core.advisor import Situation, advise
+from core.evaluation import EvalStore, example_to_item, lead, run_evaluation, verdict
 from core.generation import Delta, GenerationConfig, RowDone, stream_chat
 from core.ingest import IngestResult, check_chunking, ingest_files, reindex_files
 from core.adapters import AdapterStore
@@ -20,9 +21,10 @@ from core.jobs import JobStore
 from core.models import attach_adapter, describe_model, load_embedder, load_generator
 from core.training import TrainSettings, estimate
 from core.progress import ProgressFn
-from core.store import DEFAULT_KB, Chunking, Hit, check_kb_name, open_store
+from core.store import DEFAULT_KB, Chunking, Hit, check_kb_name, close_store, open_store
 from core.variants import Variant, get_variant
 from core.votes import VoteStore
+from core.workspaces import DemoLimits, RateLimiter
 
 MAX_QUESTION_CHARS = 4000
 
@@ -67,18 +69,32 @@ def hit_to_source(hit: Hit, question: str | None = None) -> dict:
 
 
 class Lab:
-    def __init__(self, settings: Settings | None = None, background_indexing: bool = False):
+    def __init__(self, settings: Settings | None = None, background_indexing: bool = False,
+                 limits: "DemoLimits | None" = None, device_lock_dir: Path | None = None):
         """`background_indexing`: rebuild the keyword index in a thread after each change, for a long-running app.
         Off by default: a short-lived process (the CLI) would exit with that thread inside Chroma's native code,
-        which crashed the interpreter at exit (seen as a segfault with two CLI ingests at once)."""
+        which crashed the interpreter at exit (seen as a segfault with two CLI ingests at once).
+        `limits`: a demo workspace's caps and rate limits (core.workspaces); `device_lock_dir`: where training
+        jobs queue for the device, when several data folders share one (demo workspaces)."""
         self.settings = settings or load_settings()
         self.store = open_store(self.settings.data_dir, self.settings.chroma_url)
         self.datasets = DatasetStore(self.settings.data_dir)
         self.adapters = AdapterStore(self.settings.data_dir)
-        self.jobs = JobStore(self.settings.data_dir)
+        self.jobs = JobStore(self.settings.data_dir, device_lock_dir)
         self.votes = VoteStore(self.settings.data_dir)
         self.evals = EvalStore(self.settings.data_dir)
         self.background_indexing = background_indexing
+        self.limits = limits
+        self._rates = RateLimiter(limits.rates) if limits else None
+
+    def spend(self, action: str) -> None:
+        """Count one expensive action against a demo workspace's rate limit (refused with the wait when over)."""
+        if self._rates:
+            self._rates.spend(action)
+
+    def close(self) -> None:
+        """Let go of this data folder's store (before the folder is deleted)."""
+        close_store(self.settings.data_dir, self.settings.chroma_url)
 
     # ---- models (loaded lazily, once per process) ------------------------------------------
     @property
@@ -90,10 +106,7 @@ class Lab:
         return load_generator(self.settings)
 
     def warm_up(self) -> None:
-        """Load both models and run each once, so the first real question is not slowed by first-call costs."""
-        self.embedder.encode(["warm up"], normalize_embeddings=True)
-        for _ in stream_chat(self.generator, [[{"role": "user", "content": "Hi"}]], GenerationConfig(max_new_tokens=2)):
-            pass
+        warm_up(self.settings)
 
     def info(self) -> dict:
         return {
@@ -195,6 +208,12 @@ class Lab:
         kb = check_kb_name(kb)
         if not paths:
             raise InputError("no files given")
+        if self.limits:
+            held = sum(k["chunks"] for k in self.kb_list())
+            if held >= self.limits.max_chunks:
+                raise InputError(f"this demo workspace holds {held} passages, its limit is "
+                                 f"{self.limits.max_chunks}; delete a file or a knowledge base first")
+            self.spend("ingest")
         self._check_embedder(kb)  # a knowledge base that does not exist yet passes
         chunking = self._chunking(kb, chunk_size, chunk_overlap)
         current = self.store.chunking(kb)
@@ -241,13 +260,29 @@ class Lab:
                          progress: ProgressFn | None = None) -> dict:
         """Q&A pairs grounded in a knowledge base's chunks (answers extracted, questions written by the model with
         a template fallback), optionally as RAFT examples; saved as a dataset with its split."""
-        from core.qa_generation import QUESTION_PROMPT, generate_pairs, raft_examples
+        from core.qa_generation import generate_pairs, raft_examples
 
         if not 1 <= count <= 5000:
             raise InputError(f"count must be between 1 and 5000, got {count}")
+        self.spend("dataset")
         chunks = self.store.listed_chunks(kb)
         if not chunks:
             raise InputError("the knowledge base has no documents yet", subject=kb)
+        report = progress or (lambda fraction, message: None)
+        report(0.05, f"Picking fact sentences from {len(chunks)} chunks")
+        examples = generate_pairs(chunks, self._question_writer(progress) if use_model else None, count, seed)
+        if raft:
+            examples = raft_examples(examples, chunks, distractors, oracle_share, seed)
+        fmt = "raft" if raft else "generated-qa"
+        info = self.datasets.save(name, examples, fmt, f"knowledge base {kb}", replace, validation, test, seed)
+        report(1.0, "Done")
+        by_model = sum(e["source"]["question_by"] == "model" for e in examples)
+        return {**info.summary(), "questions_by_model": by_model, "questions_by_template": len(examples) - by_model}
+
+    def _question_writer(self, progress: ProgressFn | None):
+        """The model writing one question per fact sentence, all in one decode batch."""
+        from core.qa_generation import QUESTION_PROMPT
+
         report = progress or (lambda fraction, message: None)
 
         def write_questions(sentences: list[str]) -> list[str]:
@@ -260,15 +295,7 @@ class Lab:
                            f"Writing questions {sum(bool(q) for q in questions)}/{len(questions)}")
             return questions
 
-        report(0.05, f"Picking fact sentences from {len(chunks)} chunks")
-        examples = generate_pairs(chunks, write_questions if use_model else None, count, seed)
-        if raft:
-            examples = raft_examples(examples, chunks, distractors, oracle_share, seed)
-        fmt = "raft" if raft else "generated-qa"
-        info = self.datasets.save(name, examples, fmt, f"knowledge base {kb}", replace, validation, test, seed)
-        report(1.0, "Done")
-        by_model = sum(e["source"]["question_by"] == "model" for e in examples)
-        return {**info.summary(), "questions_by_model": by_model, "questions_by_template": len(examples) - by_model}
+        return write_questions
 
     def dataset_show(self, name: str, part: str = "train", limit: int = 3) -> dict:
         """A dataset's summary and its first examples exactly as the model sees them, with token counts."""
@@ -307,6 +334,11 @@ class Lab:
         if not info.split.get("train"):
             raise InputError("the dataset has no training examples", subject=dataset)
         plan = self.train_estimate(dataset, settings)
+        if self.limits and plan["minutes"] > self.limits.max_train_minutes:
+            raise InputError(f"this fine-tune would take about {plan['minutes']} min; the demo allows "
+                             f"{self.limits.max_train_minutes:g} min: use the Quick preset, fewer epochs or a "
+                             "smaller dataset", subject=dataset)
+        self.spend("train")
         if not plan["fits"]:
             raise InputError(
                 f"this fine-tune needs about {plan['memory_gb']} GB but {plan['available_gb']} GB is free; lower "
@@ -475,10 +507,16 @@ class Lab:
 
     # ---- evaluation ---------------------------------------------------------------------------
     def eval_items(self, dataset: str | None = None, file: str | Path | None = None, part: str = "test",
-                   limit: int | None = None) -> tuple[list[dict], str]:
-        """A test set as items (question, answer, source): a dataset's held-out part, or a Q&A file."""
-        if bool(dataset) == bool(file):
-            raise InputError("give either a dataset (its test part is used) or a Q&A file")
+                   limit: int | None = None, generate_from: str | None = None,
+                   progress: ProgressFn | None = None) -> tuple[list[dict], str]:
+        """A test set as items (question, answer, source): a dataset's held-out part, a Q&A file, or questions
+        generated from a knowledge base's passages (`limit` of them, 20 by default; not saved as a dataset, so
+        they never end up in training data)."""
+        if sum(map(bool, (dataset, file, generate_from))) != 1:
+            raise InputError("give one of: a dataset (its test part is used), a Q&A file, or a knowledge base to "
+                             "generate questions from")
+        if generate_from:
+            return self._generated_items(generate_from, limit or 20, progress), f"generated from {generate_from}"
         if file:
             path = Path(file)
             if not path.is_file():
@@ -498,13 +536,74 @@ class Lab:
             items = items[:limit]
         return items, label
 
+    def _generated_items(self, kb: str, count: int, progress: ProgressFn | None) -> list[dict]:
+        from core.qa_generation import generate_pairs
+
+        if count < 1:
+            raise InputError(f"the question limit must be at least 1, not {count}")
+        chunks = self.store.listed_chunks(self.store.require_kb(kb))
+        if not chunks:
+            raise InputError("the knowledge base has no documents yet", subject=kb)
+        self.spend("dataset")
+        # Another seed than dataset generation's default, so a small knowledge base's test questions are not
+        # simply its training questions again (the overlap warning tells where they still are).
+        examples = generate_pairs(chunks, self._question_writer(progress), count, seed=7)
+        return [example_to_item(e) for e in examples]
+
     def eval_run(self, items: list[dict], testset: str, variants: list[str], kb: str | None = None,
                  adapter: str | None = None, config: GenerationConfig | None = None, top_k: int | None = None,
                  progress: ProgressFn | None = None, should_stop=None) -> dict:
         if adapter:
             self._adapter_key(adapter)  # refuse an adapter for another base model before the first question
+        if self.limits and len(items) > self.limits.max_eval_questions:
+            raise InputError(f"{len(items)} questions; the demo evaluates at most {self.limits.max_eval_questions} "
+                             "at a time (set 'Questions (at most)' lower)")
+        self.spend("evaluate")
         return run_evaluation(self, items, variants, testset, kb=kb, adapter=adapter, config=config, top_k=top_k,
                               progress=progress, should_stop=should_stop)
+
+    def costs(self, kb: str | None = None, adapter: str | None = None) -> dict:
+        """What the variants cost to keep, beside what they score: model weights in memory, the index, the adapter."""
+        def megabytes(n: int) -> float:
+            return round(n / 2**20, 1)
+
+        def weights(model) -> int:
+            return sum(p.numel() * p.element_size() for p in model.parameters())
+
+        out = {"model_mb": megabytes(weights(self.generator.model))}
+        if kb:
+            size = self.store.index_bytes(self.store.require_kb(kb))
+            out["index"] = {"chunks": size["chunks"], "mb": round((size["text_bytes"] + size["vector_bytes"]) / 2**20, 3)}
+            out["embedder_mb"] = megabytes(weights(self.embedder))
+        if adapter:
+            folder = self.adapters.path(adapter)
+            out["adapter_mb"] = megabytes(sum(f.stat().st_size for f in folder.rglob("*.safetensors")))
+        return out
+
+    def advise(self, situation: Situation) -> dict:
+        """The advisor's recommendation; where this workspace has a finished evaluation, its measured winner
+        comes with it, and says so when it disagrees (a measurement on your questions beats a rule of thumb)."""
+        advice = advise(situation)
+        for run_id in reversed(self.evals.ids()):
+            run = self.evals.load(run_id)
+            ahead = lead(run) if run.get("state") == "completed" else None
+            if not ahead:
+                continue
+            choice = {"base": None, "rag": "rag", "finetuned": "finetune", "finetuned+rag": "both"}[ahead["best"]]
+            # An unclear lead neither confirms nor contradicts the advice.
+            agrees = None if not ahead["clear"] else choice == advice["choice"]
+            advice["measured"] = {"run": run_id, "best": ahead["best"], "clear": ahead["clear"],
+                                  "verdict": verdict(run), "agrees": agrees}
+            break
+        return advice
+
+
+def warm_up(settings: Settings) -> None:
+    """Load both models and run each once, so the first real question is not slowed by first-call costs."""
+    load_embedder(settings).encode(["warm up"], normalize_embeddings=True)
+    for _ in stream_chat(load_generator(settings), [[{"role": "user", "content": "Hi"}]],
+                         GenerationConfig(max_new_tokens=2)):
+        pass
 
 
 def check_question(question: str) -> str:

@@ -92,6 +92,20 @@ def open_store(data_dir: Path, chroma_url: str | None = None) -> "Store":
         return _stores[key]
 
 
+def close_store(data_dir: Path, chroma_url: str | None = None) -> None:
+    """Forget a data dir's Store and its Chroma system (its folder is about to be deleted)."""
+    key = (Path(data_dir).resolve(), chroma_url)
+    with _stores_lock:
+        store = _stores.pop(key, None)
+    if store is not None and not chroma_url:
+        from chromadb.api.shared_system_client import SharedSystemClient
+
+        with store._thread_lock:
+            store._client = None
+            SharedSystemClient._identifier_to_system.pop(str(store.chroma_dir), None)
+            SharedSystemClient._identifier_to_refcount.pop(str(store.chroma_dir), None)
+
+
 def _http_client(url: str):
     from urllib.parse import urlparse
 
@@ -437,6 +451,15 @@ class Store:
         """The stored text of a listed file, as (page label, text), in page order."""
         with self._db() as db:
             return db.execute("SELECT label, text FROM pages WHERE ingest_id=? ORDER BY seq", (record.ingest_id,)).fetchall()
+
+    def index_bytes(self, kb: str) -> dict:
+        """What a knowledge base's index holds: chunks, their text and their vectors, in bytes (Chroma's own
+        HNSW graph and SQLite overhead come on top)."""
+        got = self._collection(kb).get(include=["documents"])
+        sample = self._collection(kb).get(limit=1, include=["embeddings"])["embeddings"]
+        dim = len(sample[0]) if sample is not None and len(sample) else 0
+        return {"chunks": len(got["ids"]), "text_bytes": sum(len(d.encode()) for d in got["documents"]),
+                "vector_bytes": len(got["ids"]) * dim * 4}
 
     def file_chunks(self, record: FileRecord) -> list[dict]:
         """A listed file's chunks in reading order: what the model will read from it."""

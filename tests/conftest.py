@@ -97,21 +97,21 @@ def run_cli(args: list[str], data_dir: Path, timeout: int = 300, **env) -> subpr
     )
 
 
-@pytest.fixture(scope="session")
-def app_server(tmp_path_factory):
-    """The real app (python app.py) on a free port with its own empty data folder; yields (url, data_dir)."""
-    data_dir = tmp_path_factory.mktemp("app") / "data"
+def start_app(data_dir: Path, **env: str):
+    """The real app (python app.py) on a free port with its own data folder; yields its URL, stops it after."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log = open(data_dir.parent / "app.log", "w")
+    log_path = data_dir.parent / f"app-{port}.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen(
         [sys.executable, "app.py"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        env=subprocess_env(data_dir, GRADIO_SERVER_PORT=str(port)),
+        env=subprocess_env(data_dir, GRADIO_SERVER_PORT=str(port), **env),
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 240
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"app exited early: {(data_dir.parent / 'app.log').read_text()[-3000:]}")
+            raise RuntimeError(f"app exited early: {log_path.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -121,10 +121,18 @@ def app_server(tmp_path_factory):
     else:
         proc.kill()
         raise RuntimeError("app did not start within 240 s")
-    yield url, data_dir
+    yield url
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """The app with its own empty data folder; yields (url, data_dir)."""
+    data_dir = tmp_path_factory.mktemp("app") / "data"
+    for url in start_app(data_dir):
+        yield url, data_dir

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 
-from conftest import run_cli, write_pdf, write_scanned_pdf
+from conftest import run_cli, start_app, write_pdf, write_scanned_pdf
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -600,9 +600,72 @@ def test_browser_runs_a_small_evaluation_and_sees_the_table_and_chart(app_server
     exported = Path(download.value.path()).read_text()
     assert exported.splitlines()[0].startswith("index,question,gold,variant,answer") and "Mirela Quanz" in exported
 
+    # The advisor: facts that change, sources wanted -> RAG, with the last evaluation shown beside it; asking for a
+    # style instead brings fine-tuning in.
+    page.get_by_text("Not sure yet? Five questions").click()
+    page.locator("#advise-run").click()
+    wait_for_text(page, "advise-out", "Recommendation: RAG", "for RAG:", "Your last evaluation")
+    page.get_by_label("Answering in a certain style, tone or format").check()
+    page.locator("#advise-run").click()
+    wait_for_text(page, "advise-out", "Recommendation: Both", "+3 for fine-tuning")
+
 
 def test_client_loads_the_demo_pack(app_server, client):
     status, _kb, table, _ = client.predict(False, api_name="/load_demo")
     assert "Demo loaded" in status and "demo-qa" in status and "Brindlewick" in status, status
     assert sorted(row[0] for row in table_data(table)) == ["handbook.md", "policies.md", "products.md"]
     assert sorted(stored_files(app_server, "demo")) == ["handbook.md", "policies.md", "products.md"]
+
+
+# ---- demo mode (the public Space) -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    """The app in demo mode, as on a Space: every visitor in a workspace of their own."""
+    data_dir = tmp_path_factory.mktemp("space") / "data"
+    for url in start_app(data_dir, LAB_DEMO_MODE="1"):
+        yield url, data_dir
+
+
+@needs_chromium
+def test_demo_mode_gives_each_visitor_their_own_workspace(demo_server, browser, handbook, tmp_path):
+    """Two browsers (two cookie jars, as two visitors): what one adds, the other never sees, through the page or
+    the API; a refresh keeps the visitor's workspace; an upload over the cap is refused."""
+    url, data_dir = demo_server
+    alice_context, bob_context = (browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(2))
+    try:
+        alice, bob = alice_context.new_page(), bob_context.new_page()
+        for page in (alice, bob):
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            open_app(page, url)
+        wait_for_text(alice, "demo-note", "yours alone", "5 MB")
+        upload(alice, [handbook])
+        alice.locator("#kb-add").click()
+        wait_for_text(alice, "kb-status", "Added", "handbook.md")
+        wait_for_files(alice, ["handbook.md"])
+
+        bob.reload()
+        open_app(bob, url)
+        bob.get_by_role("tab", name="1 · Knowledge base").click()
+        bob.wait_for_timeout(1000)
+        assert dom_file_names(bob) == []
+        alice.reload()  # the cookie brings Alice back to her workspace
+        open_app(alice, url)
+        wait_for_files(alice, ["handbook.md"])
+
+        big = tmp_path / "big.txt"
+        big.write_text("x" * (6 * 2**20))
+        bob.locator("#kb-upload input[type=file]").set_input_files([str(big)])
+        bob.wait_for_function("() => /exceed|too large|size/i.test(document.body.innerText)", timeout=UI_TIMEOUT_MS)
+
+        # On disk: two workspaces, the handbook only in Alice's.
+        spaces = [p for p in (data_dir / "workspaces").iterdir() if p.is_dir()]
+        holding = [p for p in spaces if run_cli(["kb", "show", "default", "--json"], p).returncode == 0]
+        assert len(spaces) >= 2 and len(holding) == 1, (spaces, holding)
+
+        # An API client is a third visitor (no cookie: its session is its workspace): it cannot reach her file.
+        with pytest.raises(Exception, match="no such knowledge base"):
+            Client(url, verbose=False).predict("default", 120, 20, api_name="/configure_kb")
+    finally:
+        alice_context.close()
+        bob_context.close()

@@ -1,7 +1,6 @@
 """Scale-out: the same engine against a real Chroma server (`chroma run`) on 127.0.0.1 instead of the embedded store."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT, run_cli, subprocess_env
 
-COMMANDS = [[], ["dataset"], ["train"], ["jobs"], ["adapters"], ["ingest"], ["ask"], ["search"], ["kb"], ["kb", "list"], ["kb", "show"], ["kb", "create"], ["kb", "configure"], ["kb", "rename"], ["kb", "delete"], ["info"], ["compare"], ["votes"], ["votes", "export"], ["votes", "leaderboard"]]
+COMMANDS = [[], ["dataset"], ["train"], ["jobs"], ["adapters"], ["ingest"], ["ask"], ["search"], ["kb"], ["kb", "list"], ["kb", "show"], ["kb", "create"], ["kb", "configure"], ["kb", "rename"], ["kb", "delete"], ["info"], ["compare"], ["votes"], ["votes", "export"], ["votes", "leaderboard"], ["advise"], ["eval", "run"], ["demo", "load"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")

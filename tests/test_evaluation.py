@@ -5,10 +5,11 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import HANDBOOK, run_cli
 from core import metrics
 from core.errors import InputError
-from core.evaluation import verdict
+from core.advisor import Situation
+from core.evaluation import overlap_warnings, verdict
 from core.generation import GenerationConfig
 
 
@@ -61,6 +62,18 @@ def test_a_run_scores_saves_and_exports(lab, handbook, handbook_items, tmp_path)
         assert rag[metric]["low"] <= rag[metric]["mean"] <= rag[metric]["high"]
     assert rag["latency_ms"] > 0 and rag["errors"] == 0
     assert "On these 2 questions: RAG" in verdict(run)
+    costs = run["costs"]  # cost beside quality: weights in memory, the index, the search model
+    assert 400 < costs["model_mb"] < 700 and 50 < costs["embedder_mb"] < 150  # 135M and 22M parameters in fp32
+    assert costs["index"]["chunks"] == lab.kb_show("default")["chunks"] and 0 < costs["index"]["mb"] < 1
+    assert "Costs: the model's weights take" in verdict(run) and "passages" in verdict(run)
+
+    # The advisor says RAG for facts, and this measurement (RAG 2/2, base 0/2) agrees with it, by name.
+    advice = lab.advise(Situation(goal="facts", changes="often"))
+    assert advice["choice"] == "rag" and advice["measured"] == {
+        "run": run["id"], "best": "rag", "clear": True, "verdict": verdict(run), "agrees": True}
+    assert lab.advise(Situation(goal="style", sources="no", changes="rarely"))["measured"]["agrees"] is False
+    advised = run_cli(["advise", "--goal", "style", "--json"], lab.settings.data_dir)
+    assert advised.returncode == 0 and json.loads(advised.stdout)["measured"]["best"] == "rag", advised.stderr
 
     reopened = lab.evals.load(run["id"])  # as after a restart
     assert reopened["summary"] == json.loads(json.dumps(run["summary"]))
@@ -103,7 +116,7 @@ def test_bad_evaluation_requests_are_refused_clearly(lab, tmp_path, handbook_ite
         lab.eval_run(handbook_items, "x", ["finetuned"])
     with pytest.raises(InputError, match="no questions"):
         lab.eval_run([], "x", ["base"])
-    with pytest.raises(InputError, match="either a dataset"):
+    with pytest.raises(InputError, match="give one of: a dataset"):
         lab.eval_items()
     missing = run_cli(["eval", "show", "nope", "--json"], lab.settings.data_dir)
     assert missing.returncode == 1 and "no such evaluation run" in json.loads(missing.stdout)["error"]
@@ -119,3 +132,25 @@ def test_always_yes_on_pubmedqa_matches_the_published_baseline():
     gold = [json.loads(line)["final_decision"] for line in path.read_text().splitlines() if line]
     assert sum(g == "yes" for g in gold) / len(gold) == pytest.approx(0.552)
     assert metrics.macro_f1(["yes"] * len(gold), gold) == pytest.approx(0.237, abs=5e-4)
+
+
+def test_questions_generated_from_a_knowledge_base_with_the_overlap_warned(lab, handbook):
+    lab.ingest([handbook])
+    items, label = lab.eval_items(generate_from="default", limit=3)
+    assert label == "generated from default" and len(items) == 3
+    assert all(i["chunk_id"] and i["source"] == "handbook.md" and i["answer"] in HANDBOOK for i in items)
+    assert lab.datasets.names() == []  # test questions are never saved as training data
+    # A dataset generated from the same passages shares them with these questions: said, with the count.
+    lab.dataset_generate("default", "hb", count=4, use_model=False, validation=0.0, test=0.25)
+    warnings = overlap_warnings(lab, items, "hb")
+    assert any("of 3 test questions were made from passages the adapter trained on (hb)" in w for w in warnings)
+    assert overlap_warnings(lab, items, None) == []
+    with pytest.raises(InputError, match="give one of"):
+        lab.eval_items(dataset="hb", generate_from="default")
+    with pytest.raises(InputError, match="no such knowledge base"):
+        lab.eval_items(generate_from="missing")
+    done = run_cli(["eval", "run", "--generate-from", "default", "--limit", "1", "--variants", "rag",
+                    "--max-new-tokens", "4", "--json"], lab.settings.data_dir)
+    assert done.returncode == 0, done.stderr
+    run = json.loads(done.stdout)
+    assert run["testset"] == "generated from default" and run["kb"] == "default" and run["questions"] == 1

@@ -5,7 +5,6 @@ import pytest
 
 from conftest import SHARED_DATA, run_cli, write_pdf, write_scanned_pdf
 from core.errors import InputError
-from core.store import FileRecord, open_store
 
 
 def test_ingest_lists_file_and_retrieves_with_page_and_cosine_score(lab, tmp_path):
@@ -88,7 +87,6 @@ def test_interrupted_ingest_is_cleaned_up_on_next_open(lab, handbook, data_dir):
     """Simulates a kill -9 between writing chunks and listing the file."""
     lab.ingest([handbook])
     store = lab.store
-    [node_source] = [handbook]
     from core.ingest import make_splitter, split_pages
     from core.documents import read_pages
 

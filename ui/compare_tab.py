@@ -17,6 +17,7 @@ from core.variants import VARIANTS
 from core.votes import ALL_BAD, TIE
 from ui.formatting import escape, sources_html, timing_line, user_errors
 from ui.knowledge_tab import kb_choices
+from ui.workspace import LabOf
 
 SLOTS = len(COLUMN_ORDER)
 COLUMN_CHOICES = [(VARIANTS[v].label, v) for v in COLUMN_ORDER]
@@ -31,7 +32,9 @@ SETTING_HINTS = {
 }
 
 
-def leaderboard_rows(lab: Lab, kb: str | None) -> list[list]:
+def leaderboard_rows(lab: Lab | None, kb: str | None) -> list[list]:
+    if lab is None:
+        return []
     return [[VARIANTS[r["variant"]].label, f"{r['win_rate']:.0%}", r["wins"], r["ties"], r["all_bad"], r["votes"]]
             for r in lab.votes.leaderboard(kb or None)]
 
@@ -41,7 +44,8 @@ def _export_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="lab-export-"))
 
 
-def build(lab: Lab) -> None:
+def build(lab_of: LabOf) -> None:
+    first, defaults = lab_of.initial, lab_of.workspaces.settings
     with gr.Tab("3 · Compare", id="compare") as tab:
         gr.Markdown(
             "Ask a question about your documents. The **base model** answers from what it already knows; "
@@ -55,9 +59,9 @@ def build(lab: Lab) -> None:
         with gr.Row():
             # allow_custom_value: knowledge bases and adapters made after start-up (or by API clients) must be
             # accepted; the engine reports an unknown name clearly.
-            kb = gr.Dropdown(choices=kb_choices(lab), value=DEFAULT_KB, label="Knowledge base (for RAG)",
+            kb = gr.Dropdown(choices=kb_choices(first), value=DEFAULT_KB, label="Knowledge base (for RAG)",
                              allow_custom_value=True, elem_id="compare-kb", scale=2)
-            adapter = gr.Dropdown(choices=lab.adapters.names(), value=None, label="Fine-tuned adapter",
+            adapter = gr.Dropdown(choices=first.adapters.names() if first else [], value=None, label="Fine-tuned adapter",
                                   info="Needed by the two fine-tuned columns.", allow_custom_value=True,
                                   elem_id="compare-adapter", scale=2)
             columns = gr.CheckboxGroup(COLUMN_CHOICES, value=list(COLUMN_ORDER), label="Columns",
@@ -71,10 +75,10 @@ def build(lab: Lab) -> None:
                                         info=SETTING_HINTS["temperature"])
                 top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p", info=SETTING_HINTS["top_p"])
             with gr.Row():
-                max_tokens = gr.Slider(16, 512, value=lab.settings.max_new_tokens, step=16,
+                max_tokens = gr.Slider(16, 512, value=defaults.max_new_tokens, step=16,
                                        label="Max answer length (tokens)", info="Longer answers take longer.",
                                        elem_id="max-tokens")
-                top_k = gr.Slider(1, 10, value=lab.settings.top_k, step=1, label="Passages to retrieve (top-k)",
+                top_k = gr.Slider(1, 10, value=defaults.top_k, step=1, label="Passages to retrieve (top-k)",
                                   info="More passages give RAG more context but a longer, slower prompt.")
             system_prompt = gr.Textbox(label="System prompt", lines=2, info=SETTING_HINTS["system_prompt"])
         with gr.Row():
@@ -104,7 +108,7 @@ def build(lab: Lab) -> None:
         vote_status = gr.Markdown(elem_id="vote-status")
 
         with gr.Accordion("Leaderboard and exports", open=False):
-            leaderboard = gr.Dataframe(headers=LEADERBOARD_HEADERS, value=leaderboard_rows(lab, DEFAULT_KB),
+            leaderboard = gr.Dataframe(headers=LEADERBOARD_HEADERS, value=leaderboard_rows(first, DEFAULT_KB),
                                        interactive=False, elem_id="leaderboard",
                                        label="Votes on this knowledge base (win rate: wins / votes it was in)")
             with gr.Row():
@@ -146,10 +150,11 @@ def build(lab: Lab) -> None:
         def settings(k, max_new, temp, p):
             return GenerationConfig(max_new_tokens=int(max_new), temperature=float(temp), top_p=float(p)), int(k)
 
-        def answer(state: ArenaSession, q, kb_name, adapter_name, chosen, is_blind, k, max_new, temp, p, system):
+        def answer(state: ArenaSession, q, kb_name, adapter_name, chosen, is_blind, k, max_new, temp, p, system,
+                   request: gr.Request):
             config, k = settings(k, max_new, temp, p)
             with user_errors():
-                events = state.ask(lab, q, list(chosen or []), config, kb=kb_name, adapter=adapter_name or None,
+                events = state.ask(lab_of(request), q, list(chosen or []), config, kb=kb_name, adapter=adapter_name or None,
                                    top_k=k, system_prompt=system, blind=bool(is_blind))
                 yield view(state, "Answering…")
                 for _ in events:
@@ -158,19 +163,20 @@ def build(lab: Lab) -> None:
             yield view(state, note)
 
         def answer_again(slot: int):
-            def run(state: ArenaSession, kb_name, adapter_name, k, max_new, temp, p, system):
+            def run(state: ArenaSession, kb_name, adapter_name, k, max_new, temp, p, system, request: gr.Request):
                 if slot >= len(state.order):
                     raise gr.Error("This column is not in use.")
                 config, k = settings(k, max_new, temp, p)
                 with user_errors():
-                    for _ in state.ask_again(lab, state.order[slot], config, kb=kb_name, adapter=adapter_name or None,
+                    for _ in state.ask_again(lab_of(request), state.order[slot], config, kb=kb_name, adapter=adapter_name or None,
                                              top_k=k, system_prompt=system):
                         yield view(state, "Answering again…")
                 yield view(state, "Which answer is best now? Vote below." if state.can_vote else "")
             return run
 
         def cast(choice_of):
-            def run(state: ArenaSession, note, kb_name):
+            def run(state: ArenaSession, note, kb_name, request: gr.Request):
+                lab = lab_of(request)
                 choice = choice_of(state)
                 with user_errors():
                     state.vote(lab, choice, note)
@@ -208,7 +214,8 @@ def build(lab: Lab) -> None:
         columns.input(rearrange, [session, columns, blind], outputs, api_visibility="private")
         blind.input(rearrange, [session, columns, blind], outputs, api_visibility="private")
 
-        def write_votes(kb_name):
+        def write_votes(kb_name, request: gr.Request):
+            lab = lab_of(request)
             path = _export_dir() / f"preferences-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
             with user_errors():
                 result = lab.votes.export(path, "dpo", kb=kb_name or None)
@@ -226,8 +233,15 @@ def build(lab: Lab) -> None:
         export_md.click(lambda state: write_comparison(state, "md"), [session], [export_file], api_name="export_md")
         export_json.click(lambda state: write_comparison(state, "json"), [session], [export_file],
                           api_name="export_json")
-        kb.change(lambda name: leaderboard_rows(lab, name), [kb], [leaderboard], api_visibility="private")
-        # Choices only for the adapter: a late reply must not put back a value the user has changed meanwhile.
-        tab.select(lambda current: (gr.update(choices=kb_choices(lab), value=current),
-                                    gr.update(choices=lab.adapters.names()), leaderboard_rows(lab, current)),
-                   [kb], [kb, adapter, leaderboard], api_visibility="private")
+
+        def board(name, request: gr.Request):
+            return leaderboard_rows(lab_of(request), name)
+
+        def refresh(current, request: gr.Request):
+            # Choices only for the adapter: a late reply must not put back a value the user has changed meanwhile.
+            lab = lab_of(request)
+            return (gr.update(choices=kb_choices(lab), value=current), gr.update(choices=lab.adapters.names()),
+                    leaderboard_rows(lab, current))
+
+        kb.change(board, [kb], [leaderboard], api_visibility="private")
+        tab.select(refresh, [kb], [kb, adapter, leaderboard], api_visibility="private")

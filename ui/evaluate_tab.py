@@ -9,6 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from core.advisor import QUESTIONS, Situation
 from core.errors import LabError
 from core.evaluation import export, verdict
 from core.lab import Lab
@@ -16,8 +17,10 @@ from core.store import DEFAULT_KB
 from core.variants import VARIANTS
 from ui.formatting import escape_plain, user_errors
 from ui.knowledge_tab import kb_choices
+from ui.workspace import LabOf
 
 FROM_DATASET, FROM_FILE = "A dataset's held-out questions", "A Q&A file"
+FROM_KB = "New questions generated from the knowledge base"
 VARIANT_CHOICES = [(VARIANTS[v].label, v) for v in ("base", "finetuned", "rag", "finetuned+rag")]
 SUMMARY_HEADERS = ["Variant", "Score [95% interval]", "Token F1", "ROUGE-L", "chrF", "Grounded", "Hit@k", "MRR",
                    "ms / answer", "Errors"]
@@ -82,16 +85,58 @@ def status_line(run: dict) -> str:
     return line
 
 
-def build(lab: Lab) -> None:
+def advice_markdown(advice: dict) -> str:
+    lines = [f"### Recommendation: {advice['label']}", ""]
+    for reason in advice["reasons"]:
+        side = "RAG" if reason["for"] == "rag" else "fine-tuning"
+        lines.append(f"- **{reason['points']:+d} for {side}:** {reason['reason']}")
+    lines += [f"\n**Note:** {caution}" for caution in advice["cautions"]]
+    measured = advice.get("measured")
+    if measured:
+        lines.append(f"\n**Your last evaluation** (run `{measured['run']}`): {escape_plain(measured['verdict'])}")
+        if measured["agrees"] is False:
+            lines.append("\n**It disagrees with this advice: trust the measurement on your own questions.**")
+        elif measured["agrees"] is None:
+            lines.append("\nIt could not tell the best two apart yet, so it neither confirms nor contradicts this "
+                         "advice.")
+    lines.append(f"\n{advice['next_step']}")
+    return "\n".join(lines)
+
+
+def run_ids(lab: Lab | None) -> list[str]:
+    """Past runs, newest first."""
+    return list(reversed(lab.evals.ids())) if lab else []
+
+
+def build_advisor(lab_of: LabOf) -> None:
+    with gr.Accordion("Not sure yet? Five questions to a recommendation", open=False, elem_id="advisor"):
+        answers = [gr.Radio([(words, value) for value, words in choices.items()], value=getattr(Situation, key),
+                            label=question, elem_id=f"advise-{key}")
+                   for key, (question, choices) in QUESTIONS.items()]
+        button = gr.Button("Advise me", elem_id="advise-run")
+        out = gr.Markdown(elem_id="advise-out")
+
+        def run(request: gr.Request, *values):
+            with user_errors():
+                return advice_markdown(lab_of(request).advise(Situation(**dict(zip(QUESTIONS, values)))))
+
+        button.click(run, answers, [out], api_name="advise")
+
+
+def build(lab_of: LabOf) -> None:
+    first = lab_of.initial
     with gr.Tab("4 · Evaluate", id="evaluate") as tab:
         gr.Markdown(
             "Which variant answers your questions best? Pick held-out questions with their right answers, the "
             "variants to compare, and run. Every variant answers every question; the answers are scored without "
             "any AI judge, and you get a verdict in plain words.")
+        build_advisor(lab_of)
         with gr.Row():
-            source = gr.Radio([FROM_DATASET, FROM_FILE], value=FROM_DATASET, label="Questions from",
+            source = gr.Radio([FROM_DATASET, FROM_FILE, FROM_KB], value=FROM_DATASET, label="Questions from",
+                              info="Generated questions are made from the passages when you run, and never saved "
+                                   "as training data.",
                               elem_id="ev-source")
-            dataset = gr.Dropdown(choices=lab.datasets.names(), label="Dataset (its test part)",
+            dataset = gr.Dropdown(choices=first.datasets.names() if first else [], label="Dataset (its test part)",
                                   allow_custom_value=True, elem_id="ev-dataset")
             upload = gr.File(label="Q&A file (.jsonl, .json, .csv)", file_types=[".jsonl", ".json", ".csv"],
                              type="filepath", elem_id="ev-file")
@@ -99,9 +144,9 @@ def build(lab: Lab) -> None:
                               info="Each question takes a few seconds per variant on a CPU.", elem_id="ev-limit")
         with gr.Row():
             variants = gr.CheckboxGroup(VARIANT_CHOICES, value=["base", "rag"], label="Variants", elem_id="ev-variants")
-            kb = gr.Dropdown(choices=kb_choices(lab), value=DEFAULT_KB, label="Knowledge base (for RAG)",
+            kb = gr.Dropdown(choices=kb_choices(first), value=DEFAULT_KB, label="Knowledge base (for RAG)",
                              allow_custom_value=True, elem_id="ev-kb")
-            adapter = gr.Dropdown(choices=lab.adapters.names(), value=None, label="Adapter (for fine-tuned)",
+            adapter = gr.Dropdown(choices=first.adapters.names() if first else [], value=None, label="Adapter (for fine-tuned)",
                                   allow_custom_value=True, elem_id="ev-adapter")
         with gr.Row():
             run_button = gr.Button("Run evaluation", variant="primary", elem_id="ev-run")
@@ -115,35 +160,39 @@ def build(lab: Lab) -> None:
                            elem_id="ev-chart")
         questions = gr.Dataframe(interactive=False, wrap=True, elem_id="ev-questions", label="Every question")
         with gr.Row():
-            past = gr.Dropdown(choices=list(reversed(lab.evals.ids())), label="Past runs", elem_id="ev-past",
+            past = gr.Dropdown(choices=run_ids(first), label="Past runs", elem_id="ev-past",
                                allow_custom_value=True)
             open_button = gr.Button("Open", elem_id="ev-open")
             export_csv = gr.Button("Export CSV", elem_id="ev-export-csv")
             export_json = gr.Button("Export JSON", elem_id="ev-export-json")
         export_file = gr.File(label="Exported file", interactive=False, elem_id="ev-export-file")
 
-        def shown(run: dict):
+        def shown(lab: Lab, run: dict):
             headers, rows = question_rows(run)
             return (status_line(run), verdict(run), summary_rows(run), chart_data(run),
-                    gr.update(value=rows, headers=headers), gr.update(choices=list(reversed(lab.evals.ids())),
-                                                                       value=run["id"]))
+                    gr.update(value=rows, headers=headers), gr.update(choices=run_ids(lab), value=run["id"]))
 
         outputs = [status, verdict_box, summary, chart, questions, past]
 
         def run_evaluation(src, dataset_name, file, most, chosen, kb_name, adapter_name, request: gr.Request):
-            with user_errors():
-                items, label = lab.eval_items(dataset_name if src == FROM_DATASET else None,
-                                              file if src == FROM_FILE else None,
-                                              limit=int(most) if most else None)
+            lab = lab_of(request)
+            if src == FROM_KB and not kb_name:
+                raise gr.Error("Pick the knowledge base to generate questions from.")
             stop = _cancels[request.session_hash] = threading.Event()
-            progress, outcome = {"text": f"Starting: {len(items)} questions…"}, {}
+            progress, outcome = {"text": "Starting…"}, {}
+
+            def report(fraction, message):
+                progress.update(text=f"{message} ({fraction:.0%})")
 
             def work():
                 try:
+                    items, label = lab.eval_items(
+                        dataset_name if src == FROM_DATASET else None, file if src == FROM_FILE else None,
+                        limit=int(most) if most else None, generate_from=kb_name if src == FROM_KB else None,
+                        progress=report)
                     outcome["run"] = lab.eval_run(
                         items, label, list(chosen or []), kb=kb_name or None, adapter=adapter_name or None,
-                        progress=lambda fraction, message: progress.update(text=f"{message} ({fraction:.0%})"),
-                        should_stop=stop.is_set)
+                        progress=report, should_stop=stop.is_set)
                 except LabError as exc:
                     outcome["error"] = str(exc)
 
@@ -154,7 +203,9 @@ def build(lab: Lab) -> None:
                 time.sleep(0.5)
             if "error" in outcome:
                 raise gr.Error(outcome["error"])
-            yield shown(outcome["run"])
+            if "run" not in outcome:
+                raise gr.Error("The evaluation stopped unexpectedly; the server log says why.")
+            yield shown(lab, outcome["run"])
 
         def cancel_run(request: gr.Request):
             event = _cancels.get(request.session_hash)
@@ -163,13 +214,14 @@ def build(lab: Lab) -> None:
                 return "**Cancelling** · the current question finishes first; the answered ones are kept."
             return gr.update()
 
-        def open_run(run_id):
+        def open_run(run_id, request: gr.Request):
+            lab = lab_of(request)
             if not run_id:
                 raise gr.Error("Pick a past run first.")
             with user_errors():
-                return shown(lab.evals.load(run_id))
+                return shown(lab, lab.evals.load(run_id))
 
-        def write(run_id, suffix):
+        def write(lab, run_id, suffix):
             if not run_id:
                 raise gr.Error("Run or open an evaluation first.")
             with user_errors():
@@ -180,9 +232,17 @@ def build(lab: Lab) -> None:
                          api_name="run_evaluation", concurrency_id="evaluate", concurrency_limit=1)
         cancel.click(cancel_run, None, [status], api_name="cancel_evaluation")
         open_button.click(open_run, [past], outputs, api_name="open_evaluation")
-        export_csv.click(lambda r: write(r, ".csv"), [past], [export_file], api_name="export_evaluation_csv")
-        export_json.click(lambda r: write(r, ".json"), [past], [export_file], api_visibility="private")
-        tab.select(lambda current: (gr.update(choices=lab.datasets.names()), gr.update(choices=kb_choices(lab)),
-                                    gr.update(choices=lab.adapters.names()),
-                                    gr.update(choices=list(reversed(lab.evals.ids())))),
-                   [kb], [dataset, kb, adapter, past], api_visibility="private")
+        def write_csv(run_id, request: gr.Request):
+            return write(lab_of(request), run_id, ".csv")
+
+        def write_json(run_id, request: gr.Request):
+            return write(lab_of(request), run_id, ".json")
+
+        def refresh(current, request: gr.Request):
+            lab = lab_of(request)
+            return (gr.update(choices=lab.datasets.names()), gr.update(choices=kb_choices(lab)),
+                    gr.update(choices=lab.adapters.names()), gr.update(choices=run_ids(lab)))
+
+        export_csv.click(write_csv, [past], [export_file], api_name="export_evaluation_csv")
+        export_json.click(write_json, [past], [export_file], api_visibility="private")
+        tab.select(refresh, [kb], [dataset, kb, adapter, past], api_visibility="private")

@@ -10,7 +10,8 @@ import gradio as gr
 from core.errors import LabError
 from core.lab import Lab
 from core.training import PRESETS, TrainSettings
-from ui.formatting import escape_plain
+from ui.formatting import escape_plain, user_errors
+from ui.workspace import LabOf
 
 ADVANCED = ("rank", "alpha", "dropout", "learning_rate", "epochs", "batch_size", "grad_accum", "max_length", "seed",
             "target_modules", "quantize")
@@ -21,19 +22,23 @@ def preset_text(name: str) -> str:
     return f"**{name.capitalize()}** · {PRESETS[name]['about']}"
 
 
-def dataset_choices(lab: Lab) -> list[str]:
-    return lab.datasets.names()
+def dataset_choices(lab: Lab | None) -> list[str]:
+    return lab.datasets.names() if lab else []
 
 
-def adapter_choices(lab: Lab) -> list[str]:
-    return lab.adapters.names()
+def adapter_choices(lab: Lab | None) -> list[str]:
+    return lab.adapters.names() if lab else []
 
 
-def job_choices(lab: Lab) -> list[tuple[str, str]]:
+def job_choices(lab: Lab | None) -> list[tuple[str, str]]:
+    if lab is None:
+        return []
     return [(f"{j['id']} · {j.get('adapter')} · {j['state']}", j["id"]) for j in lab.jobs.list()]
 
 
-def adapter_rows(lab: Lab) -> list[list]:
+def adapter_rows(lab: Lab | None) -> list[list]:
+    if lab is None:
+        return []
     return [[a["name"], a.get("dataset"), f"{a.get('steps')}/{a.get('total_steps')}", a.get("train_loss"),
              a.get("eval_loss"), round((a.get("seconds") or 0) / 60, 1), "yes" if a.get("complete") else "stopped early",
              time.strftime("%Y-%m-%d %H:%M", time.localtime(a.get("created", 0)))] for a in lab.adapters.list()]
@@ -74,7 +79,8 @@ def job_view(lab: Lab, job_id: str | None):
     return "\n\n".join(lines), chart, job.get("log_tail", "")
 
 
-def build(lab: Lab) -> None:
+def build(lab_of: LabOf) -> None:
+    first = lab_of.initial
     with gr.Tab("2 · Fine-tune", id="finetune") as tab:
         gr.Markdown(
             "Teach the model from question/answer examples. It learns a small **adapter** (LoRA) on top of the base "
@@ -102,7 +108,7 @@ def build(lab: Lab) -> None:
                     "will, so the model learns to find and quote the right passage."
                 )
                 with gr.Row():
-                    gen_kb = gr.Dropdown(choices=lab.store.kb_names(), label="Knowledge base", elem_id="ft-gen-kb",
+                    gen_kb = gr.Dropdown(choices=first.store.kb_names() if first else [], label="Knowledge base", elem_id="ft-gen-kb",
                                          allow_custom_value=True)
                     gen_name = gr.Textbox(label="Dataset name", elem_id="ft-gen-name")
                     gen_count = gr.Number(50, label="Examples", precision=0, minimum=1)
@@ -114,7 +120,7 @@ def build(lab: Lab) -> None:
                     gen_share = gr.Number(0.8, label="RAFT share with the answering passage", minimum=0, maximum=1)
                 generate_button = gr.Button("Generate", elem_id="ft-generate")
             data_status = gr.Markdown(elem_id="ft-data-status")
-            dataset = gr.Dropdown(choices=dataset_choices(lab), value=(dataset_choices(lab) or [None])[-1],
+            dataset = gr.Dropdown(choices=dataset_choices(first), value=(dataset_choices(first) or [None])[-1],
                                   label="Dataset", elem_id="ft-dataset", allow_custom_value=True)
             preview = gr.Markdown(elem_id="ft-preview")
         with gr.Accordion("2. Settings", open=True):
@@ -144,7 +150,7 @@ def build(lab: Lab) -> None:
                 start_button = gr.Button("Start training", variant="primary", elem_id="ft-start")
             plan = gr.Markdown(elem_id="ft-plan")
         with gr.Accordion("3. Training job", open=True):
-            jobs = job_choices(lab)
+            jobs = job_choices(first)
             job = gr.Dropdown(choices=jobs, value=jobs[0][1] if jobs else None, label="Job", elem_id="ft-job")
             job_status = gr.Markdown(elem_id="ft-job-status")
             loss_chart = gr.LinePlot(x="step", y="loss", color="series", title="Loss (lower is better)",
@@ -154,10 +160,10 @@ def build(lab: Lab) -> None:
                 resume_button = gr.Button("Resume from the last checkpoint", elem_id="ft-resume")
             log_tail = gr.Textbox(label="Log (last lines)", lines=6, max_lines=12, interactive=False, elem_id="ft-log")
         with gr.Accordion("4. Adapters", open=True):
-            adapters_table = gr.Dataframe(headers=ADAPTER_HEADERS, value=adapter_rows(lab), interactive=False,
+            adapters_table = gr.Dataframe(headers=ADAPTER_HEADERS, value=adapter_rows(first), interactive=False,
                                           elem_id="ft-adapters")
             with gr.Row():
-                adapter_pick = gr.Dropdown(choices=adapter_choices(lab), label="Adapter", elem_id="ft-adapter-pick")
+                adapter_pick = gr.Dropdown(choices=adapter_choices(first), label="Adapter", elem_id="ft-adapter-pick")
                 new_adapter_name = gr.Textbox(label="New name")
             with gr.Row():
                 rename_button = gr.Button("Rename")
@@ -165,7 +171,7 @@ def build(lab: Lab) -> None:
                 delete_button = gr.Button("Delete", variant="stop")
             adapter_status = gr.Markdown(elem_id="ft-adapter-status")
             export_file = gr.File(label="Exported adapter", visible=False)
-        timer = gr.Timer(2.0, active=bool(jobs and lab.jobs.get(jobs[0][1])["state"] in ("queued", "running")))
+        timer = gr.Timer(2.0, active=bool(jobs and first.jobs.get(jobs[0][1])["state"] in ("queued", "running")))
 
         advanced = [rank, alpha, dropout, learning_rate, epochs, batch_size, grad_accum, max_length, seed,
                     target_modules, quantize]
@@ -175,13 +181,16 @@ def build(lab: Lab) -> None:
             for key in ("rank", "alpha", "batch_size", "grad_accum", "max_length", "seed"):
                 if overrides[key] is not None:
                     overrides[key] = int(overrides[key])
-            return lab.train_settings(preset_name, **overrides)
+            return TrainSettings.from_preset(preset_name, **overrides)
 
         def on_preset(name):
             chosen = TrainSettings.from_preset(name)
             return (preset_text(name), *[getattr(chosen, key) for key in ADVANCED])
 
-        def show_dataset(name):
+        def show_dataset(name, request: gr.Request):
+            return dataset_text(lab_of(request), name)
+
+        def dataset_text(lab, name):
             if not name:
                 return ""
             try:
@@ -195,7 +204,8 @@ def build(lab: Lab) -> None:
                       f"(only the answer is learned):\n```\n{e['text']}\n```" for i, e in enumerate(shown["preview"], 1)]
             return "\n\n".join([head, *blocks])
 
-        def import_data(path, name):
+        def import_data(path, name, request: gr.Request):
+            lab = lab_of(request)
             if not path:
                 raise gr.Error("Choose a Q&A file first.")
             try:
@@ -204,9 +214,11 @@ def build(lab: Lab) -> None:
                 raise gr.Error(str(exc)) from None
             message = (f"**Imported** · {escape_plain(info['name'])}: {info['examples']} examples "
                        f"({info['format']}).")
-            return message, gr.update(choices=dataset_choices(lab), value=info["name"]), show_dataset(info["name"])
+            return message, gr.update(choices=dataset_choices(lab), value=info["name"]), dataset_text(lab, info["name"])
 
-        def generate_data(kb_name, name, count, use_model, raft, distractors, share, progress=gr.Progress()):
+        def generate_data(kb_name, name, count, use_model, raft, distractors, share, request: gr.Request,
+                          progress=gr.Progress()):
+            lab = lab_of(request)
             if not kb_name or not (name or "").strip():
                 raise gr.Error("Pick a knowledge base and name the dataset first.")
             try:
@@ -218,9 +230,10 @@ def build(lab: Lab) -> None:
             message = (f"**Generated** · {escape_plain(info['name'])}: {info['examples']} examples "
                        f"({info['format']}; {info['questions_by_model']} questions by the model, "
                        f"{info['questions_by_template']} by template).")
-            return message, gr.update(choices=dataset_choices(lab), value=info["name"]), show_dataset(info["name"])
+            return message, gr.update(choices=dataset_choices(lab), value=info["name"]), dataset_text(lab, info["name"])
 
-        def estimate_plan(name, preset_name, *values):
+        def estimate_plan(request: gr.Request, name, preset_name, *values):
+            lab = lab_of(request)
             if not name:
                 raise gr.Error("Import or pick a dataset first.")
             try:
@@ -233,7 +246,8 @@ def build(lab: Lab) -> None:
                     f"{'4-bit QLoRA' if result['quantized_4bit'] else 'full-precision LoRA'}, "
                     f"{result['lora_parameters'] / 1e6:.1f}M trainable parameters.")
 
-        def start(name, preset_name, wanted, *values):
+        def start(request: gr.Request, name, preset_name, wanted, *values):
+            lab = lab_of(request)
             if not name:
                 raise gr.Error("Import or pick a dataset first.")
             try:
@@ -244,7 +258,10 @@ def build(lab: Lab) -> None:
             return (gr.update(choices=job_choices(lab), value=started["id"]), status, chart, log,
                     gr.Timer(active=True))
 
-        def poll(job_id):
+        def poll(job_id, request: gr.Request):
+            return job_state(lab_of(request), job_id)
+
+        def job_state(lab, job_id):
             status, chart, log = job_view(lab, job_id)
             active = False
             if job_id:
@@ -257,22 +274,25 @@ def build(lab: Lab) -> None:
                 return (*updates, adapter_rows(lab), gr.update(choices=adapter_choices(lab)))
             return (*updates, gr.update(), gr.update())
 
-        def cancel(job_id):
+        def cancel(job_id, request: gr.Request):
+            lab = lab_of(request)
             if not job_id:
                 raise gr.Error("No job to cancel.")
-            lab.jobs.cancel(job_id)
-            return poll(job_id)
+            with user_errors():
+                lab.jobs.cancel(job_id)
+            return job_state(lab, job_id)
 
-        def resume(job_id):
+        def resume(job_id, request: gr.Request):
+            lab = lab_of(request)
             if not job_id:
                 raise gr.Error("No job to resume.")
             try:
                 lab.jobs.resume(job_id)
             except LabError as exc:
                 raise gr.Error(str(exc)) from None
-            return poll(job_id)
+            return job_state(lab, job_id)
 
-        def adapter_action(action, name, new_name):
+        def adapter_action(lab, action, name, new_name):
             if not name:
                 raise gr.Error("Pick an adapter first.")
             export = gr.update(visible=False)
@@ -306,16 +326,20 @@ def build(lab: Lab) -> None:
         cancel_button.click(cancel, [job], job_outputs, api_name="cancel_training")
         resume_button.click(resume, [job], job_outputs, api_name="resume_training")
         for button, action in ((rename_button, "rename"), (export_button, "export"), (delete_button, "delete")):
-            button.click(lambda name, new, action=action: adapter_action(action, name, new), [adapter_pick, new_adapter_name],
+            def act(name, new, request: gr.Request, action=action):
+                return adapter_action(lab_of(request), action, name, new)
+
+            button.click(act, [adapter_pick, new_adapter_name],
                          [adapter_status, adapters_table, adapter_pick, export_file], api_name=f"{action}_adapter")
         # A page opened (or refreshed) mid-training re-attaches: the newest active job, else the one shown, else the
         # newest; the timer runs again while that job is active.
-        def reattach(current):
+        def reattach(current, request: gr.Request):
+            lab = lab_of(request)
             listed = lab.jobs.list()
             active = [j["id"] for j in listed if j["state"] in ("queued", "running")]
             known = [j["id"] for j in listed]
             chosen = (active or [current if current in known else None] or [None])[0] or (known or [None])[0]
-            return (gr.update(choices=job_choices(lab), value=chosen), *poll(chosen)[:4],
+            return (gr.update(choices=job_choices(lab), value=chosen), *job_state(lab, chosen)[:4],
                     gr.update(choices=dataset_choices(lab)), adapter_rows(lab), gr.update(choices=adapter_choices(lab)),
                     gr.update(choices=lab.store.kb_names()))
 

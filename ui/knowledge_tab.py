@@ -6,21 +6,22 @@ import gradio as gr
 from core.demo import load_demo
 from core.errors import LabError
 from core.lab import Lab
-from core.store import DEFAULT_KB
+from core.store import DEFAULT_KB, Chunking
 from core.web import as_url
 from ui.formatting import STATUS_LABEL, escape_plain, user_errors
+from ui.workspace import LabOf
 
 FILE_HEADERS = ["File", "Pages", "Chunks", "Added"]
 PREVIEW_HEADERS = ["#", "Page", "Tokens", "Chunk text"]
 
 
-def kb_choices(lab: Lab) -> list[str]:
-    names = lab.store.kb_names()
+def kb_choices(lab: Lab | None) -> list[str]:
+    names = lab.store.kb_names() if lab else []
     return names if DEFAULT_KB in names else [DEFAULT_KB, *names]
 
 
-def file_rows(lab: Lab, kb: str) -> list[list]:
-    if not lab.store.has_kb(kb):
+def file_rows(lab: Lab | None, kb: str) -> list[list]:
+    if not lab or not lab.store.has_kb(kb):
         return []
     return [[f["file"], f["pages"], f["chunks"], f["added"]] for f in lab.kb_show(kb)["files"]]
 
@@ -29,7 +30,8 @@ def _whole(value) -> int | None:
     return None if value is None or value == "" else int(value)
 
 
-def build(lab: Lab) -> None:
+def build(lab_of: LabOf) -> None:
+    first = lab_of.initial
     with gr.Tab("1 · Knowledge base", id="kb") as tab:
         gr.Markdown(
             "Add your documents here. They are split into short passages, embedded, and stored on this machine "
@@ -44,7 +46,7 @@ def build(lab: Lab) -> None:
                                      scale=2, elem_id="demo-train")
         with gr.Row():
             kb = gr.Dropdown(
-                choices=kb_choices(lab), value=DEFAULT_KB, label="Knowledge base", allow_custom_value=True, elem_id="kb-select",
+                choices=kb_choices(first), value=DEFAULT_KB, label="Knowledge base", allow_custom_value=True, elem_id="kb-select",
                 info="Pick one, or type a new name to create it when you add files.", scale=2,
             )
         uploads = gr.File(label="Documents to add", file_count="multiple", type="filepath", elem_id="kb-upload")
@@ -56,18 +58,19 @@ def build(lab: Lab) -> None:
         status = gr.Markdown("Choose files or enter web addresses above, then press **Add to knowledge base**.",
                              elem_id="kb-status", min_height=60)
         table = gr.Dataframe(
-            headers=FILE_HEADERS, value=file_rows(lab, DEFAULT_KB), interactive=False,
+            headers=FILE_HEADERS, value=file_rows(first, DEFAULT_KB), interactive=False,
             label="Stored in this knowledge base", elem_id="kb-files",
         )
         with gr.Row():
-            to_delete = gr.Dropdown(label="File", choices=[r[0] for r in file_rows(lab, DEFAULT_KB)], scale=3,
+            to_delete = gr.Dropdown(label="File", choices=[r[0] for r in file_rows(first, DEFAULT_KB)], scale=3,
                                     elem_id="kb-file-pick")
             preview = gr.Button("Preview chunks", scale=1, elem_id="kb-preview-button")
             delete = gr.Button("Delete file", variant="stop", scale=1)
         preview_table = gr.Dataframe(headers=PREVIEW_HEADERS, interactive=False, wrap=True, visible=False,
                                      label="What the model reads from this file: its chunks, in order",
                                      elem_id="kb-preview")
-        chunking = lab.kb_chunking(DEFAULT_KB)
+        defaults = lab_of.workspaces.settings
+        chunking = first.kb_chunking(DEFAULT_KB) if first else Chunking(defaults.chunk_size, defaults.chunk_overlap)
         with gr.Accordion("Chunk settings", open=False):
             gr.Markdown(
                 "Documents are cut into **chunks** of about this many tokens; RAG gives the model the best few. "
@@ -91,7 +94,10 @@ def build(lab: Lab) -> None:
                                           elem_id="kb-delete-confirm")
                 delete_kb = gr.Button("Delete knowledge base", variant="stop", scale=1, elem_id="kb-delete")
 
-        def refresh(kb_name):
+        def refresh(kb_name, request: gr.Request):
+            return shown(lab_of(request), kb_name)
+
+        def shown(lab, kb_name):
             rows = file_rows(lab, kb_name)
             return (
                 gr.update(choices=kb_choices(lab), value=kb_name),
@@ -99,7 +105,8 @@ def build(lab: Lab) -> None:
                 gr.update(choices=[r[0] for r in rows], value=None),
             )
 
-        def load_the_demo(train, progress=gr.Progress()):
+        def load_the_demo(train, request: gr.Request, progress=gr.Progress()):
+            lab = lab_of(request)
             with user_errors():
                 done = load_demo(lab, train=bool(train), progress=lambda f, m: progress(f, desc=m))
             lines = [f"**Demo loaded** into the knowledge base **{done['kb']}** and the dataset "
@@ -108,16 +115,18 @@ def build(lab: Lab) -> None:
                 lines.append(f"Fine-tuning started (adapter **{done['adapter']}**): follow it in the *Fine-tune* tab.")
             lines.append(f"Now try the *Compare* tab with the knowledge base **{done['kb']}**: "
                          f"*{done['first_question']}*")
-            return ("\n\n".join(lines), *refresh(done["kb"]))
+            return ("\n\n".join(lines), *shown(lab, done["kb"]))
 
-        def chunk_fields(kb_name):
+        def chunk_fields(lab, kb_name):
             """The knowledge base's own chunk settings; a name not created yet keeps what the user typed."""
             if not lab.store.has_kb(kb_name):
                 return gr.update(), gr.update()
             current = lab.kb_chunking(kb_name)
             return current.size, current.overlap
 
-        def add_files(paths, kb_name, url_text="", size=None, overlap=None, progress=gr.Progress()):
+        def add_files(paths, kb_name, url_text="", size=None, overlap=None, request: gr.Request = None,
+                      progress=gr.Progress()):
+            lab = lab_of(request)
             # Every line becomes a web address (https:// added if missing), so no line is ever read as a server path.
             addresses = [as_url(line) for line in (url_text or "").splitlines() if line.strip()]
             if not paths and not addresses:
@@ -136,9 +145,11 @@ def build(lab: Lab) -> None:
                 raise gr.Error(str(exc)) from None
             lines = [f"**{STATUS_LABEL[r.status]}** · {escape_plain(r.file)}: {escape_plain(r.message)}" for r in results]
             failed = {r.file for r in results if r.status == "failed"}
-            return ("\n\n".join(lines) + note, None, *refresh(kb_name), "\n".join(a for a in addresses if a in failed))
+            return ("\n\n".join(lines) + note, None, *shown(lab, kb_name),
+                    "\n".join(a for a in addresses if a in failed))
 
-        def delete_file(kb_name, name):
+        def delete_file(kb_name, name, request: gr.Request):
+            lab = lab_of(request)
             if not name:
                 raise gr.Error("Pick a file to delete.")
             try:
@@ -146,19 +157,21 @@ def build(lab: Lab) -> None:
             except LabError as exc:
                 raise gr.Error(str(exc)) from None
             message = f"**Deleted** · {escape_plain(removed['file'])} ({removed['chunks_removed']} chunks)."
-            return (message, *refresh(kb_name))
+            return (message, *shown(lab, kb_name))
 
-        def preview_file(kb_name, name):
+        def preview_file(kb_name, name, request: gr.Request):
+            lab = lab_of(request)
             if not name:
                 raise gr.Error("Pick a file to preview.")
             try:
-                shown = lab.file_preview(kb_name, name)
+                chunks = lab.file_preview(kb_name, name)["chunks"]
             except LabError as exc:
                 raise gr.Error(str(exc)) from None
-            rows = [[i, c["page"] or "–", c["tokens"], c["text"]] for i, c in enumerate(shown["chunks"], 1)]
+            rows = [[i, c["page"] or "–", c["tokens"], c["text"]] for i, c in enumerate(chunks, 1)]
             return gr.update(value=rows, visible=True)
 
-        def configure_kb(kb_name, size, overlap, progress=gr.Progress()):
+        def configure_kb(kb_name, size, overlap, request: gr.Request, progress=gr.Progress()):
+            lab = lab_of(request)
             try:
                 done = lab.kb_configure(kb_name, _whole(size), _whole(overlap), progress=lambda f, m: progress(f, desc=m))
             except LabError as exc:
@@ -169,9 +182,10 @@ def build(lab: Lab) -> None:
                 head += " Every file already uses them; nothing to re-index."
             lines = [f"**{STATUS_LABEL[r['status']]}** · {escape_plain(r['file'])}: {escape_plain(r['message'])}"
                      for r in done["results"]]
-            return ("\n\n".join([head, *lines]), *refresh(kb_name))
+            return ("\n\n".join([head, *lines]), *shown(lab, kb_name))
 
-        def delete_whole_kb(kb_name, typed):
+        def delete_whole_kb(kb_name, typed, request: gr.Request):
+            lab = lab_of(request)
             if (typed or "").strip() != kb_name:
                 raise gr.Error(f"To delete the knowledge base, type its name ({kb_name}) in the box first.")
             try:
@@ -179,14 +193,15 @@ def build(lab: Lab) -> None:
             except LabError as exc:
                 raise gr.Error(str(exc)) from None
             return (f"**Deleted** · the knowledge base {escape_plain(kb_name)} and all its files.",
-                    *refresh(DEFAULT_KB), "", *chunk_fields(DEFAULT_KB))
+                    *shown(lab, DEFAULT_KB), "", *chunk_fields(lab, DEFAULT_KB))
 
-        def rename_kb(kb_name, wanted):
+        def rename_kb(kb_name, wanted, request: gr.Request):
+            lab = lab_of(request)
             try:
                 renamed = lab.kb_rename(kb_name, wanted)
             except LabError as exc:
                 raise gr.Error(str(exc)) from None
-            return (f"**Renamed** · {escape_plain(kb_name)} is now {escape_plain(renamed)}.", *refresh(renamed), "")
+            return (f"**Renamed** · {escape_plain(kb_name)} is now {escape_plain(renamed)}.", *shown(lab, renamed), "")
 
         # Writes share one queue slot: the store has one writer anyway, and waiting users see their place.
         # The URL box is the last input (optional for API clients); it is refilled through a State, which the API
@@ -209,7 +224,13 @@ def build(lab: Lab) -> None:
         preview.click(preview_file, [kb, to_delete], [preview_table], api_name="preview_file")
         # The chunk fields follow the user's own picks only (input, not change): a late reply to a programmatic
         # change (the tab's refresh) would otherwise overwrite values just typed for a new knowledge base.
-        kb.change(lambda name: refresh(name)[1:], [kb], [table, to_delete], api_visibility="private")
-        kb.input(lambda name: (*chunk_fields(name), gr.update(visible=False)), [kb],
-                 [chunk_size, chunk_overlap, preview_table], api_visibility="private")
+        def files_of(name, request: gr.Request):
+            return refresh(name, request)[1:]
+
+        def picked(name, request: gr.Request):
+            return (*chunk_fields(lab_of(request), name), gr.update(visible=False))
+
+        kb.change(files_of, [kb], [table, to_delete], api_visibility="private")
+        kb.input(picked, [kb], [chunk_size, chunk_overlap, preview_table], api_visibility="private")
         tab.select(refresh, [kb], [kb, table, to_delete], api_visibility="private")
+    return refresh, [kb], [kb, table, to_delete]

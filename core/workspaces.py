@@ -1,0 +1,151 @@
+"""Demo mode, for a public Space: every visitor works in their own workspace (knowledge bases, datasets, adapters,
+jobs, votes and evaluations under data_dir/workspaces/<id>/), with caps and rate limits on the expensive actions,
+and idle workspaces are deleted after a while. Outside demo mode there is one Lab for everyone, as before.
+
+The models are loaded once per process and shared by all workspaces (core.models caches them by name); only the
+data is per visitor. Training jobs of all workspaces share one device lock, so a free CPU Space trains one at a
+time."""
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from core.config import Settings, load_settings
+from core.errors import InputError, LabError
+
+# A visitor key comes from the browser (a cookie, or Gradio's session id): long, random, and never a path.
+VISITOR_KEY = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+ACTION_WORDS = {"ingest": "uploads", "train": "fine-tunes", "evaluate": "evaluations", "generate": "questions",
+                "dataset": "dataset generations"}
+
+
+@dataclass(frozen=True)
+class DemoLimits:
+    max_file_mb: int = 5
+    max_chunks: int = 3000  # all of a workspace's knowledge bases together
+    max_train_minutes: float = 10.0  # the estimate made before launch
+    max_eval_questions: int = 30
+    idle_minutes: float = 120.0  # a workspace unused this long is deleted
+    # action -> (how many, per how many seconds)
+    rates: dict = field(default_factory=lambda: {
+        "ingest": (10, 600), "train": (3, 3600), "evaluate": (5, 3600), "generate": (60, 600), "dataset": (5, 3600)})
+
+
+class RateLimiter:
+    """A sliding window per action: at most N uses in any W seconds."""
+
+    def __init__(self, rates: dict, clock=time.monotonic):
+        self.rates, self.clock = rates, clock
+        self._used: dict[str, deque] = {}
+        self._lock = threading.Lock()
+
+    def spend(self, action: str) -> None:
+        if action not in self.rates:
+            return
+        most, window = self.rates[action]
+        now = self.clock()
+        with self._lock:
+            used = self._used.setdefault(action, deque())
+            while used and used[0] <= now - window:
+                used.popleft()
+            if len(used) >= most:
+                wait = int(used[0] + window - now) + 1
+                raise InputError(
+                    f"this demo allows {most} {ACTION_WORDS.get(action, action)} per {_duration(window)}; "
+                    f"try again in {_wait(wait)} (run the app on your own machine for no limits)")
+            used.append(now)
+
+
+def _duration(seconds: float) -> str:
+    """A window in words: 'hour', '10 minutes'."""
+    if seconds % 3600 == 0:
+        return "hour" if seconds == 3600 else f"{int(seconds // 3600)} hours"
+    return "minute" if seconds == 60 else f"{round(seconds / 60)} minutes"
+
+
+def _wait(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{round(seconds / 60)} min"
+
+
+def demo_mode_from_env(environ) -> bool:
+    """LAB_DEMO_MODE=1 turns it on; on a Hugging Face Space (SPACE_ID is set) it is on unless LAB_DEMO_MODE=0."""
+    raw = environ.get("LAB_DEMO_MODE")
+    if raw not in (None, ""):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return bool(environ.get("SPACE_ID"))
+
+
+class Workspaces:
+    """Hands out the Lab for a visitor: the one shared Lab, or in demo mode the visitor's own."""
+
+    SWEEP_EVERY_S = 60.0
+
+    def __init__(self, settings: Settings | None = None, demo: bool = False, limits: DemoLimits | None = None,
+                 background_indexing: bool = False, clock=time.time):
+        from core.lab import Lab
+
+        self.settings = settings or load_settings()
+        self.demo, self.limits = demo, (limits or DemoLimits()) if demo else None
+        self.background_indexing, self.clock = background_indexing, clock
+        self.root = self.settings.data_dir / "workspaces"
+        self._labs: dict[str, Lab] = {}
+        self._lock = threading.Lock()
+        self._last_sweep = 0.0
+        self.shared = None if demo else Lab(self.settings, background_indexing=background_indexing)
+
+    def lab(self, visitor: str | None):
+        """The visitor's Lab (created on first use); the shared one outside demo mode."""
+        if not self.demo:
+            return self.shared
+        from core.lab import Lab
+
+        if not visitor or not VISITOR_KEY.match(visitor):
+            raise LabError("this page has no session; reload it")
+        folder = self.root / hashlib.sha256(visitor.encode()).hexdigest()[:32]
+        self._maybe_sweep()
+        with self._lock:
+            lab = self._labs.get(folder.name)
+            if lab is None:
+                folder.mkdir(parents=True, exist_ok=True)
+                settings = self.settings.with_(data_dir=folder, max_file_mb=self.limits.max_file_mb)
+                # Model files are converted once for all visitors, not once per workspace.
+                settings = settings.with_(model_cache_dir=self.settings.model_cache_dir)
+                lab = Lab(settings, background_indexing=self.background_indexing, limits=self.limits,
+                          device_lock_dir=self.root)
+                self._labs[folder.name] = lab
+            (folder / ".last_used").touch()
+            return lab
+
+    def _maybe_sweep(self) -> None:
+        now = self.clock()
+        if now - self._last_sweep >= self.SWEEP_EVERY_S:
+            self._last_sweep = now
+            self.sweep(now)
+
+    def sweep(self, now: float | None = None) -> list[str]:
+        """Delete workspaces idle for longer than the limit, except one whose training job is still going."""
+        if not self.demo or not self.root.exists():
+            return []
+        now = self.clock() if now is None else now
+        removed = []
+        for folder in self.root.iterdir():
+            marker = folder / ".last_used"
+            if not folder.is_dir() or not marker.exists():
+                continue
+            if now - marker.stat().st_mtime < self.limits.idle_minutes * 60:
+                continue
+            with self._lock:
+                lab = self._labs.get(folder.name)
+                if lab is not None and any(j["state"] in ("queued", "running") for j in lab.jobs.list()):
+                    continue
+                self._labs.pop(folder.name, None)
+            if lab is not None:
+                lab.close()
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+        return removed

@@ -1,0 +1,74 @@
+"""Demo mode's workspaces in the engine: each visitor's data apart, caps and rate limits with clear messages, idle
+workspaces cleaned up. (The two-browser isolation test through the real app is in test_app.py.)"""
+import os
+from pathlib import Path
+
+import pytest
+
+from core.config import load_settings
+from core.errors import InputError, LabError
+from core.workspaces import DemoLimits, RateLimiter, Workspaces, demo_mode_from_env
+
+
+@pytest.fixture
+def workspaces(tmp_path):
+    clock = {"now": 1_000_000.0}
+    settings = load_settings(data_dir=tmp_path / "data", model_cache_dir=Path(os.environ["LAB_MODEL_CACHE"]))
+    spaces = Workspaces(settings, demo=True, limits=DemoLimits(max_eval_questions=2, idle_minutes=60),
+                        clock=lambda: clock["now"])
+    spaces.clock_state = clock
+    return spaces
+
+
+def test_each_visitor_has_their_own_data(workspaces, handbook):
+    alice, bob = workspaces.lab("alice-0123456789"), workspaces.lab("bob-0123456789")
+    assert workspaces.lab("alice-0123456789") is alice  # the same visitor gets the same workspace back
+    assert alice.settings.data_dir != bob.settings.data_dir
+    assert alice.settings.data_dir.parent == bob.settings.data_dir.parent == workspaces.root
+    assert alice.settings.max_file_mb == 5
+    alice.ingest([handbook], kb="mine")
+    assert alice.store.kb_names() == ["mine"] and bob.store.kb_names() == []
+    with pytest.raises(InputError, match="no such knowledge base"):
+        bob.file_preview("mine", "handbook.md")
+    for bad in (None, "", "../../etc", "short"):
+        with pytest.raises(LabError, match="no session"):
+            workspaces.lab(bad)
+
+
+def test_caps_and_rate_limits_are_refused_with_the_wait(workspaces, handbook):
+    lab = workspaces.lab("carol-0123456789")
+    items = [{"question": f"q{i}", "answer": "a"} for i in range(3)]
+    with pytest.raises(InputError, match="the demo evaluates at most 2"):
+        lab.eval_run(items, "x", ["base"])
+    for _ in range(5):
+        lab.spend("dataset")
+    with pytest.raises(InputError, match=r"this demo allows 5 dataset generations per hour; try again in 60 min"):
+        lab.spend("dataset")
+    now = [0.0]
+    limiter = RateLimiter({"ingest": (2, 600)}, clock=lambda: now[0])
+    limiter.spend("ingest"), limiter.spend("ingest")
+    now[0] = 599.0
+    with pytest.raises(InputError, match="2 uploads per 10 minutes; try again in 2 s"):
+        limiter.spend("ingest")
+    now[0] = 600.0
+    limiter.spend("ingest")  # the oldest use has left the window
+    limiter.spend("unlimited action")
+
+
+def test_idle_workspaces_are_deleted_and_active_ones_kept(workspaces, handbook):
+    idle, busy = workspaces.lab("idle-0123456789"), workspaces.lab("busy-0123456789")
+    idle.ingest([handbook])
+    folder = idle.settings.data_dir
+    os.utime(folder / ".last_used", (0, workspaces.clock_state["now"] - 61 * 60))
+    assert workspaces.sweep() == [folder.name]
+    assert not folder.exists() and busy.settings.data_dir.exists()
+    fresh = workspaces.lab("idle-0123456789")  # the visitor comes back: a new, empty workspace
+    assert fresh is not idle and fresh.store.kb_names() == []
+
+
+def test_demo_mode_setting(tmp_path):
+    assert demo_mode_from_env({"SPACE_ID": "user/space"}) is True
+    assert demo_mode_from_env({"SPACE_ID": "user/space", "LAB_DEMO_MODE": "0"}) is False
+    assert demo_mode_from_env({"LAB_DEMO_MODE": "1"}) is True and demo_mode_from_env({}) is False
+    shared = Workspaces(load_settings(data_dir=tmp_path / "data"), demo=False)
+    assert shared.lab(None) is shared.lab("anyone-0123456789") is shared.shared
