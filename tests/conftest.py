@@ -1,12 +1,14 @@
 """Shared fixtures: real models, a real Chroma store in a temporary folder, PDFs written by the tests."""
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -91,10 +93,36 @@ def subprocess_env(data_dir: Path, **extra: str) -> dict:
 
 
 def run_cli(args: list[str], data_dir: Path, timeout: int = 300, **env) -> subprocess.CompletedProcess:
+    """`python -m core ARGS` in a process of its own: for what only a separate process shows (the entry point,
+    no network, signals, another process's writes)."""
     return subprocess.run(
         [sys.executable, "-m", "core", *args], cwd=ROOT, env=subprocess_env(data_dir, **env),
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+def cli_here(args: list[str], data_dir: Path, **env) -> subprocess.CompletedProcess:
+    """The CLI's own main() in this process: the same parsing, handlers, output and exit codes as `python -m core`,
+    without ~10 s of library imports per call (sentence-transformers alone takes 10 s to import here)."""
+    from core.cli import main
+
+    wanted = {"LAB_DATA_DIR": str(data_dir), **env}
+    saved = {key: os.environ.get(key) for key in wanted}
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.update(wanted)
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = main(args)
+            except SystemExit as exc:  # argparse: usage errors (2) and --help (0)
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return subprocess.CompletedProcess(["python", "-m", "core", *args], code, out.getvalue(), err.getvalue())
 
 
 def start_app(data_dir: Path, **env: str):

@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from conftest import SHARED_DATA, run_cli, write_pdf
+from conftest import SHARED_DATA, cli_here, write_pdf
 from core.errors import InputError
 
 LONG = " ".join(f"Sentence number {i} is about the river {['Oda', 'Vel', 'Marn'][i % 3]}." for i in range(300))
@@ -110,18 +110,18 @@ def test_cli_chunk_settings_configure_and_preview(tmp_path, handbook):
     env = tmp_path / "data"
 
     def run_json(args):
-        done = run_cli(args, env)
+        done = cli_here(args, env)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
-    assert run_cli(["ingest", str(handbook), "--kb", "h", "--chunk-size", "32", "--overlap", "4"], env).returncode == 0
+    assert cli_here(["ingest", str(handbook), "--kb", "h", "--chunk-size", "32", "--overlap", "4"], env).returncode == 0
     shown = run_json(["kb", "show", "h", "--json"])
     assert (shown["chunk_size"], shown["chunk_overlap"]) == (32, 4)
-    refused = run_cli(["ingest", str(handbook), "--kb", "h", "--chunk-size", "64"], env)
+    refused = cli_here(["ingest", str(handbook), "--kb", "h", "--chunk-size", "64"], env)
     assert refused.returncode == 1 and "kb configure h" in refused.stderr
     done = run_json(["kb", "configure", "h", "--chunk-size", "64", "--overlap", "8", "--json"])
     assert done["chunk_size"] == 64 and done["results"][0]["status"] == "updated"
     preview = run_json(["kb", "show", "h", "--file", "handbook.md", "--json"])
     assert any("Mirela Quanz" in c["text"] for c in preview["chunks"])
-    bad = run_cli(["kb", "configure", "h", "--chunk-size", "5000"], env)
+    bad = cli_here(["kb", "configure", "h", "--chunk-size", "5000"], env)
     assert bad.returncode == 1 and "chunk size" in bad.stderr

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_cli, subprocess_env
+from conftest import ROOT, cli_here, run_cli, subprocess_env
 
 COMMANDS = [[], ["dataset"], ["train"], ["jobs"], ["adapters"], ["ingest"], ["ask"], ["search"], ["kb"], ["kb", "list"], ["kb", "show"], ["kb", "create"], ["kb", "configure"], ["kb", "rename"], ["kb", "delete"], ["info"], ["compare"], ["votes"], ["votes", "export"], ["votes", "leaderboard"], ["advise"], ["eval", "run"], ["demo", "load"]]
 
@@ -16,11 +16,11 @@ def test_help_everywhere(command, data_dir):
 
 
 def test_ingest_ask_kb_roundtrip(handbook, data_dir, tmp_path):
-    added = run_cli(["ingest", str(handbook), "--json"], data_dir)
+    added = cli_here(["ingest", str(handbook), "--json"], data_dir)
     assert added.returncode == 0, added.stderr
     assert json.loads(added.stdout)["results"][0]["status"] == "added"
 
-    asked = run_cli(["ask", "Who founded the Zorblat Institute?", "--variant", "rag", "--top-k", "2",
+    asked = cli_here(["ask", "Who founded the Zorblat Institute?", "--variant", "rag", "--top-k", "2",
                      "--max-new-tokens", "32", "--json"], data_dir)
     assert asked.returncode == 0, asked.stderr
     answer = json.loads(asked.stdout)
@@ -28,28 +28,28 @@ def test_ingest_ask_kb_roundtrip(handbook, data_dir, tmp_path):
     assert answer["sources"][0]["file"] == "handbook.md" and {"page", "score", "text"} <= set(answer["sources"][0])
     assert {"retrieval_ms", "ttft_ms", "tokens_per_s"} <= set(answer["timings"])
 
-    listed = json.loads(run_cli(["kb", "list", "--json"], data_dir).stdout)
+    listed = json.loads(cli_here(["kb", "list", "--json"], data_dir).stdout)
     assert listed["knowledge_bases"][0]["name"] == "default" and listed["knowledge_bases"][0]["files"] == 1
-    renamed = run_cli(["kb", "rename", "default", "handbooks", "--json"], data_dir)
+    renamed = cli_here(["kb", "rename", "default", "handbooks", "--json"], data_dir)
     assert renamed.returncode == 0 and json.loads(renamed.stdout) == {"renamed": "default", "to": "handbooks"}
-    gone = run_cli(["kb", "delete", "handbooks", "--file", "handbook.md", "--json"], data_dir)
+    gone = cli_here(["kb", "delete", "handbooks", "--file", "handbook.md", "--json"], data_dir)
     assert gone.returncode == 0 and json.loads(gone.stdout)["file"] == "handbook.md"
-    assert json.loads(run_cli(["kb", "show", "handbooks", "--json"], data_dir).stdout)["files"] == []
+    assert json.loads(cli_here(["kb", "show", "handbooks", "--json"], data_dir).stdout)["files"] == []
 
 
 def test_errors_are_clear_with_exit_codes(data_dir, tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
-    bad = run_cli(["ingest", str(tmp_path / "empty.txt")], data_dir)
+    bad = cli_here(["ingest", str(tmp_path / "empty.txt")], data_dir)
     assert bad.returncode == 1 and "empty.txt" in bad.stdout and "empty" in bad.stdout
-    missing = run_cli(["kb", "show", "nope", "--json"], data_dir)
+    missing = cli_here(["kb", "show", "nope", "--json"], data_dir)
     assert missing.returncode == 1 and "no such knowledge base" in json.loads(missing.stdout)["error"]
-    usage = run_cli(["ask"], data_dir)
+    usage = cli_here(["ask"], data_dir)
     assert usage.returncode == 2 and "required" in usage.stderr
-    hot = run_cli(["compare", "hello", "--temperature", "5", "--json"], data_dir)
+    hot = cli_here(["compare", "hello", "--temperature", "5", "--json"], data_dir)
     assert hot.returncode == 1 and "temperature must be between 0" in json.loads(hot.stdout)["error"]
-    fmt = run_cli(["votes", "export", str(tmp_path / "v.jsonl"), "--format", "csv"], data_dir)
+    fmt = cli_here(["votes", "export", str(tmp_path / "v.jsonl"), "--format", "csv"], data_dir)
     assert fmt.returncode == 2 and "invalid choice: 'csv'" in fmt.stderr
-    empty = run_cli(["votes", "export", str(tmp_path / "v.jsonl"), "--json"], data_dir)
+    empty = cli_here(["votes", "export", str(tmp_path / "v.jsonl"), "--json"], data_dir)
     assert empty.returncode == 0 and json.loads(empty.stdout)["rows"] == 0  # no votes yet: an empty, valid file
     assert (tmp_path / "v.jsonl").read_text() == ""
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import HANDBOOK, run_cli
+from conftest import HANDBOOK, cli_here
 from core import metrics
 from core.errors import InputError
 from core.advisor import Situation
@@ -72,19 +72,19 @@ def test_a_run_scores_saves_and_exports(lab, handbook, handbook_items, tmp_path)
     assert advice["choice"] == "rag" and advice["measured"] == {
         "run": run["id"], "best": "rag", "clear": True, "verdict": verdict(run), "agrees": True}
     assert lab.advise(Situation(goal="style", sources="no", changes="rarely"))["measured"]["agrees"] is False
-    advised = run_cli(["advise", "--goal", "style", "--json"], lab.settings.data_dir)
+    advised = cli_here(["advise", "--goal", "style", "--json"], lab.settings.data_dir)
     assert advised.returncode == 0 and json.loads(advised.stdout)["measured"]["best"] == "rag", advised.stderr
 
     reopened = lab.evals.load(run["id"])  # as after a restart
     assert reopened["summary"] == json.loads(json.dumps(run["summary"]))
     assert [r["question"] for r in reopened["results"]] == [i["question"] for i in handbook_items]
-    shown = run_cli(["eval", "show", run["id"]], lab.settings.data_dir)
+    shown = cli_here(["eval", "show", run["id"]], lab.settings.data_dir)
     assert shown.returncode == 0 and "RAG" in shown.stdout and "hit@k" in shown.stdout, shown.stderr
-    exported = run_cli(["eval", "export", run["id"], str(tmp_path / "run.csv")], lab.settings.data_dir)
+    exported = cli_here(["eval", "export", run["id"], str(tmp_path / "run.csv")], lab.settings.data_dir)
     assert exported.returncode == 0, exported.stderr
     rows = list(csv.DictReader(open(tmp_path / "run.csv")))
     assert len(rows) == 4 and {r["variant"] for r in rows} == {"base", "rag"}
-    assert run_cli(["eval", "export", run["id"], str(tmp_path / "run.txt")], lab.settings.data_dir).returncode == 1
+    assert cli_here(["eval", "export", run["id"], str(tmp_path / "run.txt")], lab.settings.data_dir).returncode == 1
 
 
 def test_a_cancelled_run_keeps_what_it_answered(lab, handbook, handbook_items):
@@ -118,7 +118,7 @@ def test_bad_evaluation_requests_are_refused_clearly(lab, tmp_path, handbook_ite
         lab.eval_run([], "x", ["base"])
     with pytest.raises(InputError, match="give one of: a dataset"):
         lab.eval_items()
-    missing = run_cli(["eval", "show", "nope", "--json"], lab.settings.data_dir)
+    missing = cli_here(["eval", "show", "nope", "--json"], lab.settings.data_dir)
     assert missing.returncode == 1 and "no such evaluation run" in json.loads(missing.stdout)["error"]
 
 
@@ -149,7 +149,7 @@ def test_questions_generated_from_a_knowledge_base_with_the_overlap_warned(lab, 
         lab.eval_items(dataset="hb", generate_from="default")
     with pytest.raises(InputError, match="no such knowledge base"):
         lab.eval_items(generate_from="missing")
-    done = run_cli(["eval", "run", "--generate-from", "default", "--limit", "1", "--variants", "rag",
+    done = cli_here(["eval", "run", "--generate-from", "default", "--limit", "1", "--variants", "rag",
                     "--max-new-tokens", "4", "--json"], lab.settings.data_dir)
     assert done.returncode == 0, done.stderr
     run = json.loads(done.stdout)

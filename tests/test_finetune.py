@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_here, run_cli
 from core.config import load_settings
 from core.datasets import parse_examples
 from core.errors import InputError
@@ -113,7 +113,7 @@ def test_one_batch_serves_all_four_columns(trained, tmp_path):
 def test_cli_compares_four_columns_and_exports_votes(trained, tmp_path):
     lab, _ = trained
     towns_kb(lab, tmp_path)
-    compared = run_cli(["compare", "Who designed the Quorvin Bridge?", "--adapter", "facts-lora", "--kb", "towns",
+    compared = cli_here(["compare", "Who designed the Quorvin Bridge?", "--adapter", "facts-lora", "--kb", "towns",
                         "--max-new-tokens", "16", "--json", "--markdown", str(tmp_path / "c.md")],
                        lab.settings.data_dir)
     assert compared.returncode == 0, compared.stderr
@@ -126,7 +126,7 @@ def test_cli_compares_four_columns_and_exports_votes(trained, tmp_path):
     from core.comparison import Comparison
 
     lab.votes.record(Comparison.from_dict(record), "finetuned")
-    exported = run_cli(["votes", "export", "--format", "dpo", str(tmp_path / "prefs.jsonl"), "--json"],
+    exported = cli_here(["votes", "export", "--format", "dpo", str(tmp_path / "prefs.jsonl"), "--json"],
                        lab.settings.data_dir)
     assert exported.returncode == 0, exported.stderr
     chosen = answers["finetuned"]["answer"]
@@ -135,17 +135,17 @@ def test_cli_compares_four_columns_and_exports_votes(trained, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "prefs.jsonl").read_text().splitlines()]
     assert all(r["chosen"][0]["content"] == chosen for r in rows)
     assert sorted(r["rejected"][0]["content"] for r in rows) == sorted(others)
-    board = run_cli(["votes", "leaderboard"], lab.settings.data_dir)
+    board = cli_here(["votes", "leaderboard"], lab.settings.data_dir)
     assert board.returncode == 0 and "Fine-tuned" in board.stdout and "100%" in board.stdout, board.stdout
 
 
 def test_cli_asks_the_fine_tuned_variant(trained):
     lab, _ = trained
-    asked = run_cli(["ask", "Who designed the Quorvin Bridge?", "--variant", "finetuned", "--adapter", "facts-lora",
+    asked = cli_here(["ask", "Who designed the Quorvin Bridge?", "--variant", "finetuned", "--adapter", "facts-lora",
                      "--max-new-tokens", "20", "--json"], lab.settings.data_dir)
     assert asked.returncode == 0, asked.stderr
     assert "Brandt" in json.loads(asked.stdout)["answer"]
-    missing = run_cli(["ask", "Who?", "--variant", "finetuned", "--json"], lab.settings.data_dir)
+    missing = cli_here(["ask", "Who?", "--variant", "finetuned", "--json"], lab.settings.data_dir)
     assert missing.returncode == 1 and "choose a fine-tuned adapter" in missing.stderr
 
 

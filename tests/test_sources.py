@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HANDBOOK, free_port, run_cli, write_pdf
+from conftest import HANDBOOK, free_port, cli_here, write_pdf
 from core.documents import read_pages
 from core.errors import InputError
 from core.web import as_url, fetch_url, looks_like_url, url_file_name
@@ -328,6 +328,6 @@ def test_lab_ingests_urls_mixed_with_files_and_finds_the_page(lab, site, handboo
 
 def test_cli_reports_a_failing_url(data_dir):
     url = f"http://127.0.0.1:{free_port()}/gone"
-    done = run_cli(["ingest", url], data_dir)
+    done = cli_here(["ingest", url], data_dir)
     assert done.returncode == 1
     assert f"failed  {url}: could not connect (connection refused)" in done.stdout
