@@ -23,6 +23,7 @@ QUESTIONS = {
                  {"cpu": "A laptop or a computer without a GPU", "gpu": "A computer with an NVIDIA GPU"}),
 }
 CHOICES = {"rag": "RAG", "finetune": "Fine-tuning", "both": "Both: fine-tuning plus RAG"}
+SIDES = {"rag": "RAG", "finetune": "fine-tuning"}
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ def _points(situation: Situation) -> list[tuple[str, int, str]]:
         out.append(("finetune", -1, "Without a GPU, only small models train in reasonable time (minutes for the "
                                     "bundled 135M model's Quick preset; larger models take far longer)."))
     else:
-        out.append(("finetune", 1, "With an NVIDIA GPU, QLoRA (4-bit) trains models many times larger than a CPU can, in less time."))
+        out.append(("finetune", 1, "With an NVIDIA GPU, QLoRA (4-bit) trains models many times larger than a CPU "
+                                   "can, in less time."))
     return out
 
 
@@ -102,7 +104,7 @@ def advise(situation: Situation) -> dict:
         "choice": choice,
         "label": CHOICES[choice],
         "points": {"rag": rag, "finetune": finetune},
-        "reasons": [{"for": side, "points": p, "reason": reason} for side, p, reason in points],
+        "reasons": [{"for": side, "side": SIDES[side], "points": p, "reason": reason} for side, p, reason in points],
         "cautions": cautions,
         "evaluate": check,
         "next_step": ("Check it on your own questions: add your documents, then run the Evaluate tab with "

@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = es.add_parser("run", help="answer every test question with every variant and score the answers")
     q.add_argument("--testset", metavar="DATASET", help="a dataset: its held-out part is used (see --part)")
     q.add_argument("--testset-file", metavar="PATH", help="or a Q&A file (the formats `dataset import` reads)")
-    q.add_argument("--generate-from", metavar="KB", help="or questions generated from this knowledge base's passages "
-                                                           "(--limit of them, default 20; never saved as training data)")
+    q.add_argument("--generate-from", metavar="KB",
+                   help="or questions generated from this knowledge base's passages (--limit of them, default 20; "
+                        "never saved as training data)")
     q.add_argument("--part", default="test", help="the dataset's part to use (default: test)")
     q.add_argument("--variants", default="base,rag", help="comma-separated (default: base,rag)")
     q.add_argument("--kb", default=None, help="knowledge base for the RAG variants")
@@ -436,8 +437,8 @@ def _eval(lab, args) -> int:
         items, label = lab.eval_items(args.testset, args.testset_file, args.part, args.limit, args.generate_from,
                                       progress=None if args.json else _progress_to_stderr)
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-        run = lab.eval_run(items, label, variants, kb=args.kb or args.generate_from, adapter=args.adapter, config=config, top_k=args.top_k,
-                           progress=None if args.json else _progress_to_stderr)
+        run = lab.eval_run(items, label, variants, kb=args.kb or args.generate_from, adapter=args.adapter,
+                           config=config, top_k=args.top_k, progress=None if args.json else _progress_to_stderr)
     else:
         run = lab.evals.load(args.run)
     if args.eval_command == "export":
@@ -480,17 +481,14 @@ def _advise(lab, args) -> int:
         return EXIT_OK
     print(f"Recommendation: {advice['label']}")
     for reason in advice["reasons"]:
-        side = "RAG" if reason["for"] == "rag" else "fine-tuning"
-        print(f"  {reason['points']:+d} {side}: {reason['reason']}")
+        print(f"  {reason['points']:+d} {reason['side']}: {reason['reason']}")
     for caution in advice["cautions"]:
         print(f"Note: {caution}")
     measured = advice.get("measured")
     if measured:
         print(f"Measured (evaluation {measured['run']}): {measured['verdict']}")
-        if measured["agrees"] is False:
-            print("Your measurement disagrees with this advice: trust the measurement.")
-        elif measured["agrees"] is None:
-            print("It could not tell the best two apart yet, so it neither confirms nor contradicts this advice.")
+        if measured["note"]:
+            print(measured["note"])
     print(advice["next_step"])
     return EXIT_OK
 

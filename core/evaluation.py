@@ -188,9 +188,14 @@ def summary_of(run: dict, results: list[dict]) -> dict:
 FEW_QUESTIONS = 20
 
 
+def headline_metric(run: dict) -> str:
+    """The score a run is ranked by: accuracy for yes/no/maybe sets, else 'contains the gold answer'."""
+    return "correct" if run.get("classify") else "contains"
+
+
 def ranking(run: dict) -> list[tuple[str, float]]:
-    """(variant, headline score), best first: accuracy for yes/no/maybe sets, else 'contains the gold answer'."""
-    metric = "correct" if run.get("classify") else "contains"
+    """(variant, headline score), best first."""
+    metric = headline_metric(run)
     return sorted(((v, s[metric]["mean"]) for v, s in (run.get("summary") or {}).items() if metric in s),
                   key=lambda x: -x[1])
 
@@ -201,7 +206,7 @@ def lead(run: dict) -> dict | None:
     ranked = ranking(run)
     if len(ranked) < 2:
         return None
-    metric = "correct" if run.get("classify") else "contains"
+    metric = headline_metric(run)
     best, second = ranked[0][0], ranked[1][0]
     both = [r for r in run.get("results", []) if all(not r["answers"][v].get("error") for v in (best, second))]
     if not both:
@@ -214,7 +219,7 @@ def lead(run: dict) -> dict | None:
 def verdict(run: dict) -> str:
     """A plain-language summary of a run: who answered how many right, and what each costs."""
     summary, n = run.get("summary") or {}, run.get("done", 0)
-    metric = "correct" if run.get("classify") else "contains"
+    metric = headline_metric(run)
     ranked = ranking(run)
     if not ranked:
         return "No answers were scored yet."

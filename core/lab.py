@@ -265,9 +265,7 @@ class Lab:
         if not 1 <= count <= 5000:
             raise InputError(f"count must be between 1 and 5000, got {count}")
         self.spend("dataset")
-        chunks = self.store.listed_chunks(kb)
-        if not chunks:
-            raise InputError("the knowledge base has no documents yet", subject=kb)
+        chunks = self._fact_chunks(kb)
         report = progress or (lambda fraction, message: None)
         report(0.05, f"Picking fact sentences from {len(chunks)} chunks")
         examples = generate_pairs(chunks, self._question_writer(progress) if use_model else None, count, seed)
@@ -278,6 +276,13 @@ class Lab:
         report(1.0, "Done")
         by_model = sum(e["source"]["question_by"] == "model" for e in examples)
         return {**info.summary(), "questions_by_model": by_model, "questions_by_template": len(examples) - by_model}
+
+    def _fact_chunks(self, kb: str) -> list[dict]:
+        """The searchable chunks that questions are generated from; refused when there are none."""
+        chunks = self.store.listed_chunks(kb)
+        if not chunks:
+            raise InputError("the knowledge base has no documents yet", subject=kb)
+        return chunks
 
     def _question_writer(self, progress: ProgressFn | None):
         """The model writing one question per fact sentence, all in one decode batch."""
@@ -541,9 +546,7 @@ class Lab:
 
         if count < 1:
             raise InputError(f"the question limit must be at least 1, not {count}")
-        chunks = self.store.listed_chunks(self.store.require_kb(kb))
-        if not chunks:
-            raise InputError("the knowledge base has no documents yet", subject=kb)
+        chunks = self._fact_chunks(kb)
         self.spend("dataset")
         # Another seed than dataset generation's default, so a small knowledge base's test questions are not
         # simply its training questions again (the overlap warning tells where they still are).
@@ -564,8 +567,8 @@ class Lab:
 
     def costs(self, kb: str | None = None, adapter: str | None = None) -> dict:
         """What the variants cost to keep, beside what they score: model weights in memory, the index, the adapter."""
-        def megabytes(n: int) -> float:
-            return round(n / 2**20, 1)
+        def megabytes(n: int, digits: int = 1) -> float:
+            return round(n / 2**20, digits)
 
         def weights(model) -> int:
             return sum(p.numel() * p.element_size() for p in model.parameters())
@@ -573,7 +576,8 @@ class Lab:
         out = {"model_mb": megabytes(weights(self.generator.model))}
         if kb:
             size = self.store.index_bytes(self.store.require_kb(kb))
-            out["index"] = {"chunks": size["chunks"], "mb": round((size["text_bytes"] + size["vector_bytes"]) / 2**20, 3)}
+            # A small index is kilobytes: kept to 3 decimals so the verdict can say how many.
+            out["index"] = {"chunks": size["chunks"], "mb": megabytes(size["text_bytes"] + size["vector_bytes"], 3)}
             out["embedder_mb"] = megabytes(weights(self.embedder))
         if adapter:
             folder = self.adapters.path(adapter)
@@ -592,8 +596,12 @@ class Lab:
             choice = {"base": None, "rag": "rag", "finetuned": "finetune", "finetuned+rag": "both"}[ahead["best"]]
             # An unclear lead neither confirms nor contradicts the advice.
             agrees = None if not ahead["clear"] else choice == advice["choice"]
+            note = {None: "It could not tell the best two apart yet, so it neither confirms nor contradicts this "
+                          "advice.",
+                    False: "It disagrees with this advice: trust the measurement on your own questions.",
+                    True: None}[agrees]
             advice["measured"] = {"run": run_id, "best": ahead["best"], "clear": ahead["clear"],
-                                  "verdict": verdict(run), "agrees": agrees}
+                                  "verdict": verdict(run), "agrees": agrees, "note": note}
             break
         return advice
 

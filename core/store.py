@@ -98,12 +98,17 @@ def close_store(data_dir: Path, chroma_url: str | None = None) -> None:
     with _stores_lock:
         store = _stores.pop(key, None)
     if store is not None and not chroma_url:
-        from chromadb.api.shared_system_client import SharedSystemClient
-
         with store._thread_lock:
             store._client = None
-            SharedSystemClient._identifier_to_system.pop(str(store.chroma_dir), None)
-            SharedSystemClient._identifier_to_refcount.pop(str(store.chroma_dir), None)
+            _forget_chroma_system(store.chroma_dir)
+
+
+def _forget_chroma_system(chroma_dir: Path) -> None:
+    """Drop Chroma's cached in-process system for a path, so the next client there starts afresh."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    SharedSystemClient._identifier_to_system.pop(str(chroma_dir), None)
+    SharedSystemClient._identifier_to_refcount.pop(str(chroma_dir), None)
 
 
 def _http_client(url: str):
@@ -258,7 +263,6 @@ class Store:
     def _chroma(self):
         """The Chroma client, reopened when another process has written since we opened it."""
         import chromadb
-        from chromadb.api.shared_system_client import SharedSystemClient
         from chromadb.config import Settings as ChromaSettings
 
         with self._thread_lock:
@@ -272,9 +276,7 @@ class Store:
                 # process's writes, so a new client always starts from a fresh system.
                 # The old system is forgotten, not stopped: a query in flight in another thread may still be
                 # using it; it is freed once nothing refers to it.
-                identifier = str(self.chroma_dir)
-                SharedSystemClient._identifier_to_system.pop(identifier, None)
-                SharedSystemClient._identifier_to_refcount.pop(identifier, None)
+                _forget_chroma_system(self.chroma_dir)
                 self._client = chromadb.PersistentClient(
                     path=str(self.chroma_dir),
                     settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False),
@@ -455,8 +457,9 @@ class Store:
     def index_bytes(self, kb: str) -> dict:
         """What a knowledge base's index holds: chunks, their text and their vectors, in bytes (Chroma's own
         HNSW graph and SQLite overhead come on top)."""
-        got = self._collection(kb).get(include=["documents"])
-        sample = self._collection(kb).get(limit=1, include=["embeddings"])["embeddings"]
+        collection = self._collection(kb)
+        got = collection.get(include=["documents"])
+        sample = collection.get(limit=1, include=["embeddings"])["embeddings"]
         dim = len(sample[0]) if sample is not None and len(sample) else 0
         return {"chunks": len(got["ids"]), "text_bytes": sum(len(d.encode()) for d in got["documents"]),
                 "vector_bytes": len(got["ids"]) * dim * 4}

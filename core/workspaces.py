@@ -112,9 +112,8 @@ class Workspaces:
             lab = self._labs.get(folder.name)
             if lab is None:
                 folder.mkdir(parents=True, exist_ok=True)
+                # model_cache_dir stays the shared one: model files are converted once for all visitors.
                 settings = self.settings.with_(data_dir=folder, max_file_mb=self.limits.max_file_mb)
-                # Model files are converted once for all visitors, not once per workspace.
-                settings = settings.with_(model_cache_dir=self.settings.model_cache_dir)
                 lab = Lab(settings, background_indexing=self.background_indexing, limits=self.limits,
                           device_lock_dir=self.root)
                 self._labs[folder.name] = lab

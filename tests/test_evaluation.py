@@ -70,7 +70,7 @@ def test_a_run_scores_saves_and_exports(lab, handbook, handbook_items, tmp_path)
     # The advisor says RAG for facts, and this measurement (RAG 2/2, base 0/2) agrees with it, by name.
     advice = lab.advise(Situation(goal="facts", changes="often"))
     assert advice["choice"] == "rag" and advice["measured"] == {
-        "run": run["id"], "best": "rag", "clear": True, "verdict": verdict(run), "agrees": True}
+        "run": run["id"], "best": "rag", "clear": True, "verdict": verdict(run), "agrees": True, "note": None}
     assert lab.advise(Situation(goal="style", sources="no", changes="rarely"))["measured"]["agrees"] is False
     advised = cli_here(["advise", "--goal", "style", "--json"], lab.settings.data_dir)
     assert advised.returncode == 0 and json.loads(advised.stdout)["measured"]["best"] == "rag", advised.stderr

@@ -16,6 +16,7 @@ from core.store import DEFAULT_KB
 from core.variants import VARIANTS
 from core.votes import ALL_BAD, TIE
 from ui.formatting import escape, sources_html, timing_line, user_errors
+from ui.finetune_tab import adapter_choices
 from ui.knowledge_tab import kb_choices
 from ui.workspace import LabOf
 
@@ -61,7 +62,7 @@ def build(lab_of: LabOf) -> None:
             # accepted; the engine reports an unknown name clearly.
             kb = gr.Dropdown(choices=kb_choices(first), value=DEFAULT_KB, label="Knowledge base (for RAG)",
                              allow_custom_value=True, elem_id="compare-kb", scale=2)
-            adapter = gr.Dropdown(choices=first.adapters.names() if first else [], value=None, label="Fine-tuned adapter",
+            adapter = gr.Dropdown(choices=adapter_choices(first), value=None, label="Fine-tuned adapter",
                                   info="Needed by the two fine-tuned columns.", allow_custom_value=True,
                                   elem_id="compare-adapter", scale=2)
             columns = gr.CheckboxGroup(COLUMN_CHOICES, value=list(COLUMN_ORDER), label="Columns",
@@ -154,8 +155,8 @@ def build(lab_of: LabOf) -> None:
                    request: gr.Request):
             config, k = settings(k, max_new, temp, p)
             with user_errors():
-                events = state.ask(lab_of(request), q, list(chosen or []), config, kb=kb_name, adapter=adapter_name or None,
-                                   top_k=k, system_prompt=system, blind=bool(is_blind))
+                events = state.ask(lab_of(request), q, list(chosen or []), config, kb=kb_name,
+                                   adapter=adapter_name or None, top_k=k, system_prompt=system, blind=bool(is_blind))
                 yield view(state, "Answering…")
                 for _ in events:
                     yield view(state, "Answering…")
@@ -168,8 +169,8 @@ def build(lab_of: LabOf) -> None:
                     raise gr.Error("This column is not in use.")
                 config, k = settings(k, max_new, temp, p)
                 with user_errors():
-                    for _ in state.ask_again(lab_of(request), state.order[slot], config, kb=kb_name, adapter=adapter_name or None,
-                                             top_k=k, system_prompt=system):
+                    for _ in state.ask_again(lab_of(request), state.order[slot], config, kb=kb_name,
+                                             adapter=adapter_name or None, top_k=k, system_prompt=system):
                         yield view(state, "Answering again…")
                 yield view(state, "Which answer is best now? Vote below." if state.can_vote else "")
             return run

@@ -11,11 +11,12 @@ import gradio as gr
 
 from core.advisor import QUESTIONS, Situation
 from core.errors import LabError
-from core.evaluation import export, verdict
+from core.evaluation import export, headline_metric, verdict
 from core.lab import Lab
 from core.store import DEFAULT_KB
 from core.variants import VARIANTS
 from ui.formatting import escape_plain, user_errors
+from ui.finetune_tab import adapter_choices, dataset_choices
 from ui.knowledge_tab import kb_choices
 from ui.workspace import LabOf
 
@@ -32,17 +33,13 @@ METRIC_NOTE = (
 _cancels: dict[str, threading.Event] = {}
 
 
-def _headline(run: dict) -> str:
-    return "correct" if run.get("classify") else "contains"
-
-
 def summary_rows(run: dict) -> list[list]:
     def mean(s, metric):
         return round(s[metric]["mean"], 3) if metric in s else "–"
 
     rows = []
     for variant, s in (run.get("summary") or {}).items():
-        head = s.get(_headline(run))
+        head = s.get(headline_metric(run))
         score = f"{head['mean']:.1%} [{head['low']:.0%}-{head['high']:.0%}]" if head else "–"
         rows.append([VARIANTS[variant].label, score, mean(s, "f1"), mean(s, "rouge_l"), mean(s, "chrf"),
                      mean(s, "groundedness"), mean(s, "hit"), mean(s, "rr"), round(s.get("latency_ms", 0)),
@@ -53,7 +50,7 @@ def summary_rows(run: dict) -> list[list]:
 def chart_data(run: dict):
     import pandas as pd
 
-    metric = _headline(run)
+    metric = headline_metric(run)
     rows = [{"variant": VARIANTS[v].label, "score": s[metric]["mean"]}
             for v, s in (run.get("summary") or {}).items() if metric in s]
     return pd.DataFrame(rows) if rows else None
@@ -62,7 +59,7 @@ def chart_data(run: dict):
 def question_rows(run: dict) -> tuple[list[str], list[list]]:
     variants = run.get("variants", [])
     headers = ["#", "Question", "Gold answer"] + [VARIANTS[v].label for v in variants]
-    metric = _headline(run)
+    metric = headline_metric(run)
     rows = []
     for r in run.get("results", []):
         cells = []
@@ -88,17 +85,13 @@ def status_line(run: dict) -> str:
 def advice_markdown(advice: dict) -> str:
     lines = [f"### Recommendation: {advice['label']}", ""]
     for reason in advice["reasons"]:
-        side = "RAG" if reason["for"] == "rag" else "fine-tuning"
-        lines.append(f"- **{reason['points']:+d} for {side}:** {reason['reason']}")
+        lines.append(f"- **{reason['points']:+d} for {reason['side']}:** {reason['reason']}")
     lines += [f"\n**Note:** {caution}" for caution in advice["cautions"]]
     measured = advice.get("measured")
     if measured:
         lines.append(f"\n**Your last evaluation** (run `{measured['run']}`): {escape_plain(measured['verdict'])}")
-        if measured["agrees"] is False:
-            lines.append("\n**It disagrees with this advice: trust the measurement on your own questions.**")
-        elif measured["agrees"] is None:
-            lines.append("\nIt could not tell the best two apart yet, so it neither confirms nor contradicts this "
-                         "advice.")
+        if measured["note"]:
+            lines.append(f"\n**{measured['note']}**")
     lines.append(f"\n{advice['next_step']}")
     return "\n".join(lines)
 
@@ -136,7 +129,7 @@ def build(lab_of: LabOf) -> None:
                               info="Generated questions are made from the passages when you run, and never saved "
                                    "as training data.",
                               elem_id="ev-source")
-            dataset = gr.Dropdown(choices=first.datasets.names() if first else [], label="Dataset (its test part)",
+            dataset = gr.Dropdown(choices=dataset_choices(first), label="Dataset (its test part)",
                                   allow_custom_value=True, elem_id="ev-dataset")
             upload = gr.File(label="Q&A file (.jsonl, .json, .csv)", file_types=[".jsonl", ".json", ".csv"],
                              type="filepath", elem_id="ev-file")
@@ -146,7 +139,7 @@ def build(lab_of: LabOf) -> None:
             variants = gr.CheckboxGroup(VARIANT_CHOICES, value=["base", "rag"], label="Variants", elem_id="ev-variants")
             kb = gr.Dropdown(choices=kb_choices(first), value=DEFAULT_KB, label="Knowledge base (for RAG)",
                              allow_custom_value=True, elem_id="ev-kb")
-            adapter = gr.Dropdown(choices=first.adapters.names() if first else [], value=None, label="Adapter (for fine-tuned)",
+            adapter = gr.Dropdown(choices=adapter_choices(first), value=None, label="Adapter (for fine-tuned)",
                                   allow_custom_value=True, elem_id="ev-adapter")
         with gr.Row():
             run_button = gr.Button("Run evaluation", variant="primary", elem_id="ev-run")

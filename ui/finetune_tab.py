@@ -108,7 +108,8 @@ def build(lab_of: LabOf) -> None:
                     "will, so the model learns to find and quote the right passage."
                 )
                 with gr.Row():
-                    gen_kb = gr.Dropdown(choices=first.store.kb_names() if first else [], label="Knowledge base", elem_id="ft-gen-kb",
+                    gen_kb = gr.Dropdown(choices=first.store.kb_names() if first else [], label="Knowledge base",
+                                         elem_id="ft-gen-kb",
                                          allow_custom_value=True)
                     gen_name = gr.Textbox(label="Dataset name", elem_id="ft-gen-name")
                     gen_count = gr.Number(50, label="Examples", precision=0, minimum=1)
