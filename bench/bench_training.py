@@ -1,12 +1,13 @@
-"""Training throughput and memory: the engine's fine-tune (core.training.train: TRL SFTTrainer, completion-only loss,
-batches grouped by length) against a plain transformers Trainer + peft baseline on the same data and settings.
+"""Training throughput and memory: the engine's fine-tune (core.training.train: TRL's SFTTrainer, completion-only loss;
+on a CPU core/sft.py's cheaper batch layout, answer-only LM head and LoRA dropout) against a plain transformers
+Trainer + peft baseline on the same data and settings.
 
-    .venv/bin/python bench/bench_training.py [--examples 96] [--steps 12] [--batch-size 4]
+    .venv/bin/python bench/bench_training.py [--examples 96] [--steps 24] [--batch-size 4] [--repeats 3]
 
 Data: PubMedQA questions with their long answers (../shared/data), whose lengths vary as real Q&A does. Both runs
 use the same base model, LoRA (rank 16 on all linear layers), learning rate, batch size, max length and number of
 steps, and learn only the answer tokens. Each run is its own process, so its peak memory (max RSS) is its own.
-Useful tokens/s counts non-padding tokens.
+Useful tokens/s counts non-padding tokens. With --repeats, the two alternate and the medians are shown.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -113,9 +115,10 @@ def child(kind: str, data_dir: Path, steps: int, batch: int, max_length: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=96)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--child", choices=["engine", "baseline"])
     parser.add_argument("--data-dir", type=Path)
     args = parser.parse_args()
@@ -129,23 +132,28 @@ def main() -> None:
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-train-"))
     make_dataset(data_dir, args.examples)
-    results = {}
-    for kind in ("baseline", "engine"):
-        out = subprocess.run([sys.executable, __file__, "--child", kind, "--data-dir", str(data_dir),
-                              "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-                              "--max-length", str(args.max_length)], capture_output=True, text=True, check=True)
-        line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
-        results[kind] = json.loads(line[len("RESULT "):])
+    runs: dict[str, list[dict]] = {"baseline": [], "engine": []}
+    for _ in range(args.repeats):
+        for kind in runs:
+            out = subprocess.run([sys.executable, __file__, "--child", kind, "--data-dir", str(data_dir),
+                                  "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+                                  "--max-length", str(args.max_length)], capture_output=True, text=True, check=True)
+            line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
+            runs[kind].append(json.loads(line[len("RESULT "):]))
+    results = {kind: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for kind, rs in runs.items()}
     print(f"# {platform.node()} · {os.cpu_count()} CPUs · torch {torch.__version__} · {time.strftime('%Y-%m-%d')} · "
-          f"{args.examples} PubMedQA Q&A, {args.steps} steps of {args.batch_size}, max length {args.max_length}")
+          f"{args.examples} PubMedQA Q&A, {args.steps} steps of {args.batch_size}, max length {args.max_length}, "
+          f"median of {args.repeats}")
     print("| run | useful tokens/s | ratio | wall s | peak RSS GB | ratio |")
     print("|---|---:|---:|---:|---:|---:|")
     base = results["baseline"]
     for kind, label in (("baseline", "transformers Trainer + peft (random batches, padded to longest)"),
-                        ("engine", "engine: TRL SFTTrainer, grouped by length")):
+                        ("engine", "engine: TRL SFTTrainer + core/sft.py (random batches)")):
         r = results[kind]
         print(f"| {label} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
               f"{r['seconds']:.0f} | {r['peak_rss_gb']:.2f} | {r['peak_rss_gb'] / base['peak_rss_gb']:.2f}x |")
+    print("tokens/s per run: " + "; ".join(f"{kind} " + ", ".join(f"{r['tokens_per_s']:.0f}" for r in rs)
+                                           for kind, rs in runs.items()))
 
 
 if __name__ == "__main__":

@@ -226,6 +226,7 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
     eval_every = settings.eval_every or max(5, total_steps // 10)
     has_eval = bool(eval_rows)
     flash = cuda and _has_flash_attention()
+    lean = not cuda  # core/sft.py: cheapest batch layout and answer-only LM head, measured on CPU
     config = SFTConfig(
         output_dir=str(job_dir / "checkpoints"),
         per_device_train_batch_size=settings.batch_size,
@@ -241,7 +242,7 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
         # Packing without padding needs varlen attention kernels (FlashAttention); elsewhere batches are grouped by
         # length so padding stays small.
         packing=flash,
-        train_sampling_strategy="random" if flash else "group_by_length",
+        train_sampling_strategy="random" if flash or lean else "group_by_length",
         optim="paged_adamw_8bit" if cuda else "adamw_torch",
         gradient_checkpointing=cuda,
         bf16=compute_dtype == torch.bfloat16,
@@ -262,7 +263,8 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
         dataloader_num_workers=0,
         dataset_num_proc=None,
         disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",  # tokens/s counts real tokens, not padding
+        # tokens/s counts real tokens, not padding (the lean trainer counts them itself)
+        include_num_input_tokens_seen="no" if lean else "non_padding",
     )
     if flash:
         model.config._attn_implementation = "flash_attention_2"
@@ -300,7 +302,11 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
     callbacks = [Status()]
     if has_eval and settings.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
-    trainer = SFTTrainer(
+    if lean:
+        from core.sft import CpuSFTTrainer as trainer_class
+    else:
+        trainer_class = SFTTrainer
+    trainer = trainer_class(
         model=model, args=config, processing_class=tokenizer, peft_config=lora, callbacks=callbacks,
         train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows) if has_eval else None,
     )
