@@ -39,6 +39,26 @@ def test_conversion_is_complete_and_faithful_to_the_gguf(lab):
     assert torch.allclose(expected, got, atol=1e-4)
 
 
+def test_a_few_rows_decode_as_they_would_one_by_one(lab):
+    """On CPU the served model computes its linear layers for 2-8 rows as W @ x^T (core/models.py): the same
+    logits as each row alone, and weights and state dict untouched."""
+    model = lab.generator.model
+    if lab.generator.device != "cpu":
+        pytest.skip("the column layout is used on CPU only")
+    ids = torch.tensor([[504], [2103], [28], [4933]])  # 4 rows of one token: the shape of a 4-column decode step
+    with torch.inference_mode():
+        together = model(input_ids=ids).logits[:, -1]
+        alone = torch.cat([model(input_ids=row[None]).logits[:, -1] for row in ids])
+        head = model.get_output_embeddings()
+        hidden = torch.randn(4, 1, head.weight.shape[1])
+        by_columns, plain = head(hidden), torch.nn.functional.linear(hidden, head.weight)
+    assert not torch.equal(by_columns, plain)  # a different kernel ran (its rounding differs)
+    assert torch.allclose(by_columns, plain, atol=1e-4)
+    assert torch.allclose(together, alone, atol=1e-4)
+    assert torch.equal(together.argmax(-1), alone.argmax(-1))
+    assert not any("forward" in key for key in model.state_dict())
+
+
 def test_chat_template_and_embedding_shape(lab):
     rendered = lab.generator.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                                            add_generation_prompt=True)
