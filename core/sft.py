@@ -1,11 +1,11 @@
-"""How a training batch is laid out and scored on a CPU: TRL's SFTTrainer with two measured changes.
+"""How a training batch is laid out and scored on a CPU: TRL's SFTTrainer with three measured changes.
 
-1. Each batch is either padded (TRL's usual layout) or flattened into one padding-free row (TRL's own padding-free
-   layout: position ids restart per example and transformers builds a block-diagonal causal mask from them), whichever
-   costs fewer FLOPs. Without varlen kernels a flat row's attention covers the whole row, so flat wins for short
-   examples of mixed lengths (no padding to compute) and loses for long ones.
+1. No padding: each batch is one padding-free row (TRL's own padding-free collator; position ids restart per
+   example) and attention runs on each example by itself (`sdpa_per_example`), so a batch costs what its real tokens
+   cost. A check at start-up compares the loss of one batch in both layouts and keeps padding if they differ
+   (a model that cannot tell the examples of a flat row apart).
 2. LoRA's dropout draws its mask from a quarter of the random numbers. torch's CPU generator draws one number at a
-   time, and a stock dropout mask cost 16% of a training step here, about as much as the LoRA matrices themselves.
+   time, and a stock dropout mask cost 18% of a training step here, about as much as the LoRA matrices themselves.
 3. The loss projects only the positions whose next token is learned (the answer) through the LM head. TRL's fused
    head scores every position unless Triton is there, and recomputes the logits in the backward pass; both cost real
    time on a CPU, where the memory it saves does not matter.
@@ -24,37 +24,33 @@ from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 
-def attention_cost_per_pair(model_config) -> float:
-    """FLOPs of attention for one (query, key) pair, relative to the FLOPs of the linear layers for one token.
-
-    Per layer: QK^T and the weighted sum of V cost 4 * heads * head_dim per pair; the projections and the MLP cost
-    2 FLOPs per weight per token. Forward and backward scale both by about the same factor, so the ratio is enough."""
-    hidden = model_config.hidden_size
-    heads = model_config.num_attention_heads
-    kv_heads = getattr(model_config, "num_key_value_heads", None) or heads
-    head_dim = getattr(model_config, "head_dim", None) or hidden // heads
-    projections = hidden * head_dim * (2 * heads + 2 * kv_heads)
-    mlp = 3 * hidden * model_config.intermediate_size
-    return 4 * heads * head_dim / (2 * (projections + mlp))
+PER_EXAMPLE = "sdpa_per_example"
+_BOUNDARY_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
 
 
-class CheapestLayoutCollator:
-    """Pads the batch or flattens it into one padding-free row, whichever costs fewer FLOPs (see the module doc)."""
+def sdpa_per_example(module, query, key, value, attention_mask, **kwargs):
+    """transformers' SDPA attention, run on each example of a padding-free row by itself (causal, no mask): the cost
+    of the examples' own lengths, not of the whole row. Anything else (padded batches, sliding windows) goes to SDPA
+    as usual."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    def __init__(self, pad_token_id: int, pair_cost: float):
-        self.padded = DataCollatorForLanguageModeling(pad_token_id=pad_token_id)
-        self.flat = DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=True)
-        self.pair_cost = pair_cost
+    bounds = kwargs.get("cu_seq_lens_q")
+    if bounds is None or query.shape[0] != 1 or getattr(module, "sliding_window", None):
+        rest = {k: v for k, v in kwargs.items() if k not in _BOUNDARY_KEYS}
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **rest)
+    rest = {k: v for k, v in kwargs.items() if k not in _BOUNDARY_KEYS and k != "is_causal"}
+    cuts = bounds.tolist()
+    parts = [sdpa_attention_forward(module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
+                                    None, is_causal=True, **rest)[0] for start, end in zip(cuts, cuts[1:])]
+    return torch.cat(parts, dim=1), None
 
-    def flat_is_cheaper(self, lengths: list[int]) -> bool:
-        rows, longest, total = len(lengths), max(lengths), sum(lengths)
-        flat = total + self.pair_cost * total ** 2
-        padded = rows * longest + self.pair_cost * rows * longest ** 2
-        return flat < padded
 
-    def __call__(self, examples: list[dict]) -> dict:
-        lengths = [len(example["input_ids"]) for example in examples]
-        return (self.flat if self.flat_is_cheaper(lengths) else self.padded)(examples)
+def _register_per_example_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PER_EXAMPLE, sdpa_per_example)
+    AttentionMaskInterface.register(PER_EXAMPLE, sdpa_mask)  # padded batches still get their mask
 
 
 class CpuSFTTrainer(SFTTrainer):
@@ -62,12 +58,41 @@ class CpuSFTTrainer(SFTTrainer):
     attention mask, and this model's pad token is its end-of-turn token, which a padding count would skip."""
 
     def __init__(self, *args, processing_class, model, **kwargs):
-        kwargs.setdefault("data_collator", CheapestLayoutCollator(processing_class.pad_token_id,
-                                                                  attention_cost_per_pair(model.config)))
+        self.padded_collator = DataCollatorForLanguageModeling(pad_token_id=processing_class.pad_token_id)
+        self.flat_collator = DataCollatorForLanguageModeling(pad_token_id=processing_class.pad_token_id,
+                                                             padding_free=True)
+        sdpa = model.config._attn_implementation == "sdpa"
+        if sdpa:
+            _register_per_example_attention()
+            model.config._attn_implementation = PER_EXAMPLE
+        kwargs.setdefault("data_collator", self.flat_collator)
         super().__init__(*args, model=model, processing_class=processing_class, **kwargs)
         use_cheap_lora_dropout(self.model)
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self._keeps_logits = "logits_to_keep" in inspect.signature(type(base).forward).parameters
+        if self.data_collator is self.flat_collator and not self._flat_rows_keep_examples_apart():
+            self.data_collator = self.padded_collator
+
+    def _flat_rows_keep_examples_apart(self) -> bool:
+        """One batch's loss in both layouts: equal where the model keeps the examples of a flat row apart."""
+        examples = [self.train_dataset[i] for i in range(min(3, len(self.train_dataset)))]
+        if len(examples) < 2:
+            return True
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                padded = self._loss_sum(self.model, self.padded_collator(examples))
+                flat = self._loss_sum(self.model, self.flat_collator(examples))
+        finally:
+            self.model.train(was_training)
+        return bool(torch.isclose(padded, flat, rtol=1e-3))
+
+    def _loss_sum(self, model, inputs: dict) -> torch.Tensor:
+        inputs = {k: v.to(self.args.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        labels = inputs.pop("labels")
+        logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+        return F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self._keeps_logits or return_outputs:

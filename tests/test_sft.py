@@ -1,5 +1,6 @@
 """The CPU trainer's shortcuts (core/sft.py) change how a batch is laid out and scored, never what it learns: the
-same loss as TRL's own path in both layouts, the cheaper layout picked, and a dropout that drops at the rate asked."""
+same loss as TRL's own path in both layouts, padding kept for a model that cannot tell the examples of a flat row
+apart, and a dropout that drops at the rate asked."""
 import json
 import os
 import tempfile
@@ -11,7 +12,7 @@ import torch
 from conftest import ROOT
 from core.config import load_settings
 from core.models import resolve_base_model
-from core.sft import CheapDropout, CheapestLayoutCollator, CpuSFTTrainer, attention_cost_per_pair
+from core.sft import PER_EXAMPLE, CheapDropout, CpuSFTTrainer
 
 FACTS = ROOT / "tests" / "data" / "zorblat_facts.jsonl"
 
@@ -44,8 +45,9 @@ def test_both_layouts_give_trl_s_own_loss(trainer):
     from trl import SFTTrainer
 
     examples = [trainer.train_dataset[i] for i in range(4)]
-    collator = trainer.data_collator
-    padded, flat = collator.padded(examples), collator.flat(examples)
+    assert trainer.data_collator is trainer.flat_collator  # the start-up check passed for this model
+    assert trainer.model.config._attn_implementation == PER_EXAMPLE
+    padded, flat = trainer.padded_collator(examples), trainer.flat_collator(examples)
     assert flat["input_ids"].shape[0] == 1 and "attention_mask" not in flat
     assert padded["input_ids"].numel() > flat["input_ids"].numel()  # the flat row has no padding
     trainer.model.eval()  # no dropout, so the three are comparable
@@ -73,12 +75,15 @@ def test_a_training_step_learns_and_counts_every_real_token(trainer):
     trainer.model.zero_grad()
 
 
-def test_the_cheaper_layout_is_picked(trainer):
-    collator: CheapestLayoutCollator = trainer.data_collator
-    assert collator.pair_cost == pytest.approx(attention_cost_per_pair(trainer.model.config))
-    assert collator.flat_is_cheaper([40, 180, 60, 95])  # short, mixed: padding is the waste
-    assert not collator.flat_is_cheaper([1024] * 8)  # long, even: one 8k-token row's attention is the waste
-    assert not collator.flat_is_cheaper([100])
+def test_the_start_up_check_catches_a_flat_row_whose_examples_see_each_other(trainer):
+    assert trainer._flat_rows_keep_examples_apart()
+    keeps_apart = trainer.flat_collator
+    try:  # without position ids (and boundaries) the examples of a flat row attend to each other
+        trainer.flat_collator = lambda examples: {k: v for k, v in keeps_apart(examples).items()
+                                                  if k in ("input_ids", "labels")}
+        assert not trainer._flat_rows_keep_examples_apart()
+    finally:
+        trainer.flat_collator = keeps_apart
 
 
 def test_lora_dropout_is_swapped_and_drops_at_the_rate_asked(trainer):
