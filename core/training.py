@@ -226,7 +226,7 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
     eval_every = settings.eval_every or max(5, total_steps // 10)
     has_eval = bool(eval_rows)
     flash = cuda and _has_flash_attention()
-    lean = not cuda  # core/sft.py: cheapest batch layout and answer-only LM head, measured on CPU
+    lean = not cuda  # core/sft.py: padding-free batches, answer-only LM head, cheaper LoRA dropout (measured on CPU)
     config = SFTConfig(
         output_dir=str(job_dir / "checkpoints"),
         per_device_train_batch_size=settings.batch_size,
@@ -239,8 +239,8 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
         warmup_steps=min(10, max(1, total_steps // 20)),
         max_length=settings.max_length,
         completion_only_loss=True,
-        # Packing without padding needs varlen attention kernels (FlashAttention); elsewhere batches are grouped by
-        # length so padding stays small.
+        # On CUDA, packing without padding needs varlen attention kernels (FlashAttention); without them batches are
+        # grouped by length so padding stays small. On CPU every batch is padding-free (core/sft.py).
         packing=flash,
         train_sampling_strategy="random" if flash or lean else "group_by_length",
         optim="paged_adamw_8bit" if cuda else "adamw_torch",
