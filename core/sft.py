@@ -61,8 +61,7 @@ class CpuSFTTrainer(SFTTrainer):
         self.padded_collator = DataCollatorForLanguageModeling(pad_token_id=processing_class.pad_token_id)
         self.flat_collator = DataCollatorForLanguageModeling(pad_token_id=processing_class.pad_token_id,
                                                              padding_free=True)
-        sdpa = model.config._attn_implementation == "sdpa"
-        if sdpa:
+        if model.config._attn_implementation == "sdpa":
             _register_per_example_attention()
             model.config._attn_implementation = PER_EXAMPLE
         kwargs.setdefault("data_collator", self.flat_collator)
@@ -82,32 +81,33 @@ class CpuSFTTrainer(SFTTrainer):
         self.model.eval()
         try:
             with torch.no_grad():
-                padded = self._loss_sum(self.model, self.padded_collator(examples))
-                flat = self._loss_sum(self.model, self.flat_collator(examples))
+                padded, flat = (F.cross_entropy(*self._learned_logits(self.model, self._prepare_inputs(collate(examples))),
+                                                reduction="sum", ignore_index=-100)
+                                for collate in (self.padded_collator, self.flat_collator))
         finally:
             self.model.train(was_training)
         return bool(torch.isclose(padded, flat, rtol=1e-3))
 
-    def _loss_sum(self, model, inputs: dict) -> torch.Tensor:
-        inputs = {k: v.to(self.args.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
-        labels = inputs.pop("labels")
-        logits = model(**inputs, use_cache=False).logits[:, :-1].float()
-        return F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
+    def _learned_logits(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and next-token labels, flattened, at the positions (in any row) whose next token is learned; only
+        these reach the LM head."""
+        inputs = dict(inputs)
+        next_labels = inputs.pop("labels")[:, 1:]
+        if self._keeps_logits:
+            keep = (next_labels != -100).any(0).nonzero().flatten()
+            logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
+        else:  # a model without logits_to_keep: every position (only the start-up check comes here)
+            keep = slice(None)
+            logits = model(**inputs, use_cache=False).logits[:, :-1]
+        return logits.float().flatten(0, 1), next_labels[:, keep].flatten()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self._keeps_logits or return_outputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         mode = "train" if self.model.training else "eval"
-        inputs = dict(inputs)
-        labels = inputs.pop("labels")
-        next_labels = labels[:, 1:]
-        # Positions (in any row) whose next token is learned; only these reach the LM head.
-        keep = (next_labels != -100).any(0).nonzero().flatten()
-        outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
-        targets = next_labels[:, keep]
-        logits = outputs.logits.float()
+        logits, targets = self._learned_logits(model, inputs)
         learned = targets != -100
-        loss_sum = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+        loss_sum = F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
         count = learned.sum()
         loss = loss_sum / (count.clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
         # As TRL and Trainer do: num_items_in_batch counts every rank's tokens and DDP averages the gradients.
@@ -146,14 +146,11 @@ class CheapDropout(nn.Module):
         return torch.where(keep, x * (1 / (1 - self.p)), 0.0)
 
 
-def use_cheap_lora_dropout(model: nn.Module) -> int:
-    """Swap every LoRA dropout (peft's nn.Dropout per adapter) for CheapDropout with the same p; returns how many."""
-    swapped = 0
+def use_cheap_lora_dropout(model: nn.Module) -> None:
+    """Swap every LoRA dropout (peft's nn.Dropout per adapter) for CheapDropout with the same p."""
     for module in model.modules():
         dropouts = getattr(module, "lora_dropout", None)
         if isinstance(dropouts, nn.ModuleDict):
             for name, dropout in list(dropouts.items()):
                 if isinstance(dropout, nn.Dropout) and dropout.p > 0:
                     dropouts[name] = CheapDropout(dropout.p)
-                    swapped += 1
-    return swapped
