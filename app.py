@@ -5,7 +5,7 @@ import threading
 import core  # noqa: F401 - sets the offline/telemetry environment before gradio is imported
 import gradio as gr
 
-from core.lab import warm_up
+from core.answers import warm_up
 from core.workspaces import Workspaces, demo_mode_from_env
 from ui import compare_tab, evaluate_tab, finetune_tab, knowledge_tab
 from ui.workspace import COOKIE_SCRIPT, LabOf

@@ -72,7 +72,7 @@ def make_adapter(lab: Lab, folder: Path) -> str:
 
 def run(lab: Lab, columns: list[str], config: GenerationConfig, adapter: str) -> dict:
     t0 = time.perf_counter()
-    answers = lab.compare(QUESTION, columns, kb="bench", config=config, adapter=adapter)
+    answers = lab.answers.compare(QUESTION, columns, kb="bench", config=config, adapter=adapter)
     wall = time.perf_counter() - t0
     for a in answers:
         assert not a.error, a.error
@@ -85,7 +85,7 @@ def decode_step_ms(lab: Lab, rows: int, cached: int = 1000, steps: int = 20) -> 
     import torch
     from transformers import DynamicCache
 
-    model = lab.generator.model
+    model = lab.models.generator.model
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
     ids = torch.randint(0, 1000, (rows, cached))
     cache = DynamicCache(config=model.config)
@@ -110,7 +110,7 @@ def main() -> None:
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-compare-"))
     lab = Lab(load_settings(data_dir=data_dir))
-    lab.ingest([args.pdf], kb="bench")
+    lab.kbs.ingest([args.pdf], kb="bench")
     adapter = make_adapter(lab, data_dir / "new-adapter")
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens)
     run(lab, COLUMNS, GenerationConfig(max_new_tokens=2, min_new_tokens=2), adapter)  # warm-up, attaches adapter

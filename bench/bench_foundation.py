@@ -39,7 +39,7 @@ def raw_generate(lab: Lab, messages: list[dict], max_new_tokens: int) -> tuple[f
     """(time to first token, decode tokens/s) of plain model.generate on the same prompt."""
     import torch
 
-    tok, model = lab.generator.tokenizer, lab.generator.model
+    tok, model = lab.models.generator.tokenizer, lab.models.generator.model
     enc = tok(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), return_tensors="pt",
               add_special_tokens=False)
     args = dict(**enc, do_sample=False, pad_token_id=tok.pad_token_id)
@@ -54,13 +54,13 @@ def raw_generate(lab: Lab, messages: list[dict], max_new_tokens: int) -> tuple[f
 
 
 def bench_answers(pdf: Path, repeats: int, max_new_tokens: int) -> list[tuple]:
-    from core.lab import relevant
+    from core.retrieval import relevant
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-answer-"))
     lab = Lab(load_settings(data_dir=data_dir))
-    lab.ingest([pdf])
+    lab.kbs.ingest([pdf])
     lab.warm_up()
-    hits, _ = lab.search(QUESTION)
+    hits, _ = lab.kbs.search(QUESTION)
     from core.variants import get_variant
 
     messages = get_variant("rag").messages(QUESTION, relevant(hits, lab.settings.min_score))
@@ -71,16 +71,16 @@ def bench_answers(pdf: Path, repeats: int, max_new_tokens: int) -> list[tuple]:
         ttft, tps = raw_generate(lab, messages, max_new_tokens)
         rows["raw_ttft"].append(ttft * 1000)
         rows["raw_tps"].append(tps)
-        rag = lab.compare(QUESTION, ["rag"], config=config)[0]
+        rag = lab.answers.compare(QUESTION, ["rag"], config=config)[0]
         rows["rag_ttft"].append(rag.timings["ttft_ms"])
         rows["rag_tps"].append(rag.timings["tokens_per_s"])
         rows["rag_ret"].append(rag.timings["retrieval_ms"])
         rows["rag_total"].append(rag.timings["total_ms"] / 1000)
         t0 = time.perf_counter()
-        lab.compare(QUESTION, ["base"], config=config)
+        lab.answers.compare(QUESTION, ["base"], config=config)
         rows["base_total"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        lab.compare(QUESTION, ["base", "rag"], config=config)
+        lab.answers.compare(QUESTION, ["base", "rag"], config=config)
         rows["pair_total"].append(time.perf_counter() - t0)
     m = {k: median(v) for k, v in rows.items()}
     shutil.rmtree(data_dir, ignore_errors=True)

@@ -36,15 +36,15 @@ def run(paths: list[Path], repeats: int) -> dict:
     for _ in range(repeats):
         data_dir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
         lab = Lab(load_settings(data_dir=data_dir))
-        lab.embedder.encode(["warm up"])  # loaded and warmed outside the clock
+        lab.models.embedder.encode(["warm up"])  # loaded and warmed outside the clock
         t0 = time.perf_counter()
-        results = lab.ingest(paths, "bench")
+        results = lab.kbs.ingest(paths, "bench")
         engine_s = time.perf_counter() - t0
         assert all(r.status == "added" for r in results), [r for r in results if r.status != "added"]
-        texts = [d for page in lab.store._all_chunks("bench") for d in page["documents"]]
+        texts = [d for page in lab.kbs.store.all_chunks("bench") for d in page["documents"]]
         chunks = len(texts)
         t0 = time.perf_counter()
-        lab.embedder.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+        lab.models.embedder.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
         raw_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         for path in paths:

@@ -28,7 +28,7 @@ os.environ.setdefault("LAB_MODEL_CACHE", str(ROOT / ".cache" / "models"))
 import core  # noqa: E402,F401
 from core.config import load_settings  # noqa: E402
 from core.lab import Lab  # noqa: E402
-from core.store import FileRecord  # noqa: E402
+from core.catalog import FileRecord  # noqa: E402
 
 CHUNKS_PER_FILE = 1000
 WORDS = ("river policy leave budget harbour engine contract invoice garden museum treaty sensor battery council "
@@ -52,7 +52,7 @@ def synthetic_nodes(count: int, rng: random.Random, nprng) -> list:
 
 
 def fill(lab: Lab, total: int, rng, nprng) -> float:
-    lab.store.create_kb("bench")
+    lab.kbs.store.create_kb("bench")
     t0 = time.perf_counter()
     for n in range(total // CHUNKS_PER_FILE):
         name = f"file-{n:04d}.txt"
@@ -60,7 +60,7 @@ def fill(lab: Lab, total: int, rng, nprng) -> float:
         for node in nodes:
             node.metadata["file"] = name
         record = FileRecord("bench", name, uuid.uuid4().hex, 25, len(nodes), time.time(), uuid.uuid4().hex)
-        lab.store.put_file(record, nodes)
+        lab.kbs.store.put_file(record, nodes)
     return time.perf_counter() - t0
 
 
@@ -70,10 +70,10 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def measure(lab: Lab, queries: int) -> dict:
-    embedder = lab.embedder
-    collection = lab.store._collection("bench")
+    embedder = lab.models.embedder
+    collection = lab.kbs.store.collection("bench")
     t0 = time.perf_counter()
-    lab.search(QUERIES[0], kb="bench", top_k=5)  # first query after writing: builds the keyword index
+    lab.kbs.search(QUERIES[0], kb="bench", top_k=5)  # first query after writing: builds the keyword index
     first = (time.perf_counter() - t0) * 1000
     engine, raw, embed = [], [], []
     for i in range(queries):
@@ -85,7 +85,7 @@ def measure(lab: Lab, queries: int) -> dict:
         collection.query(query_embeddings=[vector], n_results=5)
         raw.append((time.perf_counter() - t0) * 1000)
         t0 = time.perf_counter()
-        lab.search(question, kb="bench", top_k=5)  # embeds again + hybrid retrieval, as a user's question does
+        lab.kbs.search(question, kb="bench", top_k=5)  # embeds again + hybrid retrieval, as a user's question does
         engine.append((time.perf_counter() - t0) * 1000)
     return {"first": first, "engine": engine, "raw": raw, "embed": embed}
 
@@ -103,13 +103,13 @@ def main() -> None:
     for size in args.sizes:
         data_dir = Path(tempfile.mkdtemp(prefix="bench-store-"))
         lab = Lab(load_settings(data_dir=data_dir))
-        lab.embedder.encode(["warm up"])
+        lab.models.embedder.encode(["warm up"])
         write_s = fill(lab, size, rng, nprng)
         m = measure(lab, args.queries)
         t0 = time.perf_counter()
-        lab.delete_file("bench", "file-0000.txt")
+        lab.kbs.delete_file("bench", "file-0000.txt")
         delete_s = time.perf_counter() - t0
-        assert lab.store.chunk_count("bench") == size - CHUNKS_PER_FILE
+        assert lab.kbs.store.chunk_count("bench") == size - CHUNKS_PER_FILE
         print(f"| {size:,} | {write_s:.0f} | {statistics.median(m['raw']):.1f} / {percentile(m['raw'], .95):.1f} "
               f"| {statistics.median(m['embed']):.1f} "
               f"| {statistics.median(m['engine']):.1f} / {percentile(m['engine'], .95):.1f} "

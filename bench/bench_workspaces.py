@@ -44,9 +44,9 @@ def rss_mib() -> float:
 
 def visit(lab, doc: Path, kb: str) -> tuple[float, float]:
     t0 = time.perf_counter()
-    lab.ingest([doc], kb=kb)
+    lab.kbs.ingest([doc], kb=kb)
     t1 = time.perf_counter()
-    lab.search("What is the pilot boat called?", kb=kb)
+    lab.kbs.search("What is the pilot boat called?", kb=kb)
     return (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
 
 

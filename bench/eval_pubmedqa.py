@@ -24,7 +24,7 @@ os.environ.setdefault("LAB_MODEL_CACHE", str(ROOT / ".cache" / "models"))
 
 import core  # noqa: E402,F401
 from core.config import load_settings  # noqa: E402
-from core.evaluation import verdict  # noqa: E402
+from core.verdict import verdict  # noqa: E402
 from core.lab import Lab  # noqa: E402
 from core.metrics import macro_f1  # noqa: E402
 
@@ -43,15 +43,15 @@ def main() -> None:
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="eval-pubmedqa-"))
     lab = Lab(load_settings(data_dir=data_dir))
     rows = [json.loads(line) for line in (DATA / "questions.jsonl").read_text().splitlines() if line]
-    if "pubmedqa" not in lab.store.kb_names():
+    if "pubmedqa" not in lab.kbs.store.kb_names():
         t0 = time.perf_counter()
-        lab.ingest(sorted((DATA / "docs").glob("*.txt")), kb="pubmedqa")
+        lab.kbs.ingest(sorted((DATA / "docs").glob("*.txt")), kb="pubmedqa")
         print(f"ingested {len(rows)} abstracts in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     items = [{"question": r["question"], "answer": r["final_decision"], "source": r["doc"]} for r in rows]
     if args.sample < len(items):
         items = random.Random(0).sample(items, args.sample)
     t0 = time.perf_counter()
-    run = lab.eval_run(items, f"PubMedQA test, {len(items)} of 500", args.variants.split(","), kb="pubmedqa",
+    run = lab.evaluation.run(items, f"PubMedQA test, {len(items)} of 500", args.variants.split(","), kb="pubmedqa",
                        progress=lambda f, m: print(f"\r{m}", end="", file=sys.stderr, flush=True))
     minutes = (time.perf_counter() - t0) / 60
     gold = [i["answer"] for i in items]

@@ -9,26 +9,17 @@ import zipfile
 from pathlib import Path
 
 from core.errors import InputError
-from core.store import check_name
+from core.fileio import FolderRegistry, write_atomic
+from core.names import check_name
 
 META = "lab_adapter.json"
 
 
-class AdapterStore:
+class AdapterStore(FolderRegistry):
+    marker, what, hint = META, "adapter", "none yet: train one first"
+
     def __init__(self, data_dir: Path):
-        self.root = Path(data_dir) / "adapters"
-
-    def names(self) -> list[str]:
-        if not self.root.exists():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if (p / META).exists())
-
-    def path(self, name: str) -> Path:
-        folder = self.root / check_name(name, "adapter")
-        if not (folder / META).exists():
-            known = ", ".join(self.names()) or "none yet: train one first"
-            raise InputError(f"no such adapter (existing: {known})", subject=name)
-        return folder
+        super().__init__(Path(data_dir) / "adapters")
 
     def info(self, name: str) -> dict:
         return {"name": name, **json.loads((self.path(name) / META).read_text())}
@@ -45,15 +36,8 @@ class AdapterStore:
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f".{name}.{time.time_ns()}"
         shutil.copytree(adapter_dir, staging)
-        (staging / META).write_text(json.dumps(meta, indent=2))
+        write_atomic(staging / META, json.dumps(meta, indent=2))
         staging.rename(final)
-        return name
-
-    def free_name(self, wanted: str) -> str:
-        """`wanted`, or wanted-2, wanted-3... if taken."""
-        name, n = check_name(wanted, "adapter"), 2
-        while (self.root / name).exists():
-            name, n = f"{wanted}-{n}", n + 1
         return name
 
     def rename(self, name: str, new_name: str) -> str:

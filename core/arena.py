@@ -10,9 +10,11 @@ from typing import Iterator
 from core.comparison import Comparison, answered
 from core.errors import InputError
 from core.generation import GenerationConfig
-from core.lab import Answer, AnswerEvent, Lab, check_question
+from core.answers import Answer, AnswerEvent, Answers
+from core.knowledge import check_question
+from core.limits import Quota
 from core.variants import VARIANTS
-from core.votes import ALL_BAD, TIE
+from core.votes import ALL_BAD, TIE, VoteStore
 
 COLUMN_ORDER = ("base", "finetuned", "rag", "finetuned+rag")
 LETTERS = "ABCD"
@@ -73,13 +75,13 @@ class ArenaSession:
         self.order = []
 
     # ---- asking ---------------------------------------------------------------------------------------------
-    def ask(self, lab: Lab, question: str, variants: list[str], config: GenerationConfig, kb: str,
+    def ask(self, answerer: Answers, quota: Quota, question: str, variants: list[str], config: GenerationConfig, kb: str,
             adapter: str | None = None, top_k: int | None = None, system_prompt: str | None = None,
             blind: bool = False) -> Iterator[AnswerEvent]:
         """Ask every switched-on column; the columns update as the events stream."""
         question = check_question(question)
         config = config.checked()
-        lab.spend("generate")  # before any column changes: a refused question leaves the chat as it was
+        quota.spend("generate")  # before any column changes: a refused question leaves the chat as it was
         self.arrange(variants, blind)
         self.voted, self.revealed = None, not self.blind
         self.before = {v: list(self.columns[v].history) for v in self.order}
@@ -95,23 +97,23 @@ class ArenaSession:
             else:
                 runnable.append(variant)
         settings = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
-                    "top_p": config.top_p, "top_k": top_k or lab.settings.top_k, "system_prompt": system_prompt or None}
+                    "top_p": config.top_p, "top_k": top_k or answerer.settings.top_k, "system_prompt": system_prompt or None}
         if runnable:
-            for event in lab.ask_stream(question, runnable, kb=kb, top_k=top_k, config=config,
+            for event in answerer.ask_stream(question, runnable, kb=kb, top_k=top_k, config=config,
                                         system_prompt=system_prompt or None, adapter=adapter, history=self.before):
                 answers[event.variant] = event.answer
                 self._apply(event)
                 yield event
-        self.turn = lab.comparison(question, [answers[v] for v in self.order], kb=kb, adapter=adapter,
+        self.turn = answerer.record(question, [answers[v] for v in self.order], kb=kb, adapter=adapter,
                                    settings=settings, history=self.before).to_dict()
 
-    def ask_again(self, lab: Lab, variant: str, config: GenerationConfig, kb: str, adapter: str | None = None,
+    def ask_again(self, answerer: Answers, quota: Quota, variant: str, config: GenerationConfig, kb: str, adapter: str | None = None,
                   top_k: int | None = None, system_prompt: str | None = None) -> Iterator[AnswerEvent]:
         """Regenerate one column's latest answer (the others stay); a new vote can then be cast."""
         if not self.turn or variant not in self.order:
             raise InputError("ask a question first")
         config = config.checked()
-        lab.spend("generate")
+        quota.spend("generate")
         note = ""
         if config.temperature == 0:
             config = replace(config, temperature=ASK_AGAIN_TEMPERATURE, seed=random.randrange(2**31))
@@ -126,7 +128,7 @@ class ArenaSession:
         if VARIANTS[variant].uses_adapter and not adapter:
             self._failed(variant, NEEDS_ADAPTER, {variant: answer})
         else:
-            for event in lab.ask_stream(question, [variant], kb=kb, top_k=top_k, config=config,
+            for event in answerer.ask_stream(question, [variant], kb=kb, top_k=top_k, config=config,
                                         system_prompt=system_prompt or None, adapter=adapter,
                                         history={variant: self.before.get(variant, [])}):
                 answer = event.answer
@@ -154,13 +156,13 @@ class ArenaSession:
         answers[variant].error = message
 
     # ---- votes and export -------------------------------------------------------------------------------------
-    def vote(self, lab: Lab, choice: str, comment: str = "") -> dict:
+    def vote(self, votes: VoteStore, choice: str, comment: str = "") -> dict:
         """Record a vote on the latest turn: a variant (the best), TIE or ALL_BAD. Reveals blind columns."""
         if not self.turn:
             raise InputError("ask a question first, then vote")
         if self.voted is not None:
             raise InputError("you already voted on these answers; ask again or ask a new question to vote again")
-        vote = lab.votes.record(Comparison.from_dict(self.turn), choice, blind=self.blind, labels=self.labels,
+        vote = votes.record(Comparison.from_dict(self.turn), choice, blind=self.blind, labels=self.labels,
                                 comment=comment)
         self.voted, self.revealed = choice, True
         return vote

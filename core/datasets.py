@@ -19,7 +19,8 @@ from pathlib import Path
 
 from core.documents import decode_text
 from core.errors import InputError
-from core.store import check_name
+from core.fileio import FolderRegistry, write_json
+from core.names import check_name
 
 ROLES = ("system", "user", "assistant")
 QUESTION_COLUMNS = ("question", "prompt", "instruction", "input", "query")
@@ -173,23 +174,16 @@ def _from_csv(text: str, errors: list[str], name: str) -> tuple[list[dict], str]
     return examples, "csv"
 
 
-class DatasetStore:
+class DatasetStore(FolderRegistry):
     """Named datasets under data_dir/datasets/<name>/: examples.jsonl and info.json, written atomically."""
 
-    def __init__(self, data_dir: Path):
-        self.root = Path(data_dir) / "datasets"
+    marker, what, hint = "info.json", "dataset", "none yet: import one first"
 
-    def names(self) -> list[str]:
-        if not self.root.exists():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "info.json").exists())
+    def __init__(self, data_dir: Path):
+        super().__init__(Path(data_dir) / "datasets")
 
     def info(self, name: str) -> DatasetInfo:
-        path = self.root / check_name(name, "dataset") / "info.json"
-        if not path.exists():
-            known = ", ".join(self.names()) or "none yet: import one first"
-            raise InputError(f"no such dataset (existing: {known})", subject=name)
-        return DatasetInfo(**json.loads(path.read_text()))
+        return DatasetInfo(**json.loads((self.path(name) / "info.json").read_text()))
 
     def examples(self, name: str, part: str | None = None) -> list[dict]:
         info = self.info(name)
@@ -223,10 +217,7 @@ class DatasetStore:
     def resplit(self, name: str, validation: float, test: float, seed: int) -> DatasetInfo:
         info = self.info(name)
         info.split, info.seed = make_split(info.examples, validation, test, seed), seed
-        path = self.root / name / "info.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(info)))
-        tmp.replace(path)
+        write_json(self.root / name / "info.json", asdict(info), indent=None)
         return info
 
     def delete(self, name: str) -> None:

@@ -3,7 +3,10 @@ knowledge base `demo` and the dataset `demo-qa`, and, on request, the Quick fine
 from __future__ import annotations
 
 from core.config import PROJECT_ROOT
+from core.finetuning import Training
+from core.knowledge import KnowledgeBases
 from core.progress import ProgressFn
+from core.training_data import Datasets
 
 DEMO_DIR = PROJECT_ROOT / "assets" / "demo"
 DEMO_KB, DEMO_DATASET, DEMO_ADAPTER = "demo", "demo-qa", "demo-quick"
@@ -12,17 +15,18 @@ DEMO_QUESTIONS = "qa.csv"
 FIRST_QUESTION = "Who founded the Brindlewick Lantern Company?"
 
 
-def load_demo(lab, train: bool = False, progress: ProgressFn | None = None) -> dict:
+def load_demo(kbs: KnowledgeBases, datasets: Datasets, training: Training, train: bool = False,
+              progress: ProgressFn | None = None) -> dict:
     """Add the documents (unchanged ones are skipped) and the questions: 12 to train on, 4 held out, so the
     Evaluate tab can show what fine-tuning does with questions it has not seen. With `train`, start the Quick
     fine-tune (unless the demo adapter exists); returns what was done."""
-    results = lab.ingest([DEMO_DIR / name for name in DEMO_DOCUMENTS], kb=DEMO_KB, progress=progress)
-    if DEMO_DATASET in lab.datasets.names():
-        dataset = lab.datasets.info(DEMO_DATASET).summary()
+    results = kbs.ingest([DEMO_DIR / name for name in DEMO_DOCUMENTS], kb=DEMO_KB, progress=progress)
+    if DEMO_DATASET in datasets.names():
+        dataset = datasets.info(DEMO_DATASET).summary()
     else:
-        dataset = lab.dataset_import(DEMO_DIR / DEMO_QUESTIONS, DEMO_DATASET, validation=0.0, test=0.25)
+        dataset = datasets.import_file(DEMO_DIR / DEMO_QUESTIONS, DEMO_DATASET, validation=0.0, test=0.25)
     job = None
-    if train and DEMO_ADAPTER not in lab.adapters.names():
-        job = lab.train_start(DEMO_DATASET, lab.train_settings("quick"), adapter=DEMO_ADAPTER)
+    if train and DEMO_ADAPTER not in training.adapters.names():
+        job = training.start(DEMO_DATASET, training.preset("quick"), adapter=DEMO_ADAPTER)
     return {"kb": DEMO_KB, "files": [r.to_dict() for r in results], "dataset": dataset, "job": job,
             "adapter": DEMO_ADAPTER, "first_question": FIRST_QUESTION}

@@ -1,21 +1,29 @@
-"""Evaluation runs: every chosen variant answers every question of a test set; each answer is scored (core.metrics)
-and saved as it comes, so a cancelled run keeps what it did and a past run can be reopened. Runs live in
-data_dir/evals/<id>/ as run.json (settings, state, summary) and results.jsonl (one line per question)."""
+"""Evaluation as a service: test items (a dataset's held-out part, a Q&A file, or questions generated from a
+knowledge base), runs where every chosen variant answers every question and each answer is scored (core.metrics)
+and saved as it comes (core/eval_store.py), what the variants cost, and the advisor beside the measured winner.
+The plain-language verdict is core/verdict.py's."""
 from __future__ import annotations
 
-import csv
-import json
-import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
+from core.adapters import AdapterStore
+from core.advisor import Situation, advise
+from core.answers import Answers
+from core.config import Settings
+from core.datasets import DatasetStore, parse_examples
 from core.errors import InputError
+from core.eval_store import EvalStore
 from core.generation import GenerationConfig
-from core.metrics import LABELS, normalise, paired_difference_ci, score_answer, summarise
-from core.progress import ProgressFn
-from core.store import check_name
+from core.knowledge import KnowledgeBases
+from core.limits import Quota
+from core.metrics import LABELS, normalise, score_answer, summarise
+from core.models import Models
+from core.progress import ProgressFn, silent
+from core.qa_generation import generate_pairs, model_question_writer
 from core.variants import VARIANTS
+from core.verdict import lead, verdict
 
 CLASSIFY_INSTRUCTION = "Answer with one word: yes, no or maybe."
 
@@ -37,123 +45,199 @@ def is_yes_no_maybe(items: list[dict]) -> bool:
     return bool(items) and all(normalise(i["answer"]) in LABELS for i in items)
 
 
-class EvalStore:
-    def __init__(self, data_dir: Path):
-        self.root = Path(data_dir) / "evals"
+class Evaluation:
+    def __init__(self, settings: Settings, runs: EvalStore, answers: Answers, kbs: KnowledgeBases,
+                 datasets: DatasetStore, adapters: AdapterStore, models: Models, quota: Quota):
+        self.settings, self.runs, self.answers, self.kbs = settings, runs, answers, kbs
+        self.datasets, self.adapters, self.models, self.quota = datasets, adapters, models, quota
 
-    def new_id(self) -> str:
-        return time.strftime("%Y%m%d-%H%M%S-", time.gmtime()) + f"{time.time_ns() % 1_000_000:06d}"
+    # ---- test sets ------------------------------------------------------------------------------------------------
+    def items(self, dataset: str | None = None, file: str | Path | None = None, part: str = "test",
+              limit: int | None = None, generate_from: str | None = None,
+              progress: ProgressFn | None = None) -> tuple[list[dict], str]:
+        """A test set as items (question, answer, source): a dataset's held-out part, a Q&A file, or questions
+        generated from a knowledge base's passages (`limit` of them, 20 by default; not saved as a dataset, so
+        they never end up in training data)."""
+        if sum(map(bool, (dataset, file, generate_from))) != 1:
+            raise InputError("give one of: a dataset (its test part is used), a Q&A file, or a knowledge base to "
+                             "generate questions from")
+        if generate_from:
+            return self._generated_items(generate_from, limit or 20, progress), f"generated from {generate_from}"
+        if file:
+            path = Path(file)
+            if not path.is_file():
+                raise InputError("no such file", subject=str(path))
+            examples, _ = parse_examples(path)
+            label = path.name
+        else:
+            examples = self.datasets.examples(dataset, part)
+            if not examples:
+                raise InputError(f"the {part!r} part is empty; split it again with a test share "
+                                 "(dataset split NAME --test 0.2)", subject=dataset)
+            label = f"{dataset} ({part})"
+        items = [example_to_item(e) for e in examples]
+        if limit is not None:
+            if limit < 1:
+                raise InputError(f"the question limit must be at least 1, not {limit}")
+            items = items[:limit]
+        return items, label
 
-    def folder(self, run_id: str) -> Path:
-        folder = self.root / check_name(run_id, "evaluation run")
-        if not (folder / "run.json").exists():
-            known = ", ".join(self.ids()[-5:]) or "none yet"
-            raise InputError(f"no such evaluation run (latest: {known})", subject=run_id)
-        return folder
+    def _generated_items(self, kb: str, count: int, progress: ProgressFn | None) -> list[dict]:
+        if count < 1:
+            raise InputError(f"the question limit must be at least 1, not {count}")
+        chunks = self.kbs.fact_chunks(kb)
+        self.quota.spend("dataset")
+        # Another seed than dataset generation's default, so a small knowledge base's test questions are not
+        # simply its training questions again (the overlap warning tells where they still are).
+        examples = generate_pairs(chunks, model_question_writer(self.models.generator, progress), count, seed=7)
+        return [example_to_item(e) for e in examples]
 
-    def ids(self) -> list[str]:
-        if not self.root.exists():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "run.json").exists())
-
-    def write_run(self, run: dict) -> None:
-        folder = self.root / run["id"]
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "run.json.tmp"
-        tmp.write_text(json.dumps(run, indent=2, ensure_ascii=False))
-        os.replace(tmp, folder / "run.json")
-
-    def append_result(self, run_id: str, result: dict) -> None:
-        with open(self.root / run_id / "results.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(result, ensure_ascii=False) + "\n")
-
-    def load(self, run_id: str) -> dict:
-        folder = self.folder(run_id)
-        run = json.loads((folder / "run.json").read_text())
-        path = folder / "results.jsonl"
-        run["results"] = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    # ---- runs -------------------------------------------------------------------------------------------------
+    def run(self, items: list[dict], testset: str, variants: list[str], kb: str | None = None,
+            adapter: str | None = None, config: GenerationConfig | None = None, top_k: int | None = None,
+            progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
+        """Answer every item with every variant (the variants of one question share one decode batch), score and
+        save each as it comes; returns the finished (or cancelled) run with its summary and results."""
+        run = None
+        for run in self.steps(items, testset, variants, kb, adapter, config, top_k, progress, should_stop):
+            pass
         return run
 
-    def list(self) -> list[dict]:
-        return [{k: v for k, v in json.loads((self.root / i / "run.json").read_text()).items() if k != "summary"}
-                for i in self.ids()]
+    def steps(self, items: list[dict], testset: str, variants: list[str], kb: str | None = None,
+              adapter: str | None = None, config: GenerationConfig | None = None, top_k: int | None = None,
+              progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> Iterator[dict]:
+        """`run` one question at a time: yields the run after each question (its `done` counts them) and last the
+        finished run with its results. Closing the iterator early cancels the run: what was answered is kept."""
+        if adapter:
+            self.answers.use_adapter(adapter)  # refuse an adapter for another base model before the first question
+        self.quota.check_eval_questions(len(items))
+        self.quota.spend("evaluate")
+        variants = self._checked(items, variants, kb, adapter)
+        classify = is_yes_no_maybe(items)
+        config = (config or GenerationConfig(max_new_tokens=8 if classify else self.settings.max_new_tokens)).checked()
+        run = {
+            "id": self.runs.new_id(), "testset": testset, "questions": len(items), "variants": variants, "kb": kb,
+            "adapter": adapter, "model": self.settings.base_model, "classify": classify,
+            "instruction": CLASSIFY_INSTRUCTION if classify else None,
+            "settings": {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
+                         "top_k": top_k or self.settings.top_k},
+            "state": "running", "started": time.time(), "done": 0,
+        }
+        run["costs"] = self.costs(kb if any(VARIANTS[v].uses_retrieval for v in variants) else None, adapter)
+        if adapter:
+            run["adapter_info"] = {k: self.adapters.info(adapter).get(k) for k in ("dataset", "seconds", "steps")}
+            run["warnings"] = overlap_warnings(self.datasets, items, run["adapter_info"]["dataset"])
+        self.runs.write_run(run)
+        report = progress or silent
+        results = []
+        run["state"] = "cancelled"  # until every question is answered
+        try:
+            for index, item in enumerate(items):
+                if should_stop and should_stop():
+                    break
+                question = item["question"] + (f"\n{CLASSIFY_INSTRUCTION}" if classify else "")
+                answers = self.answers.compare(question, variants, kb=kb, adapter=adapter, config=config, top_k=top_k)
+                result = scored(index, item, {a.variant: a for a in answers}, variants, classify)
+                self.runs.append_result(run["id"], result)
+                results.append(result)
+                run["done"] = index + 1
+                report((index + 1) / len(items), f"Question {index + 1}/{len(items)}")
+                if index + 1 < len(items):
+                    yield run
+            else:
+                run["state"] = "completed"
+        except Exception:
+            run["state"] = "failed"
+            raise
+        finally:  # also when the caller stops early (the iterator is closed): the run is saved as cancelled
+            run["finished"] = time.time()
+            run["summary"] = summary_of(run, results)
+            self.runs.write_run(run)
+        yield {**run, "results": results}
 
+    def _checked(self, items: list[dict], variants: list[str], kb: str | None, adapter: str | None) -> list[str]:
+        if not items:
+            raise InputError("the test set has no questions")
+        variants = list(dict.fromkeys(variants))
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown or not variants:
+            raise InputError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+        if any(VARIANTS[v].uses_adapter for v in variants) and not adapter:
+            raise InputError("the fine-tuned variants need an adapter (--adapter NAME)")
+        if any(VARIANTS[v].uses_retrieval for v in variants):
+            if not kb:
+                raise InputError("the RAG variants need a knowledge base (--kb NAME)")
+            self.kbs.show(kb)  # an unknown knowledge base fails here, before any question is asked
+        return variants
 
-def run_evaluation(lab, items: list[dict], variants: list[str], testset: str, kb: str | None = None,
-                   adapter: str | None = None, config: GenerationConfig | None = None, top_k: int | None = None,
-                   progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
-    """Answer every item with every variant (the variants of one question share one decode batch), score and
-    save each as it comes; returns the finished (or cancelled) run with its summary."""
-    if not items:
-        raise InputError("the test set has no questions")
-    variants = list(dict.fromkeys(variants))
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not variants:
-        raise InputError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    if any(VARIANTS[v].uses_adapter for v in variants) and not adapter:
-        raise InputError("the fine-tuned variants need an adapter (--adapter NAME)")
-    if any(VARIANTS[v].uses_retrieval for v in variants):
-        if not kb:
-            raise InputError("the RAG variants need a knowledge base (--kb NAME)")
-        lab.kb_show(kb)  # an unknown knowledge base fails here, before any question is asked
-    classify = is_yes_no_maybe(items)
-    config = (config or GenerationConfig(max_new_tokens=8 if classify else lab.settings.max_new_tokens)).checked()
-    store = lab.evals
-    run = {
-        "id": store.new_id(), "testset": testset, "questions": len(items), "variants": variants, "kb": kb,
-        "adapter": adapter, "model": lab.settings.base_model, "classify": classify,
-        "instruction": CLASSIFY_INSTRUCTION if classify else None,
-        "settings": {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
-                     "top_k": top_k or lab.settings.top_k},
-        "state": "running", "started": time.time(), "done": 0,
-    }
-    uses_kb = any(VARIANTS[v].uses_retrieval for v in variants)
-    run["costs"] = lab.costs(kb if uses_kb else None, adapter)
-    if adapter:
-        run["adapter_info"] = {k: lab.adapters.info(adapter).get(k) for k in ("dataset", "seconds", "steps")}
-        run["warnings"] = overlap_warnings(lab, items, run["adapter_info"]["dataset"])
-    store.write_run(run)
-    report = progress or (lambda fraction, message: None)
-    results = []
-    for index, item in enumerate(items):
-        if should_stop and should_stop():
-            run["state"] = "cancelled"
+    # ---- costs and advice ------------------------------------------------------------------------------------------
+    def costs(self, kb: str | None = None, adapter: str | None = None) -> dict:
+        """What the variants cost to keep, beside what they score: model weights in memory, the index, the adapter."""
+        out = {"model_mb": _megabytes(_weight_bytes(self.models.generator.model))}
+        if kb:
+            size = self.kbs.index_size(kb)
+            # A small index is kilobytes: kept to 3 decimals so the verdict can say how many.
+            out["index"] = {"chunks": size["chunks"], "mb": _megabytes(size["text_bytes"] + size["vector_bytes"], 3)}
+            out["embedder_mb"] = _megabytes(_weight_bytes(self.models.embedder))
+        if adapter:
+            folder = self.adapters.path(adapter)
+            out["adapter_mb"] = _megabytes(sum(f.stat().st_size for f in folder.rglob("*.safetensors")))
+        return out
+
+    def advise(self, situation: Situation) -> dict:
+        """The advisor's recommendation; where this workspace has a finished evaluation, its measured winner
+        comes with it, and says so when it disagrees (a measurement on your questions beats a rule of thumb)."""
+        advice = advise(situation)
+        for run_id in reversed(self.runs.ids()):
+            run = self.runs.load(run_id)
+            ahead = lead(run) if run.get("state") == "completed" else None
+            if not ahead:
+                continue
+            choice = {"base": None, "rag": "rag", "finetuned": "finetune", "finetuned+rag": "both"}[ahead["best"]]
+            # An unclear lead neither confirms nor contradicts the advice.
+            agrees = None if not ahead["clear"] else choice == advice["choice"]
+            note = {None: "It could not tell the best two apart yet, so it neither confirms nor contradicts this "
+                          "advice.",
+                    False: "It disagrees with this advice: trust the measurement on your own questions.",
+                    True: None}[agrees]
+            advice["measured"] = {"run": run_id, "best": ahead["best"], "clear": ahead["clear"],
+                                  "verdict": verdict(run), "agrees": agrees, "note": note}
             break
-        question = item["question"] + (f"\n{CLASSIFY_INSTRUCTION}" if classify else "")
-        answers = {a.variant: a for a in lab.compare(question, variants, kb=kb, adapter=adapter, config=config,
-                                                     top_k=top_k)}
-        result = {"index": index, "question": item["question"], "gold": item["answer"],
-                  "source": item.get("source"), "answers": {}}
-        for variant in variants:
-            answer = answers[variant]
-            entry = {"answer": answer.answer, "error": answer.error, "timings": answer.timings}
-            if not answer.error:
-                rag = VARIANTS[variant].uses_retrieval
-                entry["scores"] = score_answer(
-                    answer.answer, item["answer"], classify=classify,
-                    passages=[s["text"] for s in answer.sources] if rag else None,
-                    retrieved=[s["file"] for s in answer.sources] if rag else None,
-                    gold_source=item.get("source"))
-                entry["sources"] = [{"file": s["file"], "page": s["page"], "score": s["score"]}
-                                    for s in answer.sources]
-            result["answers"][variant] = entry
-        store.append_result(run["id"], result)
-        results.append(result)
-        run["done"] = index + 1
-        report((index + 1) / len(items), f"Question {index + 1}/{len(items)}")
-    else:
-        run["state"] = "completed"
-    run["finished"] = time.time()
-    run["summary"] = summary_of(run, results)
-    store.write_run(run)
-    return {**run, "results": results}
+        return advice
 
 
-def overlap_warnings(lab, items: list[dict], trained_on: str | None) -> list[str]:
+def _megabytes(n: int, digits: int = 1) -> float:
+    return round(n / 2**20, digits)
+
+
+def _weight_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def scored(index: int, item: dict, answers: dict, variants: list[str], classify: bool) -> dict:
+    """One question's result line: every variant's answer, timings, passages and scores."""
+    result = {"index": index, "question": item["question"], "gold": item["answer"], "source": item.get("source"),
+              "answers": {}}
+    for variant in variants:
+        answer = answers[variant]
+        entry = {"answer": answer.answer, "error": answer.error, "timings": answer.timings}
+        if not answer.error:
+            rag = VARIANTS[variant].uses_retrieval
+            entry["scores"] = score_answer(
+                answer.answer, item["answer"], classify=classify,
+                passages=[s["text"] for s in answer.sources] if rag else None,
+                retrieved=[s["file"] for s in answer.sources] if rag else None,
+                gold_source=item.get("source"))
+            entry["sources"] = [{"file": s["file"], "page": s["page"], "score": s["score"]} for s in answer.sources]
+        result["answers"][variant] = entry
+    return result
+
+
+def overlap_warnings(datasets: DatasetStore, items: list[dict], trained_on: str | None) -> list[str]:
     """Test questions the adapter has seen in training, or that were made from passages it trained on."""
-    if trained_on not in lab.datasets.names():
+    if trained_on not in datasets.names():
         return []
-    train = [example_to_item(e) for e in lab.datasets.examples(trained_on, "train")]
+    train = [example_to_item(e) for e in datasets.examples(trained_on, "train")]
     seen = {normalise(t["question"]) for t in train}
     passages = {t["chunk_id"] for t in train if t.get("chunk_id")}
     warnings = []
@@ -183,116 +267,3 @@ def summary_of(run: dict, results: list[dict]) -> dict:
         out["errors"] = len(results) - len(answered)
         summary[variant] = out
     return summary
-
-
-FEW_QUESTIONS = 20
-
-
-def headline_metric(run: dict) -> str:
-    """The score a run is ranked by: accuracy for yes/no/maybe sets, else 'contains the gold answer'."""
-    return "correct" if run.get("classify") else "contains"
-
-
-def ranking(run: dict) -> list[tuple[str, float]]:
-    """(variant, headline score), best first."""
-    metric = headline_metric(run)
-    return sorted(((v, s[metric]["mean"]) for v, s in (run.get("summary") or {}).items() if metric in s),
-                  key=lambda x: -x[1])
-
-
-def lead(run: dict) -> dict | None:
-    """The best variant against the runner-up on the questions both answered: the difference in the headline
-    score and its paired 95% interval (`clear` when the interval is above 0)."""
-    ranked = ranking(run)
-    if len(ranked) < 2:
-        return None
-    metric = headline_metric(run)
-    best, second = ranked[0][0], ranked[1][0]
-    both = [r for r in run.get("results", []) if all(not r["answers"][v].get("error") for v in (best, second))]
-    if not both:
-        return None
-    diff, low, high = paired_difference_ci([r["answers"][best]["scores"][metric] for r in both],
-                                           [r["answers"][second]["scores"][metric] for r in both])
-    return {"best": best, "second": second, "difference": diff, "low": low, "high": high, "clear": low > 0}
-
-
-def verdict(run: dict) -> str:
-    """A plain-language summary of a run: who answered how many right, and what each costs."""
-    summary, n = run.get("summary") or {}, run.get("done", 0)
-    metric = headline_metric(run)
-    ranked = ranking(run)
-    if not ranked:
-        return "No answers were scored yet."
-    parts = [f"{VARIANTS[v].label} {score:.0%}" for v, score in ranked]
-    what = "right (yes/no/maybe accuracy)" if metric == "correct" else "with the gold answer in the answer"
-    text = f"On these {n} questions: " + ", ".join(parts) + f" {what}."
-    best = ranked[0][0]
-    ahead = lead(run)
-    if ahead:
-        first, second = VARIANTS[ahead["best"]].label, VARIANTS[ahead["second"]].label
-        if ahead["clear"]:
-            text += (f" {first} is ahead of {second} by {ahead['difference']:.0%} (95% interval of the difference "
-                     f"on the same questions: {ahead['low']:.0%} to {ahead['high']:.0%}).")
-        else:
-            text += (f" {first} and {second} cannot be told apart yet (95% interval of the difference: "
-                     f"{ahead['low']:+.0%} to {ahead['high']:+.0%}); more questions would.")
-    if run.get("classify") and "macro_f1" in summary.get(best, {}):
-        text += f" Macro-F1 of {VARIANTS[best].label}: {summary[best]['macro_f1']['mean']:.3f}."
-        gold = [normalise(r["gold"]) for r in run.get("results", [])]
-        if gold:
-            common = max(set(gold), key=gold.count)
-            text += (f" For scale: always answering \"{common}\" would score {gold.count(common) / len(gold):.0%}"
-                     " here.")
-    if n < FEW_QUESTIONS:
-        text += f" Only {n} questions: treat this as a first look."
-    base_first = summary.get("base", {}).get("ttft_ms")
-    rag_first = summary.get("rag", {}).get("ttft_ms")
-    if base_first and rag_first:
-        # First-token time, not total: total time mostly measures how long each variant chose to talk.
-        text += (f" Retrieving and reading the passages makes RAG's first word come {rag_first - base_first:.0f} ms "
-                 "later than the base model's.")
-    seconds = (run.get("adapter_info") or {}).get("seconds")
-    if seconds:
-        text += f" The adapter took {seconds / 60:.1f} min to train."
-    text += _cost_sentence(run.get("costs") or {})
-    return text
-
-
-def _size(mb: float) -> str:
-    return f"{mb:.1f} MB" if mb >= 0.1 else f"{mb * 1024:.0f} KB"
-
-
-def _cost_sentence(costs: dict) -> str:
-    """Memory and disk next to quality: what each way costs to keep."""
-    parts = []
-    if "model_mb" in costs:
-        parts.append(f"the model's weights take {costs['model_mb']:.0f} MB of memory")
-    if "index" in costs:
-        parts.append(f"RAG adds the search model ({costs['embedder_mb']:.0f} MB) and an index of "
-                     f"{costs['index']['chunks']} passages ({_size(costs['index']['mb'])} of text and vectors)")
-    if "adapter_mb" in costs:
-        parts.append(f"the fine-tuned adapter is {_size(costs['adapter_mb'])} on top of the model")
-    return (" Costs: " + "; ".join(parts) + ".") if parts else ""
-
-
-def export(run: dict, path: Path) -> Path:
-    """A run as CSV (one row per question and variant) or JSON (everything), by the file's extension."""
-    path = Path(path)
-    if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(run, indent=2, ensure_ascii=False), encoding="utf-8")
-        return path
-    if path.suffix.lower() != ".csv":
-        raise InputError("export to a .csv or .json file", subject=str(path))
-    metrics = ["contains", "exact_match", "f1", "rouge_l", "chrf", "bleu", "label", "correct", "groundedness", "hit",
-               "rr"]
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", "question", "gold", "variant", "answer", "error", "total_ms", *metrics])
-        for r in run["results"]:
-            for variant, a in r["answers"].items():
-                scores = a.get("scores") or {}
-                writer.writerow([r["index"], r["question"], r["gold"], variant, a["answer"], a.get("error") or "",
-                                 (a.get("timings") or {}).get("total_ms", ""),
-                                 *[scores.get(m, "") if scores.get(m) is not None else "" for m in metrics]])
-    return path
-

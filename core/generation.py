@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from core.errors import InputError
-from core.models import Generator
+from core.models import Generator, accepts_logits_to_keep
 
 
 @dataclass
@@ -141,7 +141,7 @@ class _Decoder:
         self.generator, self.config = generator, config
         self.prompts, self.lengths = [p for p, _ in fitted], [n for _, n in fitted]
         self.model, self.tokenizer = generator.model, generator.tokenizer
-        self.keeps_last_logits = _keeps_last_logits(self.model)  # asked once, not at every decode step
+        self.keeps_last_logits = accepts_logits_to_keep(self.model)  # asked once, not at every decode step
         self.adapter_names = [name or "__base__" for name in adapters] if generator.adapters else None
         self.eos = _eos_ids(generator)
         self.picker = _TokenPicker(config, self.eos)
@@ -306,13 +306,6 @@ def _mergeable(model) -> bool:
         return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
     except Exception:  # noqa: BLE001 - an unusual config: take the always-correct path
         return False
-
-
-def _keeps_last_logits(model) -> bool:
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 _locks: dict[int, threading.Lock] = {}

@@ -20,7 +20,8 @@ from typing import Iterator
 from core.documents import Page, display_name, read_pages
 from core.errors import InputError
 from core.progress import ProgressFn, silent
-from core.store import Chunking, FileRecord, Store
+from core.catalog import Chunking, FileRecord
+from core.store import Store
 from core.web import fetch_url, looks_like_url
 
 EMBED_BATCH = 64

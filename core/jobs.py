@@ -9,7 +9,6 @@ Run a job by hand: python -m core.jobs DATA_DIR/jobs/<id>
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -18,19 +17,27 @@ import time
 import traceback
 from pathlib import Path
 
+from filelock import Timeout
+
 from core.errors import InputError
+from core.fileio import FolderRegistry, file_lock, read_json as _read_json, write_json as _write_json
 
 ACTIVE = ("queued", "running")
 FINAL = ("completed", "cancelled", "failed")
 
 
-class JobStore:
+class JobStore(FolderRegistry):
+    marker, what = "job.json", "training job"
+
     def __init__(self, data_dir: Path, lock_dir: Path | None = None):
         """`lock_dir`: where the device lock lives when several data folders share the device (demo
         workspaces); by default the jobs folder."""
         self.data_dir = Path(data_dir)
-        self.root = self.data_dir / "jobs"
+        super().__init__(self.data_dir / "jobs")
         self.lock_dir = Path(lock_dir) if lock_dir else None
+
+    def existing(self) -> str:
+        return "latest: " + (", ".join(self.names()[-3:]) or "none yet")
 
     # ---- starting and watching ------------------------------------------------------------------------------
     def start(self, job: dict) -> str:
@@ -49,7 +56,7 @@ class JobStore:
 
     def resume(self, job_id: str) -> str:
         """Start a cancelled or failed job again: it continues from its last checkpoint."""
-        folder = self._folder(job_id)
+        folder = self.path(job_id)
         state = self.get(job_id)["state"]
         if state in ACTIVE:
             raise InputError(f"the job is {state}; only a cancelled or failed job can be resumed", subject=job_id)
@@ -79,14 +86,8 @@ class JobStore:
         log.close()
         (folder / "pid").write_text(str(process.pid))
 
-    def _folder(self, job_id: str) -> Path:
-        folder = self.root / str(job_id)
-        if "/" in str(job_id) or not (folder / "job.json").exists():
-            raise InputError("no such training job", subject=job_id)
-        return folder
-
     def get(self, job_id: str) -> dict:
-        folder = self._folder(job_id)
+        folder = self.path(job_id)
         job = json.loads((folder / "job.json").read_text())
         status = _read_json(folder / "status.json") or {"state": "queued"}
         if status.get("state") in ACTIVE and not _alive(folder):
@@ -95,13 +96,10 @@ class JobStore:
         return {**job, **status, "log_tail": self.log_tail(job_id, 20)}
 
     def list(self) -> list[dict]:
-        if not self.root.exists():
-            return []
-        ids = sorted((p.name for p in self.root.iterdir() if (p / "job.json").exists()), reverse=True)
-        return [self.get(i) for i in ids]
+        return [self.get(i) for i in reversed(self.names())]
 
     def cancel(self, job_id: str) -> dict:
-        folder = self._folder(job_id)
+        folder = self.path(job_id)
         (folder / "cancel").touch()
         return self.get(job_id)
 
@@ -166,19 +164,6 @@ def _alive(folder: Path) -> bool:
         return True
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 # ---- inside the job's process ------------------------------------------------------------------------------
 
 def run_job(folder: Path) -> int:
@@ -196,61 +181,57 @@ def run_job(folder: Path) -> int:
         train(job, folder, lambda update: None, cancel_flag.exists)
         return 0
     device = pick_device(job["device"])
-    lock_path = Path(job.get("lock_dir") or folder.parent) / f"device-{device.replace(':', '-')}.lock"
+    lock_dir = Path(job.get("lock_dir") or folder.parent)
+    lock = file_lock(lock_dir / f"device-{device.replace(':', '-')}.lock", timeout=0)
+    holder = lock_dir / f"device-{device.replace(':', '-')}.holder"  # which job trains now, for the queue's message
     status: dict = {"state": "queued", "step": 0, "total_steps": None}
 
     def report(update: dict) -> None:
         status.update(update)
         _write_json(status_path, status)
 
-    with open(lock_path, "a+") as lock:
-        while True:  # wait for the device, visibly, in order of arrival, and let a queued job be cancelled
-            if cancel_flag.exists():
-                report({"state": "cancelled", "error": None, "message": "cancelled before it started"})
-                return 0
-            ahead = _older_queued_job(folder, device)
-            if ahead is None:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    lock.seek(0)
-                    ahead = lock.read().strip() or "another job"
-            report({"state": "queued", "waiting_for": ahead})
-            time.sleep(1.0)
-        lock.seek(0)
-        lock.truncate()
-        lock.write(job["id"])
-        lock.flush()
-        report({"state": "running", "waiting_for": None, "started": time.time()})
-        try:
-            result = train(job, folder, report, cancel_flag.exists)
-            cancelled = cancel_flag.exists()
-            data = DatasetStore(Path(job["data_dir"]))
-            adapters = AdapterStore(Path(job["data_dir"]))
-            meta = {
-                "base_model": job["base_model"], "dataset": job["dataset"],
-                "dataset_sha256": data.info(job["dataset"]).sha256, "settings": job["settings"],
-                "job": job["id"], "created": time.time(), "complete": not cancelled,
-                **{k: result[k] for k in ("train_loss", "eval_loss", "steps", "total_steps", "seconds",
-                                          "tokens_per_s", "device", "quantized_4bit", "packing", "history")},
-            }
-            name = job["adapter"]
-            if name in adapters.names() and adapters.info(name).get("job") == job["id"]:
-                adapters.delete(name)  # a resumed job replaces what its earlier run saved
-            name = adapters.add(adapters.free_name(name), folder / "adapter", meta)
-            report({"state": "cancelled" if cancelled else "completed", "adapter": name, "result": result,
-                    "message": "cancelled; the last checkpoint was saved as a usable adapter" if cancelled else
-                    "finished"})
+    while True:  # wait for the device, visibly, in order of arrival, and let a queued job be cancelled
+        if cancel_flag.exists():
+            report({"state": "cancelled", "error": None, "message": "cancelled before it started"})
             return 0
-        except Exception as exc:  # noqa: BLE001 - any failure ends this job only, with its reason shown
-            traceback.print_exc()
-            report({"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
-            return 1
-        finally:
-            lock.seek(0)
-            lock.truncate()
-            lock.flush()
+        ahead = _older_queued_job(folder, device)
+        if ahead is None:
+            try:
+                lock.acquire()
+                break
+            except Timeout:
+                ahead = (holder.read_text().strip() if holder.exists() else "") or "another job"
+        report({"state": "queued", "waiting_for": ahead})
+        time.sleep(1.0)
+    holder.write_text(job["id"])
+    report({"state": "running", "waiting_for": None, "started": time.time()})
+    try:
+        result = train(job, folder, report, cancel_flag.exists)
+        cancelled = cancel_flag.exists()
+        data = DatasetStore(Path(job["data_dir"]))
+        adapters = AdapterStore(Path(job["data_dir"]))
+        meta = {
+            "base_model": job["base_model"], "dataset": job["dataset"],
+            "dataset_sha256": data.info(job["dataset"]).sha256, "settings": job["settings"],
+            "job": job["id"], "created": time.time(), "complete": not cancelled,
+            **{k: result[k] for k in ("train_loss", "eval_loss", "steps", "total_steps", "seconds",
+                                      "tokens_per_s", "device", "quantized_4bit", "packing", "history")},
+        }
+        name = job["adapter"]
+        if name in adapters.names() and adapters.info(name).get("job") == job["id"]:
+            adapters.delete(name)  # a resumed job replaces what its earlier run saved
+        name = adapters.add(adapters.free_name(name), folder / "adapter", meta)
+        report({"state": "cancelled" if cancelled else "completed", "adapter": name, "result": result,
+                "message": "cancelled; the last checkpoint was saved as a usable adapter" if cancelled else
+                "finished"})
+        return 0
+    except Exception as exc:  # noqa: BLE001 - any failure ends this job only, with its reason shown
+        traceback.print_exc()
+        report({"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        return 1
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
 
 
 if __name__ == "__main__":  # core/__init__ has already set the offline environment

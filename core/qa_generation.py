@@ -17,7 +17,9 @@ import re
 
 from core.documents import cite
 from core.errors import InputError
-from core.store import Hit
+from core.generation import GenerationConfig, RowDone, stream_chat
+from core.progress import ProgressFn, silent
+from core.retrieval import Hit
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]+|\d[\d,.]*")
@@ -153,3 +155,21 @@ def raft_examples(pairs: list[dict], chunks: list[dict], distractors: int = 3, o
             "source": {**pair["source"], "oracle_shown": with_oracle, "distractors": [c["id"] for c in picked]},
         })
     return out
+
+
+def model_question_writer(generator, progress: ProgressFn | None = None):
+    """`write_questions` for generate_pairs: the model writes one question per fact sentence, all in one decode
+    batch."""
+    report = progress or silent
+
+    def write_questions(sentences: list[str]) -> list[str]:
+        conversations = [[{"role": "user", "content": QUESTION_PROMPT.format(sentence=s)}] for s in sentences]
+        questions = [""] * len(sentences)
+        for event in stream_chat(generator, conversations, GenerationConfig(max_new_tokens=40)):
+            if isinstance(event, RowDone):
+                questions[event.row] = event.text.strip()
+                written = sum(bool(q) for q in questions)
+                report(0.1 + 0.8 * written / len(questions), f"Writing questions {written}/{len(questions)}")
+        return questions
+
+    return write_questions

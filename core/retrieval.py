@@ -6,8 +6,11 @@ small embedding models blur. Reciprocal rank fusion merges the two rankings with
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
+
+from core.store import Store
 
 RRF_K = 60  # the constant from Cormack et al. (2009); damps the weight of the very top ranks
 
@@ -35,6 +38,31 @@ def matched_spans(query: str, text: str) -> list[tuple[int, int]]:
     wanted = {stemmer.stemWord(w) for w in (m.group().lower() for m in _WORD.finditer(query)) if w not in stop}
     return [(m.start(), m.end()) for m in _WORD.finditer(text)
             if (w := m.group().lower()) not in stop and stemmer.stemWord(w) in wanted]
+
+
+@dataclass
+class Hit:
+    text: str
+    file: str
+    page: str
+    score: float  # cosine similarity in [-1, 1], for every hit, however it was found
+    chunk_id: str
+    vector_rank: int | None = None  # 1-based rank in vector search, None if not among its candidates
+    keyword_rank: int | None = None  # 1-based rank in BM25 search, None if no query word matched
+
+
+def relevant(hits: list[Hit], min_score: float) -> list[Hit]:
+    """The hits worth showing the model: the best one, those at or above min_score, and keyword matches
+    (an exact name or number can matter even where the embedding sees little similarity)."""
+    return [h for i, h in enumerate(hits) if i == 0 or h.score >= min_score or h.keyword_rank is not None]
+
+
+def hit_to_source(hit: Hit, question: str | None = None) -> dict:
+    """A passage as the UI, the CLI and saved results show it; `matched`: [start, end] of the question's words in it."""
+    found_by = [name for name, rank in (("vector", hit.vector_rank), ("keyword", hit.keyword_rank)) if rank]
+    matched = [list(span) for span in matched_spans(question, hit.text)] if question else []
+    return {"file": hit.file, "page": hit.page, "score": round(hit.score, 4), "text": hit.text, "found_by": found_by,
+            "matched": matched}
 
 
 @dataclass
@@ -77,3 +105,60 @@ def reciprocal_rank_fusion(rankings: list[list[str]], k: int = RRF_K) -> list[tu
         for rank, item in enumerate(ranking, start=1):
             fused[item] = fused.get(item, 0.0) + 1.0 / (k + rank)
     return sorted(fused.items(), key=lambda pair: pair[1], reverse=True)
+
+
+class Retriever:
+    """Hybrid search over one store: vector search merged with BM25 keyword search by reciprocal rank fusion.
+    Keeps each knowledge base's keyword index, rebuilt only when its list of files has changed (in any process)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._keyword_indexes: dict[str, tuple[frozenset, KeywordIndex]] = {}  # kb -> (listed ingest ids, index)
+        self._lock = threading.Lock()
+
+    def keyword_index(self, kb: str, listed: frozenset | None = None) -> KeywordIndex:
+        listed = self.store.listed_ingest_ids(kb) if listed is None else listed
+        cached = self._keyword_indexes.get(kb)
+        if cached is None or cached[0] != listed:
+            ids, texts = [], []
+            for page in self.store.all_chunks(kb):
+                for chunk_id, text, meta in zip(page["ids"], page["documents"], page["metadatas"]):
+                    if meta.get("ingest_id") in listed:
+                        ids.append(chunk_id)
+                        texts.append(text)
+            cached = (listed, KeywordIndex.build(ids, texts))
+            if len(ids) == self.store.catalog.listed_chunk_total(kb):  # else a write raced this read: build again
+                with self._lock:
+                    self._keyword_indexes[kb] = cached
+        return cached[1]
+
+    def search(self, kb: str, embedding: list[float], top_k: int, text: str | None = None) -> list[Hit]:
+        """Top passages: vector search, fused with keyword search when `text` is given."""
+        kb = self.store.require_kb(kb)
+        listed = self.store.listed_ingest_ids(kb)
+        if not listed:
+            return []
+        candidates = max(4 * top_k, 20)
+        by_id: dict[str, Hit] = {}
+        for chunk_id, doc, meta, cosine in self.store.chroma.nearest(self.store.collection_name(kb), embedding,
+                                                                      candidates):
+            if meta.get("ingest_id") not in listed:
+                continue  # a file still being written (or left by a killed ingest): not searchable yet
+            by_id[chunk_id] = Hit(doc, meta.get("file", "?"), str(meta.get("page", "")), cosine, chunk_id,
+                                  vector_rank=len(by_id) + 1)
+        vector_ranking = list(by_id)
+        if text is None:
+            return [by_id[i] for i in vector_ranking[:top_k]]
+        keyword_ranking = [chunk_id for chunk_id, _ in self.keyword_index(kb, listed).search(text, candidates)]
+        chosen = [chunk_id for chunk_id, _ in reciprocal_rank_fusion([vector_ranking, keyword_ranking])[:top_k]]
+        missing = [chunk_id for chunk_id in chosen if chunk_id not in by_id]
+        if missing:  # found by keywords alone: fetch them, and score them by cosine like the rest
+            got = self.store.collection(kb).get(ids=missing, include=["documents", "metadatas", "embeddings"])
+            for chunk_id, doc, meta, vector in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"]):
+                cosine = float(sum(a * b for a, b in zip(embedding, vector)))  # both are unit length
+                by_id[chunk_id] = Hit(doc, meta.get("file", "?"), str(meta.get("page", "")), cosine, chunk_id)
+        for rank, chunk_id in enumerate(keyword_ranking, start=1):
+            if chunk_id in by_id:
+                by_id[chunk_id].keyword_rank = rank
+        # A chunk found by keywords alone may have been deleted since the index was built: skip it.
+        return [by_id[chunk_id] for chunk_id in chosen if chunk_id in by_id]

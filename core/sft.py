@@ -15,13 +15,13 @@ bench/bench_training.py measures the difference against a plain transformers Tra
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+from core.models import accepts_logits_to_keep
 
 
 PER_EXAMPLE = "sdpa_per_example"
@@ -67,8 +67,7 @@ class CpuSFTTrainer(SFTTrainer):
         kwargs.setdefault("data_collator", self.flat_collator)
         super().__init__(*args, model=model, processing_class=processing_class, **kwargs)
         use_cheap_lora_dropout(self.model)
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        self._keeps_logits = "logits_to_keep" in inspect.signature(type(base).forward).parameters
+        self._keeps_logits = accepts_logits_to_keep(self.model)
         if self.data_collator is self.flat_collator and not self._flat_rows_keep_examples_apart():
             self.data_collator = self.padded_collator
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from core.errors import InputError
+from core.schema import setting
 
 # Plain-language presets; every field can be overridden in the advanced panel or on the command line.
 PRESETS: dict[str, dict] = {
@@ -33,21 +34,27 @@ PRESETS: dict[str, dict] = {
 
 @dataclass
 class TrainSettings:
+    """Every training knob, declared once: the CLI's flags and the Fine-tune tab's Advanced panel are made from it."""
+
     preset: str = "quick"
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: str = "all-linear"  # or a comma-separated list such as "q_proj,v_proj"
-    learning_rate: float = 2e-3  # the defaults are the Quick preset's
-    epochs: float = 10
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_length: int = 384
-    seed: int = 42
-    eval_every: int = 0  # steps between validation-loss checks; 0: about 10 per run
-    early_stopping_patience: int = 3  # validation checks without improvement before stopping
-    quantize: str = "auto"  # "auto" (4-bit NF4 on CUDA, none on CPU), "4bit" or "none"
-    max_steps: int = 0  # 0: run the epochs; >0 caps the run (demo mode, quick checks)
+    # the defaults are the Quick preset's
+    rank: int = setting(16, "LoRA rank", "LoRA rank: the adapter's size")
+    alpha: int = setting(32, "LoRA alpha", "LoRA alpha: usually 2x the rank")
+    dropout: float = setting(0.05, "Dropout", "LoRA dropout")
+    learning_rate: float = setting(2e-3, "Learning rate", "learning rate")
+    epochs: float = setting(10, "Epochs", "passes over the training data", elem_id="ft-epochs")
+    batch_size: int = setting(4, "Batch size", "examples per step")
+    grad_accum: int = setting(1, "Gradient accumulation", "gradient accumulation steps")
+    max_length: int = setting(384, "Max length (tokens)", "max tokens per example")
+    seed: int = setting(42, "Seed", "random seed")
+    eval_every: int = setting(0, "Validation every (steps)", "steps between validation-loss checks (0: about 10 "
+                              "per run)", ui=False)
+    early_stopping_patience: int = setting(3, "Early stopping patience", "validation checks without improvement "
+                                           "before stopping", cli=False, ui=False)
+    max_steps: int = setting(0, "Max steps", "stop after this many steps (0: run the epochs)", ui=False)
+    target_modules: str = setting("all-linear", "Target modules", '"all-linear" or e.g. "q_proj,v_proj"')
+    quantize: str = setting("auto", "4-bit (QLoRA)", "auto: 4-bit NF4 on a GPU, full precision on CPU (4-bit is "
+                            "about 20x slower there)", choices=("auto", "4bit", "none"))
 
     @classmethod
     def from_preset(cls, preset: str = "quick", **overrides) -> "TrainSettings":
@@ -72,6 +79,7 @@ class TrainSettings:
             (1 <= self.grad_accum <= 512, "gradient accumulation must be between 1 and 512"),
             (32 <= self.max_length <= 32768, "max length must be between 32 and 32768 tokens"),
             (self.quantize in ("auto", "4bit", "none"), "quantize must be auto, 4bit or none"),
+            (self.early_stopping_patience >= 0, "early stopping patience must not be negative"),
             (self.max_steps >= 0 and self.eval_every >= 0, "steps must not be negative"),
         ]
         for ok, message in rules:

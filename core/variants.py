@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from core.documents import cite
 from core.errors import InputError
-from core.store import Hit
+from core.retrieval import Hit
 
 RAG_SYSTEM_PROMPT = (
     "Answer the question using only the numbered passages from the user's documents. "

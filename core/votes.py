@@ -11,6 +11,7 @@ from pathlib import Path
 
 from core.comparison import Comparison, answered
 from core.errors import InputError
+from core.fileio import write_atomic
 
 TIE, ALL_BAD = "tie", "all_bad"
 
@@ -119,9 +120,5 @@ class VoteStore:
         if path.is_dir():
             raise InputError("is a folder; give a file name such as votes.jsonl", subject=str(path))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         return {"path": str(path), "format": format, "rows": len(rows), "votes": len(self.all())}

@@ -12,64 +12,14 @@ import re
 import shutil
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
 
 from core.config import Settings, load_settings
-from core.errors import InputError, LabError
+from core.errors import LabError
+from core.lab import Lab
+from core.limits import DemoLimits
 
 # A visitor key comes from the browser (a cookie, or Gradio's session id): long, random, and never a path.
 VISITOR_KEY = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
-ACTION_WORDS = {"ingest": "uploads", "train": "fine-tunes", "evaluate": "evaluations", "generate": "questions",
-                "dataset": "dataset generations"}
-
-
-@dataclass(frozen=True)
-class DemoLimits:
-    max_file_mb: int = 5
-    max_chunks: int = 3000  # all of a workspace's knowledge bases together
-    max_train_minutes: float = 10.0  # the estimate made before launch
-    max_eval_questions: int = 30
-    idle_minutes: float = 120.0  # a workspace unused this long is deleted
-    # action -> (how many, per how many seconds)
-    rates: dict = field(default_factory=lambda: {
-        "ingest": (10, 600), "train": (3, 3600), "evaluate": (5, 3600), "generate": (60, 600), "dataset": (5, 3600)})
-
-
-class RateLimiter:
-    """A sliding window per action: at most N uses in any W seconds."""
-
-    def __init__(self, rates: dict, clock=time.monotonic):
-        self.rates, self.clock = rates, clock
-        self._used: dict[str, deque] = {}
-        self._lock = threading.Lock()
-
-    def spend(self, action: str) -> None:
-        if action not in self.rates:
-            return
-        most, window = self.rates[action]
-        now = self.clock()
-        with self._lock:
-            used = self._used.setdefault(action, deque())
-            while used and used[0] <= now - window:
-                used.popleft()
-            if len(used) >= most:
-                wait = int(used[0] + window - now) + 1
-                raise InputError(
-                    f"this demo allows {most} {ACTION_WORDS.get(action, action)} per {_duration(window)}; "
-                    f"try again in {_wait(wait)} (run the app on your own machine for no limits)")
-            used.append(now)
-
-
-def _duration(seconds: float) -> str:
-    """A window in words: 'hour', '10 minutes'."""
-    if seconds % 3600 == 0:
-        return "hour" if seconds == 3600 else f"{int(seconds // 3600)} hours"
-    return "minute" if seconds == 60 else f"{round(seconds / 60)} minutes"
-
-
-def _wait(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{round(seconds / 60)} min"
 
 
 def demo_mode_from_env(environ) -> bool:
@@ -87,8 +37,6 @@ class Workspaces:
 
     def __init__(self, settings: Settings | None = None, demo: bool = False, limits: DemoLimits | None = None,
                  background_indexing: bool = False, clock=time.time):
-        from core.lab import Lab
-
         self.settings = settings or load_settings()
         self.demo, self.limits = demo, (limits or DemoLimits()) if demo else None
         self.background_indexing, self.clock = background_indexing, clock
@@ -102,8 +50,6 @@ class Workspaces:
         """The visitor's Lab (created on first use); the shared one outside demo mode."""
         if not self.demo:
             return self.shared
-        from core.lab import Lab
-
         if not visitor or not VISITOR_KEY.match(visitor):
             raise LabError("this page has no session; reload it")
         folder = self.root / hashlib.sha256(visitor.encode()).hexdigest()[:32]

@@ -8,8 +8,8 @@ SHORT = GenerationConfig(max_new_tokens=40)
 
 
 def test_rag_answers_from_the_document_and_base_does_not(lab, handbook):
-    lab.ingest([handbook])
-    answers = {a.variant: a for a in lab.compare("Who founded the Zorblat Institute?", ["base", "rag"], config=SHORT)}
+    lab.kbs.ingest([handbook])
+    answers = {a.variant: a for a in lab.answers.compare("Who founded the Zorblat Institute?", ["base", "rag"], config=SHORT)}
     rag, base = answers["rag"], answers["base"]
     assert "Quanz" in rag.answer
     assert rag.sources and rag.sources[0]["file"] == "handbook.md"
@@ -21,8 +21,8 @@ def test_rag_answers_from_the_document_and_base_does_not(lab, handbook):
 
 
 def test_stream_order_sources_then_text_then_done(lab, handbook):
-    lab.ingest([handbook])
-    events = list(lab.ask_stream("How many days of paid leave do staff get?", ["base", "rag"], config=SHORT))
+    lab.kbs.ingest([handbook])
+    events = list(lab.answers.ask_stream("How many days of paid leave do staff get?", ["base", "rag"], config=SHORT))
     kinds = {name: [e.kind for e in events if e.variant == name] for name in ("base", "rag")}
     assert kinds["rag"][0] == "sources" and kinds["rag"][-1] == "done"
     assert kinds["base"][-1] == "done" and "delta" in kinds["base"]
@@ -32,7 +32,7 @@ def test_stream_order_sources_then_text_then_done(lab, handbook):
 
 
 def test_rag_without_documents_explains_and_base_still_answers(lab):
-    answers = {a.variant: a for a in lab.compare("What is the capital of France?", ["base", "rag"], config=SHORT)}
+    answers = {a.variant: a for a in lab.answers.compare("What is the capital of France?", ["base", "rag"], config=SHORT)}
     assert "no documents" in answers["rag"].error or "no such knowledge base" in answers["rag"].error
     assert answers["base"].error is None and answers["base"].answer
 
@@ -40,26 +40,26 @@ def test_rag_without_documents_explains_and_base_still_answers(lab):
 def test_weak_passages_are_left_out(lab, handbook, tmp_path):
     unrelated = tmp_path / "tomatoes.txt"
     unrelated.write_text("Tomatoes grow best in warm soil with plenty of sun and regular watering.")
-    lab.ingest([handbook, unrelated])
-    answer = lab.ask("Who founded the Zorblat Institute?", "rag", config=GenerationConfig(max_new_tokens=8))
+    lab.kbs.ingest([handbook, unrelated])
+    answer = lab.answers.ask("Who founded the Zorblat Institute?", "rag", config=GenerationConfig(max_new_tokens=8))
     assert [s["file"] for s in answer.sources] == ["handbook.md"]
 
 
 def test_bad_questions_and_variants(lab, handbook):
-    lab.ingest([handbook])
+    lab.kbs.ingest([handbook])
     with pytest.raises(InputError, match="empty"):
-        lab.ask("   ", "rag")
+        lab.answers.ask("   ", "rag")
     with pytest.raises(InputError, match="limit"):
-        lab.ask("why? " * 2000, "rag")
+        lab.answers.ask("why? " * 2000, "rag")
     with pytest.raises(InputError, match="unknown variant"):
-        lab.ask("hello", "telepathy")
+        lab.answers.ask("hello", "telepathy")
     with pytest.raises(LabError, match="no such knowledge base"):
-        lab.ask("hello", "rag", kb="missing")
+        lab.answers.ask("hello", "rag", kb="missing")
 
 
 def test_non_english_question_is_answered(lab, handbook):
-    lab.ingest([handbook])
-    answer = lab.ask("¿Quién fundó el Instituto Zorblat? 谁创立了它？", "rag", config=GenerationConfig(max_new_tokens=16))
+    lab.kbs.ingest([handbook])
+    answer = lab.answers.ask("¿Quién fundó el Instituto Zorblat? 谁创立了它？", "rag", config=GenerationConfig(max_new_tokens=16))
     assert answer.answer and answer.sources
 
 
@@ -76,10 +76,10 @@ def test_prefill_groups_short_similar_prompts_on_cpu_and_everything_on_gpu():
 
 def test_side_by_side_answers_match_single_answers(lab, handbook):
     """Batching and grouping must not change what each variant says (greedy decoding)."""
-    lab.ingest([handbook])
+    lab.kbs.ingest([handbook])
     question = "What is the mascot of the Zorblat Institute?"
-    alone = {v: lab.ask(question, v, config=SHORT).answer for v in ("base", "rag")}
-    together = {a.variant: a.answer for a in lab.compare(question, ["base", "rag"], config=SHORT)}
+    alone = {v: lab.answers.ask(question, v, config=SHORT).answer for v in ("base", "rag")}
+    together = {a.variant: a.answer for a in lab.answers.compare(question, ["base", "rag"], config=SHORT)}
     assert together == alone
 
 
@@ -88,12 +88,12 @@ def test_closing_a_stream_stops_generation_and_frees_the_model(lab):
 
     from core.generation import stream_chat
 
-    stream = stream_chat(lab.generator, [[{"role": "user", "content": "Tell me a very long story."}]],
+    stream = stream_chat(lab.models.generator, [[{"role": "user", "content": "Tell me a very long story."}]],
                          GenerationConfig(max_new_tokens=400))
     for count, _ in enumerate(stream):
         if count == 3:
             break
     t0 = time.perf_counter()
     stream.close()  # what Gradio does when a user cancels or leaves
-    next_answer = lab.ask("Hi", "base", config=GenerationConfig(max_new_tokens=4))
+    next_answer = lab.answers.ask("Hi", "base", config=GenerationConfig(max_new_tokens=4))
     assert next_answer.answer and time.perf_counter() - t0 < 10  # not ~40 s of the abandoned 400 tokens

@@ -16,7 +16,7 @@ SHORT = GenerationConfig(max_new_tokens=16)
 def test_joint_decode_gives_what_separate_generate_calls_give(lab):
     """Rows of very different lengths are prefilled apart and decoded together; greedy answers must be exactly
     what a plain `generate` gives for each row alone, including a row that stops early."""
-    generator = lab.generator
+    generator = lab.models.generator
     conversations = [
         [{"role": "user", "content": "What is the capital of France? Answer in three words."}],
         [{"role": "user", "content": "Summarise this in one line: " + "the river floods every spring. " * 40}],
@@ -37,22 +37,22 @@ def test_joint_decode_gives_what_separate_generate_calls_give(lab):
 def test_sampling_is_repeatable_with_a_seed_and_varies_without(lab):
     conversation = [[{"role": "user", "content": "Invent a name for a cat."}]]
     sampled = GenerationConfig(max_new_tokens=12, temperature=1.0, top_p=0.95, seed=7)
-    first = [e.text for e in stream_chat(lab.generator, conversation, sampled) if isinstance(e, RowDone)]
-    again = [e.text for e in stream_chat(lab.generator, conversation, sampled) if isinstance(e, RowDone)]
+    first = [e.text for e in stream_chat(lab.models.generator, conversation, sampled) if isinstance(e, RowDone)]
+    again = [e.text for e in stream_chat(lab.models.generator, conversation, sampled) if isinstance(e, RowDone)]
     assert first == again
     others = {e.text for seed in range(5) for e in stream_chat(
-        lab.generator, conversation, GenerationConfig(max_new_tokens=12, temperature=1.0, seed=seed))
+        lab.models.generator, conversation, GenerationConfig(max_new_tokens=12, temperature=1.0, seed=seed))
         if isinstance(e, RowDone)}
     assert len(others) > 1
 
 
 def test_each_column_keeps_its_own_conversation(lab, handbook):
-    lab.ingest([handbook])
+    lab.kbs.ingest([handbook])
     session = ArenaSession()
-    list(session.ask(lab, "Who founded the Zorblat Institute?", ["base", "rag"], SHORT, kb="default"))
+    list(session.ask(lab.answers, lab.quota, "Who founded the Zorblat Institute?", ["base", "rag"], SHORT, kb="default"))
     first_rag = session.columns["rag"].messages[-1]["content"]
     assert "Quanz" in first_rag
-    list(session.ask(lab, "In which year?", ["base", "rag"], SHORT, kb="default"))
+    list(session.ask(lab.answers, lab.quota, "In which year?", ["base", "rag"], SHORT, kb="default"))
     for variant in ("base", "rag"):
         column = session.columns[variant]
         assert [m["role"] for m in column.messages] == ["user", "assistant"] * 2
@@ -63,43 +63,43 @@ def test_each_column_keeps_its_own_conversation(lab, handbook):
     assert turn.question == "In which year?" and turn.history["rag"][1]["content"] == first_rag
     # The earlier turn reaches the model: the follow-up prompt is longer than the question alone would be.
     answers = {a["variant"]: a for a in turn.answers}
-    alone = lab.compare("In which year?", ["base"], config=SHORT)[0]
+    alone = lab.answers.compare("In which year?", ["base"], config=SHORT)[0]
     assert answers["base"]["timings"]["prompt_tokens"] > alone.timings["prompt_tokens"] + 10
     session.clear()
     assert session.columns == {} and session.turn is None
 
 
 def test_blind_mode_hides_names_until_the_vote_and_a_turn_gets_one_vote(lab, handbook):
-    lab.ingest([handbook])
+    lab.kbs.ingest([handbook])
     session = ArenaSession()
-    list(session.ask(lab, "What is the mascot of the institute?", ["base", "rag"], SHORT, kb="default", blind=True))
+    list(session.ask(lab.answers, lab.quota, "What is the mascot of the institute?", ["base", "rag"], SHORT, kb="default", blind=True))
     titles = [session.title(v) for v in session.order]
     assert titles == ["Answer A", "Answer B"]
     assert set(session.labels.values()) == {"base", "rag"} and session.can_vote
     with pytest.raises(InputError, match="vote first"):
         session.comparison()  # an export would name the columns
-    vote = session.vote(lab, session.labels["B"], "B cites the handbook")
+    vote = session.vote(lab.votes, session.labels["B"], "B cites the handbook")
     assert session.title(session.labels["B"]).startswith("Answer B: ")
     assert vote["blind"] is True and vote["labels"] == session.labels and vote["comment"] == "B cites the handbook"
     with pytest.raises(InputError, match="already voted"):
-        session.vote(lab, TIE)
+        session.vote(lab.votes, TIE)
     # Asking one column again gives a new answer set to vote on; greedy settings are sampled for it.
-    list(session.ask_again(lab, "base", SHORT, kb="default"))
+    list(session.ask_again(lab.answers, lab.quota, "base", SHORT, kb="default"))
     assert session.can_vote and "temperature 0.7" in session.columns["base"].note
     assert session.columns["rag"].messages[-1]["content"]  # the other column is untouched
-    session.vote(lab, ALL_BAD)
+    session.vote(lab.votes, ALL_BAD)
     assert [v["choice"] for v in lab.votes.all()] == [vote["choice"], ALL_BAD]
 
 
 def test_a_vote_needs_two_answers_and_a_known_choice(lab):
     session = ArenaSession()
     with pytest.raises(InputError, match="ask a question first"):
-        session.vote(lab, TIE)
-    list(session.ask(lab, "Hi", ["base", "finetuned"], SHORT, kb="default"))  # no adapter: one answer only
+        session.vote(lab.votes, TIE)
+    list(session.ask(lab.answers, lab.quota, "Hi", ["base", "finetuned"], SHORT, kb="default"))  # no adapter: one answer only
     assert "Pick a fine-tuned adapter" in session.columns["finetuned"].messages[-1]["content"]
     assert not session.can_vote
     with pytest.raises(InputError, match="at least two answers"):
-        session.vote(lab, "base")
+        session.vote(lab.votes, "base")
     comparison = Comparison(question="q", answers=[{"variant": "base", "answer": "x"},
                                                    {"variant": "rag", "answer": "y"}])
     with pytest.raises(InputError, match="choose one of"):
@@ -154,15 +154,15 @@ def test_the_dpo_export_is_what_trl_reads(lab, tmp_path):
     dataset = load_dataset("json", data_files=str(tmp_path / "prefs.jsonl"), split="train")
     row = dataset[0]
     assert is_conversational(row)
-    text = maybe_apply_chat_template(row, lab.generator.tokenizer)
+    text = maybe_apply_chat_template(row, lab.models.generator.tokenizer)
     assert "Who founded it?" in text["prompt"] and text["prompt"].rstrip().endswith("assistant")
     assert text["chosen"].startswith("Mirela Quanz.") and text["rejected"].startswith("Nobody knows.")
 
 
 def test_comparison_exports_as_markdown_and_json(lab, handbook):
-    lab.ingest([handbook])
-    answers = lab.compare("Who founded the Zorblat Institute?", ["base", "rag"], config=SHORT)
-    comparison = lab.comparison("Who founded the Zorblat Institute?", answers, kb="default",
+    lab.kbs.ingest([handbook])
+    answers = lab.answers.compare("Who founded the Zorblat Institute?", ["base", "rag"], config=SHORT)
+    comparison = lab.answers.record("Who founded the Zorblat Institute?", answers, kb="default",
                                 settings={"temperature": 0.0})
     markdown = comparison.to_markdown()
     assert "## Base model" in markdown and "## RAG" in markdown and "> [1] handbook.md" in markdown
@@ -173,14 +173,14 @@ def test_comparison_exports_as_markdown_and_json(lab, handbook):
 
 
 def test_long_and_foreign_questions_do_not_break_a_comparison(lab, handbook):
-    lab.ingest([handbook])
+    lab.kbs.ingest([handbook])
     long_question = "Please tell me about the institute. " * 100 + "Who founded it?"  # ~3,700 characters
-    answers = lab.compare(long_question, ["base", "rag"], config=GenerationConfig(max_new_tokens=4))
+    answers = lab.answers.compare(long_question, ["base", "rag"], config=GenerationConfig(max_new_tokens=4))
     assert all(a.answer and not a.error for a in answers)
-    answers = lab.compare("Wer hat das Zorblat-Institut gegründet? 誰が設立した？", ["base", "rag"], config=SHORT)
+    answers = lab.answers.compare("Wer hat das Zorblat-Institut gegründet? 誰が設立した？", ["base", "rag"], config=SHORT)
     assert all(a.answer and not a.error for a in answers)
     with pytest.raises(InputError, match="limit is 4000"):
-        lab.compare("x" * 4001, ["base"])
+        lab.answers.compare("x" * 4001, ["base"])
 
 
 def test_generation_settings_out_of_range_are_refused_by_name():

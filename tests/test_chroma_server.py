@@ -49,11 +49,11 @@ def test_ingest_search_delete_against_a_chroma_server(chroma_url, data_dir, hand
     lab = Lab(load_settings(data_dir=data_dir, chroma_url=chroma_url))
     other = tmp_path / "bridges.txt"
     other.write_text("The Quorvin Bridge was designed by Tessaly Brandt in 1962.")
-    results = lab.ingest([handbook, other])
+    results = lab.kbs.ingest([handbook, other])
     assert [r.status for r in results] == ["added", "added"]
     assert not (data_dir / "chroma").exists(), "vectors must go to the server, not the embedded store"
 
-    hits, _ = lab.search("Who designed the Quorvin Bridge?", top_k=2)
+    hits, _ = lab.kbs.search("Who designed the Quorvin Bridge?", top_k=2)
     assert hits[0].file == "bridges.txt" and hits[0].vector_rank and hits[0].keyword_rank
 
     # Another process (the CLI) sharing the server and the data folder sees the same knowledge base.
@@ -62,14 +62,14 @@ def test_ingest_search_delete_against_a_chroma_server(chroma_url, data_dir, hand
     searched = run_cli(["search", "Mirela Quanz", "--json", "--top-k", "1"], data_dir, LAB_CHROMA_URL=chroma_url)
     assert json.loads(searched.stdout)["hits"][0]["file"] == "handbook.md", searched.stderr
 
-    lab.delete_file("default", "bridges.txt")
-    assert lab.store.chunk_count("default") == lab.kb_show("default")["chunks"]
-    assert {h.file for h in lab.search("Quorvin Bridge Brandt", top_k=5)[0]} == {"handbook.md"}
-    lab.kb_delete("default")
-    assert lab.kb_list() == []
+    lab.kbs.delete_file("default", "bridges.txt")
+    assert lab.kbs.store.chunk_count("default") == lab.kbs.show("default")["chunks"]
+    assert {h.file for h in lab.kbs.search("Quorvin Bridge Brandt", top_k=5)[0]} == {"handbook.md"}
+    lab.kbs.delete("default")
+    assert lab.kbs.list() == []
 
 
 def test_unreachable_server_is_a_clear_error(data_dir, handbook):
     lab = Lab(load_settings(data_dir=data_dir, chroma_url=f"http://127.0.0.1:{free_port()}"))
     with pytest.raises(LabError, match="cannot reach the Chroma server"):
-        lab.ingest([handbook])
+        lab.kbs.ingest([handbook])

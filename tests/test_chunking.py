@@ -13,95 +13,95 @@ LONG = " ".join(f"Sentence number {i} is about the river {['Oda', 'Vel', 'Marn']
 def test_a_new_knowledge_base_keeps_the_chunk_settings_it_was_made_with(lab, tmp_path):
     path = tmp_path / "long.txt"
     path.write_text(LONG)
-    [small] = lab.ingest([path], "small", chunk_size=48, chunk_overlap=8)
-    [large] = lab.ingest([path], "large", chunk_size=200, chunk_overlap=20)
+    [small] = lab.kbs.ingest([path], "small", chunk_size=48, chunk_overlap=8)
+    [large] = lab.kbs.ingest([path], "large", chunk_size=200, chunk_overlap=20)
     assert small.chunks > 2 * large.chunks
-    assert (lab.kb_show("small")["chunk_size"], lab.kb_show("small")["chunk_overlap"]) == (48, 8)
-    tokenizer = lab.embedder.tokenizer
-    for chunk in lab.file_preview("small", "long.txt")["chunks"]:
+    assert (lab.kbs.show("small")["chunk_size"], lab.kbs.show("small")["chunk_overlap"]) == (48, 8)
+    tokenizer = lab.models.embedder.tokenizer
+    for chunk in lab.kbs.preview("small", "long.txt")["chunks"]:
         assert len(tokenizer.encode(chunk["text"], add_special_tokens=False)) <= 48
     # More files for "small" are split the same way without naming the settings again...
     other = tmp_path / "more.txt"
     other.write_text(LONG.replace("river", "lake"))
-    [more] = lab.ingest([other], "small")
+    [more] = lab.kbs.ingest([other], "small")
     assert more.chunks == small.chunks
     # ...and asking for other settings on an existing knowledge base is refused, pointing to the re-index.
     with pytest.raises(InputError, match="kb configure small"):
-        lab.ingest([other], "small", chunk_size=100)
+        lab.kbs.ingest([other], "small", chunk_size=100)
 
 
 def test_reindex_rebuilds_every_file_from_its_stored_text(lab, tmp_path):
     pdf = write_pdf(tmp_path / "atlas.pdf", ["Intro page with nothing.", LONG[:1500], "The Quorvin Bridge spans the Oda."])
     notes = tmp_path / "notes.txt"
     notes.write_text(LONG)
-    lab.ingest([pdf, notes], "kb", chunk_size=200, chunk_overlap=20)
-    before = {f["file"]: f["chunks"] for f in lab.kb_show("kb")["files"]}
+    lab.kbs.ingest([pdf, notes], "kb", chunk_size=200, chunk_overlap=20)
+    before = {f["file"]: f["chunks"] for f in lab.kbs.show("kb")["files"]}
     pdf.unlink()  # the originals are gone: the re-index reads the text the knowledge base stored
     notes.unlink()
-    done = lab.kb_configure("kb", chunk_size=40, chunk_overlap=5)
-    after = {f["file"]: f["chunks"] for f in lab.kb_show("kb")["files"]}
+    done = lab.kbs.configure("kb", chunk_size=40, chunk_overlap=5)
+    after = {f["file"]: f["chunks"] for f in lab.kbs.show("kb")["files"]}
     assert [r["status"] for r in done["results"]] == ["updated", "updated"]
     assert all(after[name] > before[name] for name in before)
-    assert lab.store.chunk_count("kb") == sum(after.values())  # the old chunks are gone
-    assert not any(f["needs_reindex"] for f in lab.kb_show("kb")["files"])
-    hits, _ = lab.search("What does the Quorvin Bridge span?", "kb", top_k=1)
+    assert lab.kbs.store.chunk_count("kb") == sum(after.values())  # the old chunks are gone
+    assert not any(f["needs_reindex"] for f in lab.kbs.show("kb")["files"])
+    hits, _ = lab.kbs.search("What does the Quorvin Bridge span?", "kb", top_k=1)
     assert hits[0].file == "atlas.pdf" and hits[0].page == "3"  # page labels survive
     # Nothing to do the second time.
-    assert lab.kb_configure("kb", chunk_size=40, chunk_overlap=5)["results"] == []
+    assert lab.kbs.configure("kb", chunk_size=40, chunk_overlap=5)["results"] == []
 
 
 def test_bad_chunk_settings_are_refused_and_nothing_changes(lab, handbook):
-    lab.ingest([handbook], "kb")
-    chunks = lab.store.chunk_count("kb")
+    lab.kbs.ingest([handbook], "kb")
+    chunks = lab.kbs.store.chunk_count("kb")
     for size, overlap, reason in ((1000, 10, "window of 254 tokens"), (100, 100, "less than the chunk size"),
                                   (8, 0, "between 16"), (100, -1, "at least 0")):
         with pytest.raises(InputError, match=reason):
-            lab.kb_configure("kb", chunk_size=size, chunk_overlap=overlap)
-    assert lab.store.chunk_count("kb") == chunks
-    assert lab.kb_show("kb")["chunk_size"] == lab.settings.chunk_size
+            lab.kbs.configure("kb", chunk_size=size, chunk_overlap=overlap)
+    assert lab.kbs.store.chunk_count("kb") == chunks
+    assert lab.kbs.show("kb")["chunk_size"] == lab.settings.chunk_size
 
 
 def test_preview_shows_chunks_in_reading_order_with_pages(lab, tmp_path):
     pdf = write_pdf(tmp_path / "book.pdf", [f"Chapter {n}. " + LONG[:600] for n in range(1, 4)])
-    lab.ingest([pdf], "kb", chunk_size=64, chunk_overlap=0)
-    preview = lab.file_preview("kb", "book.pdf")
+    lab.kbs.ingest([pdf], "kb", chunk_size=64, chunk_overlap=0)
+    preview = lab.kbs.preview("kb", "book.pdf")
     pages = [c["page"] for c in preview["chunks"]]
     assert pages == sorted(pages, key=int) and set(pages) == {"1", "2", "3"}
     assert preview["chunks"][0]["text"].startswith("Chapter 1.")
     assert all(0 < c["tokens"] <= 64 for c in preview["chunks"])
     with pytest.raises(InputError, match="no such file"):
-        lab.file_preview("kb", "missing.pdf")
+        lab.kbs.preview("kb", "missing.pdf")
 
 
 def test_many_small_files_go_in_together_and_each_is_listed(lab):
     docs = sorted((SHARED_DATA / "pubmedqa_test" / "docs").glob("*.txt"))[:40]
     if not docs:
         pytest.skip("../shared/data is absent")
-    results = lab.ingest(docs, "pubmed")
+    results = lab.kbs.ingest(docs, "pubmed")
     assert [r.file for r in results] == [d.name for d in docs]  # results in the order given
     assert {r.status for r in results} == {"added"}
-    assert lab.store.chunk_count("pubmed") == sum(r.chunks for r in results) == lab.kb_show("pubmed")["chunks"]
-    hits, _ = lab.search(docs[7].read_text()[:200], "pubmed", top_k=1)
+    assert lab.kbs.store.chunk_count("pubmed") == sum(r.chunks for r in results) == lab.kbs.show("pubmed")["chunks"]
+    hits, _ = lab.kbs.search(docs[7].read_text()[:200], "pubmed", top_k=1)
     assert hits[0].file == docs[7].name
 
 
 def test_the_same_file_given_twice_in_one_call_goes_in_once(lab, handbook):
-    first, second = lab.ingest([handbook, handbook], "kb")
+    first, second = lab.kbs.ingest([handbook, handbook], "kb")
     assert (first.status, second.status) == ("added", "unchanged")
     assert "given twice" in second.message
-    assert lab.store.chunk_count("kb") == first.chunks
+    assert lab.kbs.store.chunk_count("kb") == first.chunks
 
 
 def test_deleting_files_and_knowledge_bases_leaves_no_stored_text(lab, handbook, tmp_path, data_dir):
     notes = tmp_path / "notes.txt"
     notes.write_text(LONG)
-    lab.ingest([handbook, notes], "kb")
+    lab.kbs.ingest([handbook, notes], "kb")
     notes.write_text(LONG + " One more sentence.")
-    lab.ingest([notes], "kb")  # the replaced version's text goes too
-    lab.delete_file("kb", "handbook.md")
+    lab.kbs.ingest([notes], "kb")  # the replaced version's text goes too
+    lab.kbs.delete_file("kb", "handbook.md")
     with sqlite3.connect(data_dir / "catalog.sqlite") as db:
         assert db.execute("SELECT COUNT(DISTINCT ingest_id) FROM pages").fetchone()[0] == 1
-    lab.kb_delete("kb")
+    lab.kbs.delete("kb")
     with sqlite3.connect(data_dir / "catalog.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM pages").fetchone()[0] == 0
 

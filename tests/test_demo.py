@@ -5,15 +5,15 @@ from core.metrics import paired_difference_ci
 
 
 def test_demo_pack_loads_once_and_rag_beats_base_on_its_questions(lab):
-    done = load_demo(lab)
+    done = load_demo(lab.kbs, lab.datasets, lab.training)
     assert done["kb"] == DEMO_KB and sorted(f["status"] for f in done["files"]) == ["added"] * 3
     info = lab.datasets.info(DEMO_DATASET)
     assert info.examples == 16 and len(info.split["train"]) == 12 and len(info.split["test"]) == 4
-    again = load_demo(lab)  # a second click changes nothing
+    again = load_demo(lab.kbs, lab.datasets, lab.training)  # a second click changes nothing
     assert [f["status"] for f in again["files"]] == ["unchanged"] * 3 and again["job"] is None
 
-    items, _ = lab.eval_items(file=DEMO_DIR / "qa.csv")
-    run = lab.eval_run(items, "demo", ["base", "rag"], kb=DEMO_KB, config=GenerationConfig(max_new_tokens=24))
+    items, _ = lab.evaluation.items(file=DEMO_DIR / "qa.csv")
+    run = lab.evaluation.run(items, "demo", ["base", "rag"], kb=DEMO_KB, config=GenerationConfig(max_new_tokens=24))
     base = [r["answers"]["base"]["scores"]["contains"] for r in run["results"]]
     rag = [r["answers"]["rag"]["scores"]["contains"] for r in run["results"]]
     print(f"demo questions answered: base {sum(base):.0f}/16, RAG {sum(rag):.0f}/16")

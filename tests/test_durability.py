@@ -12,7 +12,7 @@ from core.store import Store
 
 def chunk_counts_by_ingest(store: Store, kb: str) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for page in store._all_chunks(kb):
+    for page in store.all_chunks(kb):
         for meta in page["metadatas"]:
             counts[meta["ingest_id"]] = counts.get(meta["ingest_id"], 0) + 1
     return counts
@@ -54,7 +54,7 @@ def test_kill_9_mid_ingest_leaves_a_consistent_store(data_dir, tmp_path, handboo
         by_ingest = chunk_counts_by_ingest(store, "default")
         expected = {f.ingest_id: f.chunks for f in store.files("default")}
         assert by_ingest == expected, f"kill after {delay}s: chunks {by_ingest} vs catalog {expected}"
-        with store._db() as db:
+        with store.catalog.db() as db:
             assert db.execute("SELECT COUNT(*) FROM pending").fetchone()[0] == 0
         assert "handbook.md" in listed  # written before the kill, and kept
         outcomes.append((killed, half_written, "big.txt" in listed))
@@ -66,52 +66,52 @@ def test_kill_9_mid_ingest_leaves_a_consistent_store(data_dir, tmp_path, handboo
 
 def test_opening_the_store_never_touches_a_live_writers_chunks(lab, handbook, data_dir):
     """Another process opening the store mid-ingest (say `kb list`) must neither wait for it nor clean it up."""
-    lab.ingest([handbook])
-    store = lab.store
-    collection = store._collection_name("default")
+    lab.kbs.ingest([handbook])
+    store = lab.kbs.store
+    collection = store.collection_name("default")
     with store.writing():  # this test plays a long ingest that holds the lock
-        with store._db() as db:
+        with store.catalog.db() as db:
             db.execute("INSERT INTO pending VALUES ('live-ingest', ?, 0)", (collection,))
-        store._collection("default").add(ids=["live-1"], embeddings=[[0.0] * 383 + [1.0]], documents=["live chunk"],
+        store.collection("default").add(ids=["live-1"], embeddings=[[0.0] * 383 + [1.0]], documents=["live chunk"],
                                          metadatas=[{"file": "live.md", "page": "", "ingest_id": "live-ingest"}])
         t0 = time.perf_counter()
         listed = subprocess.run([sys.executable, "-m", "core", "kb", "list", "--json"], cwd=ROOT,
                                 env=subprocess_env(data_dir), capture_output=True, text=True, timeout=120)
         assert listed.returncode == 0 and time.perf_counter() - t0 < 60
-        assert store._collection("default").get(ids=["live-1"])["ids"] == ["live-1"], "a live ingest was cleaned up"
-        with store._db() as db:  # the "ingest" finishes: listed, mark cleared
+        assert store.collection("default").get(ids=["live-1"])["ids"] == ["live-1"], "a live ingest was cleaned up"
+        with store.catalog.db() as db:  # the "ingest" finishes: listed, mark cleared
             db.execute("INSERT INTO files (kb, name, sha256, pages, chunks, added, ingest_id)"
                        " VALUES ('default', 'live.md', 'x', 1, 1, 0, 'live-ingest')")
             db.execute("DELETE FROM pending WHERE ingest_id='live-ingest'")
     assert Store(data_dir).recover() == 0
     assert {f.name for f in store.files("default")} == {"handbook.md", "live.md"}
-    assert store._collection("default").get(ids=["live-1"])["ids"] == ["live-1"]
+    assert store.collection("default").get(ids=["live-1"])["ids"] == ["live-1"]
 
 
 def test_a_delete_interrupted_after_the_catalog_is_finished_on_next_open(lab, handbook, tmp_path):
     other = tmp_path / "other.txt"
     other.write_text("Unrelated words about tomatoes and basil.")
-    lab.ingest([handbook, other])
-    store = lab.store
+    lab.kbs.ingest([handbook, other])
+    store = lab.kbs.store
     record = store.file("default", "handbook.md")
-    with store._db() as db:  # what delete_file does first, then the process dies
+    with store.catalog.db() as db:  # what delete_file does first, then the process dies
         db.execute("DELETE FROM files WHERE kb='default' AND name='handbook.md'")
-        db.execute("INSERT INTO pending VALUES (?, ?, 0)", (record.ingest_id, store._collection_name("default")))
-    assert {h.file for h in lab.search("Mirela Quanz Zorblat", top_k=5)[0]} == {"other.txt"}  # already unlisted
+        db.execute("INSERT INTO pending VALUES (?, ?, 0)", (record.ingest_id, store.collection_name("default")))
+    assert {h.file for h in lab.kbs.search("Mirela Quanz Zorblat", top_k=5)[0]} == {"other.txt"}  # already unlisted
     assert store.recover() == 1
     assert store.chunk_count("default") == store.file("default", "other.txt").chunks
 
 
 def test_a_knowledge_base_delete_interrupted_is_finished_on_next_open(lab, handbook):
-    lab.ingest([handbook], kb="temp")
-    store = lab.store
-    collection = store._collection_name("temp")
-    with store._db() as db:  # delete_kb's catalog transaction, then the process dies before Chroma is touched
+    lab.kbs.ingest([handbook], kb="temp")
+    store = lab.kbs.store
+    collection = store.collection_name("temp")
+    with store.catalog.db() as db:  # delete_kb's catalog transaction, then the process dies before Chroma is touched
         db.execute("INSERT INTO dropped VALUES (?, 0)", (collection,))
         db.execute("DELETE FROM files WHERE kb='temp'")
         db.execute("DELETE FROM kbs WHERE name='temp'")
     assert store.recover() == 1
-    assert collection not in [c.name for c in store._chroma().list_collections()]
+    assert collection not in [c.name for c in store.chroma.client().list_collections()]
 
 
 def test_two_processes_ingesting_into_one_knowledge_base_lose_nothing(data_dir, tmp_path):
@@ -132,7 +132,7 @@ def test_two_processes_ingesting_into_one_knowledge_base_lose_nothing(data_dir, 
     listed = {f.name: f for f in store.files("default")}
     assert set(listed) == {"alpha.txt", "beta.txt"}
     assert chunk_counts_by_ingest(store, "default") == {f.ingest_id: f.chunks for f in listed.values()}
-    collection = store._collection("default")
+    collection = store.collection("default")
     for record in listed.values():  # each stored vector is findable: query with its own embedding
         got = collection.get(where={"ingest_id": record.ingest_id}, include=["embeddings"], limit=5)
         for chunk_id, vector in zip(got["ids"], got["embeddings"]):

@@ -9,7 +9,8 @@ from conftest import HANDBOOK, cli_here
 from core import metrics
 from core.errors import InputError
 from core.advisor import Situation
-from core.evaluation import overlap_warnings, verdict
+from core.evaluation import overlap_warnings
+from core.verdict import verdict
 from core.generation import GenerationConfig
 
 
@@ -50,8 +51,8 @@ def handbook_items():
 
 
 def test_a_run_scores_saves_and_exports(lab, handbook, handbook_items, tmp_path):
-    lab.ingest([handbook])
-    run = lab.eval_run(handbook_items, "handbook", ["base", "rag"], kb="default",
+    lab.kbs.ingest([handbook])
+    run = lab.evaluation.run(handbook_items, "handbook", ["base", "rag"], kb="default",
                        config=GenerationConfig(max_new_tokens=24))
     assert run["state"] == "completed" and run["done"] == 2 and not run["classify"]
     rag, base = run["summary"]["rag"], run["summary"]["base"]
@@ -64,14 +65,14 @@ def test_a_run_scores_saves_and_exports(lab, handbook, handbook_items, tmp_path)
     assert "On these 2 questions: RAG" in verdict(run)
     costs = run["costs"]  # cost beside quality: weights in memory, the index, the search model
     assert 400 < costs["model_mb"] < 700 and 50 < costs["embedder_mb"] < 150  # 135M and 22M parameters in fp32
-    assert costs["index"]["chunks"] == lab.kb_show("default")["chunks"] and 0 < costs["index"]["mb"] < 1
+    assert costs["index"]["chunks"] == lab.kbs.show("default")["chunks"] and 0 < costs["index"]["mb"] < 1
     assert "Costs: the model's weights take" in verdict(run) and "passages" in verdict(run)
 
     # The advisor says RAG for facts, and this measurement (RAG 2/2, base 0/2) agrees with it, by name.
-    advice = lab.advise(Situation(goal="facts", changes="often"))
+    advice = lab.evaluation.advise(Situation(goal="facts", changes="often"))
     assert advice["choice"] == "rag" and advice["measured"] == {
         "run": run["id"], "best": "rag", "clear": True, "verdict": verdict(run), "agrees": True, "note": None}
-    assert lab.advise(Situation(goal="style", sources="no", changes="rarely"))["measured"]["agrees"] is False
+    assert lab.evaluation.advise(Situation(goal="style", sources="no", changes="rarely"))["measured"]["agrees"] is False
     advised = cli_here(["advise", "--goal", "style", "--json"], lab.settings.data_dir)
     assert advised.returncode == 0 and json.loads(advised.stdout)["measured"]["best"] == "rag", advised.stderr
 
@@ -88,9 +89,9 @@ def test_a_run_scores_saves_and_exports(lab, handbook, handbook_items, tmp_path)
 
 
 def test_a_cancelled_run_keeps_what_it_answered(lab, handbook, handbook_items):
-    lab.ingest([handbook])
+    lab.kbs.ingest([handbook])
     asked = []
-    run = lab.eval_run(handbook_items, "handbook", ["rag"], kb="default", config=GenerationConfig(max_new_tokens=8),
+    run = lab.evaluation.run(handbook_items, "handbook", ["rag"], kb="default", config=GenerationConfig(max_new_tokens=8),
                        progress=lambda fraction, message: asked.append(message), should_stop=lambda: len(asked) >= 1)
     assert run["state"] == "cancelled" and run["done"] == 1 and asked == ["Question 1/2"]
     assert len(lab.evals.load(run["id"])["results"]) == 1
@@ -99,7 +100,7 @@ def test_a_cancelled_run_keeps_what_it_answered(lab, handbook, handbook_items):
 def test_yes_no_maybe_test_sets_get_accuracy_and_macro_f1(lab, tmp_path):
     items = [{"question": "Is water wet?", "answer": "yes"}, {"question": "Is fire cold?", "answer": "no"},
              {"question": "Will it rain in ten years on this day?", "answer": "maybe"}]
-    run = lab.eval_run(items, "yn", ["base"])
+    run = lab.evaluation.run(items, "yn", ["base"])
     assert run["classify"] and run["settings"]["max_new_tokens"] == 8
     summary = run["summary"]["base"]
     assert 0 <= summary["correct"]["mean"] <= 1 and 0 <= summary["macro_f1"]["mean"] <= 1
@@ -109,15 +110,15 @@ def test_yes_no_maybe_test_sets_get_accuracy_and_macro_f1(lab, tmp_path):
 
 def test_bad_evaluation_requests_are_refused_clearly(lab, tmp_path, handbook_items):
     with pytest.raises(InputError, match="knowledge base"):
-        lab.eval_run(handbook_items, "x", ["rag"])
+        lab.evaluation.run(handbook_items, "x", ["rag"])
     with pytest.raises(InputError, match="no such knowledge base"):
-        lab.eval_run(handbook_items, "x", ["rag"], kb="missing")
+        lab.evaluation.run(handbook_items, "x", ["rag"], kb="missing")
     with pytest.raises(InputError, match="need an adapter"):
-        lab.eval_run(handbook_items, "x", ["finetuned"])
+        lab.evaluation.run(handbook_items, "x", ["finetuned"])
     with pytest.raises(InputError, match="no questions"):
-        lab.eval_run([], "x", ["base"])
+        lab.evaluation.run([], "x", ["base"])
     with pytest.raises(InputError, match="give one of: a dataset"):
-        lab.eval_items()
+        lab.evaluation.items()
     missing = cli_here(["eval", "show", "nope", "--json"], lab.settings.data_dir)
     assert missing.returncode == 1 and "no such evaluation run" in json.loads(missing.stdout)["error"]
 
@@ -135,20 +136,20 @@ def test_always_yes_on_pubmedqa_matches_the_published_baseline():
 
 
 def test_questions_generated_from_a_knowledge_base_with_the_overlap_warned(lab, handbook):
-    lab.ingest([handbook])
-    items, label = lab.eval_items(generate_from="default", limit=3)
+    lab.kbs.ingest([handbook])
+    items, label = lab.evaluation.items(generate_from="default", limit=3)
     assert label == "generated from default" and len(items) == 3
     assert all(i["chunk_id"] and i["source"] == "handbook.md" and i["answer"] in HANDBOOK for i in items)
     assert lab.datasets.names() == []  # test questions are never saved as training data
     # A dataset generated from the same passages shares them with these questions: said, with the count.
-    lab.dataset_generate("default", "hb", count=4, use_model=False, validation=0.0, test=0.25)
-    warnings = overlap_warnings(lab, items, "hb")
+    lab.datasets.generate("default", "hb", count=4, use_model=False, validation=0.0, test=0.25)
+    warnings = overlap_warnings(lab.datasets, items, "hb")
     assert any("of 3 test questions were made from passages the adapter trained on (hb)" in w for w in warnings)
-    assert overlap_warnings(lab, items, None) == []
+    assert overlap_warnings(lab.datasets, items, None) == []
     with pytest.raises(InputError, match="give one of"):
-        lab.eval_items(dataset="hb", generate_from="default")
+        lab.evaluation.items(dataset="hb", generate_from="default")
     with pytest.raises(InputError, match="no such knowledge base"):
-        lab.eval_items(generate_from="missing")
+        lab.evaluation.items(generate_from="missing")
     done = cli_here(["eval", "run", "--generate-from", "default", "--limit", "1", "--variants", "rag",
                     "--max-new-tokens", "4", "--json"], lab.settings.data_dir)
     assert done.returncode == 0, done.stderr

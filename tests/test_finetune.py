@@ -27,7 +27,7 @@ def correct(lab: Lab, variant: str, adapter: str | None = None) -> int:
     right = 0
     for row in facts():
         question = row["messages"][0]["content"]
-        answer = lab.ask(question, variant, adapter=adapter, config=GenerationConfig(max_new_tokens=24))
+        answer = lab.answers.ask(question, variant, adapter=adapter, config=GenerationConfig(max_new_tokens=24))
         right += row["gold"].lower() in answer.answer.lower()
     return right
 
@@ -76,7 +76,7 @@ def test_merged_export_answers_like_the_adapter_without_peft(trained, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     lab, _ = trained
-    folder = lab.adapter_export_merged("facts-lora", tmp_path / "merged")
+    folder = lab.training.export_merged("facts-lora", tmp_path / "merged")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Who designed the Quorvin Bridge?"}],
@@ -84,13 +84,13 @@ def test_merged_export_answers_like_the_adapter_without_peft(trained, tmp_path):
     out = model.generate(**prompt, max_new_tokens=16, do_sample=False)
     assert "Brandt" in tokenizer.decode(out[0][prompt["input_ids"].shape[1]:], skip_special_tokens=True)
     with pytest.raises(InputError, match="not empty"):
-        lab.adapter_export_merged("facts-lora", folder)
+        lab.training.export_merged("facts-lora", folder)
 
 
 def towns_kb(lab, folder: Path) -> None:
     notes = folder / "towns.txt"
     notes.write_text("Vettelborg lies on the river Oda. The town hall has a green copper roof.")
-    lab.ingest([notes], kb="towns")  # unchanged when already there
+    lab.kbs.ingest([notes], kb="towns")  # unchanged when already there
 
 
 def test_one_batch_serves_all_four_columns(trained, tmp_path):
@@ -100,14 +100,14 @@ def test_one_batch_serves_all_four_columns(trained, tmp_path):
     towns_kb(lab, tmp_path)
     question = "Which river runs past Vettelborg?"
     short = GenerationConfig(max_new_tokens=16)
-    together = {a.variant: a for a in lab.compare(question, ["base", "finetuned", "rag", "finetuned+rag"],
+    together = {a.variant: a for a in lab.answers.compare(question, ["base", "finetuned", "rag", "finetuned+rag"],
                                                   kb="towns", adapter="facts-lora", config=short)}
     assert "Oda" in together["finetuned"].answer and "Oda" not in together["base"].answer
     for variant, answer in together.items():
-        alone = lab.ask(question, variant, kb="towns", adapter="facts-lora", config=short)
+        alone = lab.answers.ask(question, variant, kb="towns", adapter="facts-lora", config=short)
         assert answer.answer == alone.answer, variant
     assert together["finetuned+rag"].sources and together["base"].sources == []
-    assert len(lab.generator.adapters) == 1  # one attached adapter, no second copy of the model
+    assert len(lab.models.generator.adapters) == 1  # one attached adapter, no second copy of the model
 
 
 def test_cli_compares_four_columns_and_exports_votes(trained, tmp_path):
@@ -154,15 +154,15 @@ def test_an_adapter_for_another_base_model_is_refused(trained):
     meta_path = lab.adapters.path("facts-lora") / "lab_adapter.json"
     lab.adapters.add("foreign", lab.adapters.path("facts-lora"),
                      {**json.loads(meta_path.read_text()), "base_model": "meta-llama/Llama-3.2-1B-Instruct"})
-    [answer] = lab.compare("Who founded the Zorblat Institute?", ["finetuned"], adapter="foreign")
+    [answer] = lab.answers.compare("Who founded the Zorblat Institute?", ["finetuned"], adapter="foreign")
     assert "trained on meta-llama/Llama-3.2-1B-Instruct" in answer.error
 
 
 def test_cancel_keeps_a_usable_adapter_and_resume_finishes(lab):
-    lab.dataset_import(FACTS, "facts", validation=0.2, test=0)
-    settings = lab.train_settings("quick", max_steps=14, batch_size=2, eval_every=4)
-    first = lab.train_start("facts", settings, adapter="cut-short")
-    second = lab.train_start("facts", settings, adapter="waits")
+    lab.datasets.import_file(FACTS, "facts", validation=0.2, test=0)
+    settings = lab.training.preset("quick", max_steps=14, batch_size=2, eval_every=4)
+    first = lab.training.start("facts", settings, adapter="cut-short")
+    second = lab.training.start("facts", settings, adapter="waits")
     # One job per device: the second waits, visibly, for the first.
     deadline = time.time() + 300
     while lab.jobs.get(second["id"]).get("waiting_for") != first["id"]:
@@ -177,7 +177,7 @@ def test_cancel_keeps_a_usable_adapter_and_resume_finishes(lab):
     assert stopped["state"] == "cancelled" and stopped["adapter"] == "cut-short", stopped.get("error")
     info = lab.adapters.info("cut-short")
     assert info["complete"] is False and 3 <= info["steps"] < 14
-    assert lab.ask("Who founded the Zorblat Institute?", "finetuned", adapter="cut-short",
+    assert lab.answers.ask("Who founded the Zorblat Institute?", "finetuned", adapter="cut-short",
                    config=GenerationConfig(max_new_tokens=8)).answer  # the checkpoint loads and answers
     lab.jobs.resume(first["id"])
     finished = lab.jobs.wait(first["id"])
@@ -189,9 +189,9 @@ def test_cancel_keeps_a_usable_adapter_and_resume_finishes(lab):
 
 
 def test_a_failing_job_fails_alone_with_its_reason(lab):
-    lab.dataset_import(FACTS, "facts", validation=0, test=0)
-    settings = lab.train_settings("quick", max_steps=2, target_modules="no_such_proj")
-    job = lab.train_start("facts", settings)
+    lab.datasets.import_file(FACTS, "facts", validation=0, test=0)
+    settings = lab.training.preset("quick", max_steps=2, target_modules="no_such_proj")
+    job = lab.training.start("facts", settings)
     final = lab.jobs.wait(job["id"])
     assert final["state"] == "failed" and "no_such_proj" in final["error"]
     assert re.search(r'File ".*/core/\w+\.py", line \d+', final["log_tail"])  # the traceback is in the job's log
@@ -199,12 +199,12 @@ def test_a_failing_job_fails_alone_with_its_reason(lab):
 
 
 def test_estimate_refuses_what_cannot_fit(lab):
-    lab.dataset_import(FACTS, "facts", validation=0, test=0)
-    small = lab.train_estimate("facts", lab.train_settings("quick"))
+    lab.datasets.import_file(FACTS, "facts", validation=0, test=0)
+    small = lab.training.estimate("facts", lab.training.preset("quick"))
     assert small["fits"] and 0 < small["memory_gb"] < 4 and small["steps"] == 30
-    huge = lab.train_settings("quick", batch_size=512, max_length=32768)
+    huge = lab.training.preset("quick", batch_size=512, max_length=32768)
     with pytest.raises(InputError, match="GB is free"):
-        lab.train_start("facts", huge)
+        lab.training.start("facts", huge)
 
 
 # ---- training data -------------------------------------------------------------------------------------------
@@ -252,22 +252,22 @@ def test_bad_training_data_names_the_line_and_the_problem(tmp_path, name, body, 
 def test_split_is_fixed_by_its_seed_and_keeps_the_test_part_apart(lab, tmp_path):
     rows = tmp_path / "many.csv"
     rows.write_text("question,answer\n" + "".join(f"Q{i}?,A{i}.\n" for i in range(50)))
-    info = lab.dataset_import(rows, "many", validation=0.1, test=0.2, seed=7)
+    info = lab.datasets.import_file(rows, "many", validation=0.1, test=0.2, seed=7)
     assert info["split"] == {"train": 35, "validation": 5, "test": 10}
     parts = {p: {e["messages"][0]["content"] for e in lab.datasets.examples("many", p)} for p in ("train", "validation", "test")}
     assert not parts["train"] & parts["test"] and not parts["validation"] & parts["test"]
-    again = lab.dataset_import(rows, "many", replace=True, validation=0.1, test=0.2, seed=7)
+    again = lab.datasets.import_file(rows, "many", replace=True, validation=0.1, test=0.2, seed=7)
     assert lab.datasets.info("many").split == lab.datasets.info("many").split and again["split"] == info["split"]
     first_test = parts["test"]
-    lab.dataset_split("many", 0.1, 0.2, seed=8)
+    lab.datasets.split("many", 0.1, 0.2, seed=8)
     assert {e["messages"][0]["content"] for e in lab.datasets.examples("many", "test")} != first_test
     with pytest.raises(InputError, match="already exists"):
-        lab.dataset_import(rows, "many")
+        lab.datasets.import_file(rows, "many")
 
 
 def test_preview_shows_the_chat_template_and_token_counts(lab):
-    lab.dataset_import(FACTS, "facts", validation=0, test=0)
-    shown = lab.dataset_show("facts", limit=2)
+    lab.datasets.import_file(FACTS, "facts", validation=0, test=0)
+    shown = lab.datasets.show("facts", limit=2)
     first = shown["preview"][0]
     assert "<|im_start|>user" in first["text"] and "<|im_start|>assistant" in first["text"]  # SmolLM2's template
     assert first["prompt_tokens"] > 5 and 3 < first["answer_tokens"] < 30
@@ -276,12 +276,12 @@ def test_preview_shows_the_chat_template_and_token_counts(lab):
 
 def test_the_same_trainer_runs_data_parallel_under_accelerate(lab):
     """Two CPU processes under `accelerate launch` (gloo): what several GPUs do, at CI's scale."""
-    lab.dataset_import(FACTS, "facts", validation=0, test=0)
-    job = lab.train_start("facts", lab.train_settings("quick", max_steps=3, batch_size=2), "parallel", processes=2)
+    lab.datasets.import_file(FACTS, "facts", validation=0, test=0)
+    job = lab.training.start("facts", lab.training.preset("quick", max_steps=3, batch_size=2), "parallel", processes=2)
     final = lab.jobs.wait(job["id"])
     assert final["state"] == "completed", (final.get("error"), final["log_tail"])
     assert final["result"]["processes"] == 2 and final["result"]["steps"] == 3
-    assert lab.ask("Who founded the Zorblat Institute?", "finetuned", adapter="parallel",
+    assert lab.answers.ask("Who founded the Zorblat Institute?", "finetuned", adapter="parallel",
                    config=GenerationConfig(max_new_tokens=8)).answer
 
 
@@ -290,8 +290,8 @@ def test_attached_adapters_stay_off_for_direct_calls(trained):
     import torch
 
     lab, _ = trained
-    lab.ask("Which river runs past Vettelborg?", "finetuned", adapter="facts-lora", config=GenerationConfig(max_new_tokens=4))
-    model, tokenizer = lab.generator.model, lab.generator.tokenizer
+    lab.answers.ask("Which river runs past Vettelborg?", "finetuned", adapter="facts-lora", config=GenerationConfig(max_new_tokens=4))
+    model, tokenizer = lab.models.generator.model, lab.models.generator.tokenizer
     inputs = tokenizer("Which river runs past Vettelborg?", return_tensors="pt")
     with torch.inference_mode():
         direct = model(**inputs).logits
@@ -308,7 +308,7 @@ def test_ctrl_c_on_the_cli_cancels_the_job_and_keeps_a_checkpoint(lab):
 
     from conftest import subprocess_env
 
-    lab.dataset_import(FACTS, "facts", validation=0, test=0)
+    lab.datasets.import_file(FACTS, "facts", validation=0, test=0)
     process = subprocess.Popen(
         [sys.executable, "-m", "core", "train", "--dataset", "facts", "--max-steps", "40", "--adapter", "stopped"],
         cwd=ROOT, env=subprocess_env(lab.settings.data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -15,8 +15,8 @@ def test_auto_device_picks_cuda():
 
 def test_rag_answer_on_gpu(tmp_path, handbook):
     lab = Lab(load_settings(data_dir=tmp_path / "data", device="cuda"))
-    lab.ingest([handbook])
-    assert lab.generator.model.device.type == "cuda"
-    assert lab.generator.model.dtype in (torch.bfloat16, torch.float16)
-    answer = lab.ask("Who founded the Zorblat Institute?", "rag", config=GenerationConfig(max_new_tokens=32))
+    lab.kbs.ingest([handbook])
+    assert lab.models.generator.model.device.type == "cuda"
+    assert lab.models.generator.model.dtype in (torch.bfloat16, torch.float16)
+    answer = lab.answers.ask("Who founded the Zorblat Institute?", "rag", config=GenerationConfig(max_new_tokens=32))
     assert "Quanz" in answer.answer and answer.timings["tokens_per_s"] > 0

@@ -9,10 +9,10 @@ from core.errors import InputError
 
 def test_ingest_lists_file_and_retrieves_with_page_and_cosine_score(lab, tmp_path):
     pdf = write_pdf(tmp_path / "guide.pdf", ["Nothing much here about anything.", "The Quorvin Bridge was designed by Tessaly Brandt."])
-    [result] = lab.ingest([pdf])
+    [result] = lab.kbs.ingest([pdf])
     assert (result.status, result.pages) == ("added", 2)
-    assert lab.kb_show("default")["files"][0]["file"] == "guide.pdf"
-    hits, ms = lab.search("Who designed the Quorvin Bridge?", top_k=2)
+    assert lab.kbs.show("default")["files"][0]["file"] == "guide.pdf"
+    hits, ms = lab.kbs.search("Who designed the Quorvin Bridge?", top_k=2)
     assert hits[0].file == "guide.pdf" and hits[0].page == "2"
     assert 0.3 < hits[0].score <= 1.0  # cosine similarity, not llama-index's exp(-distance)
     assert hits[0].score > hits[1].score
@@ -22,130 +22,131 @@ def test_ingest_lists_file_and_retrieves_with_page_and_cosine_score(lab, tmp_pat
 def test_chunks_fit_the_embedder_window(lab, tmp_path):
     path = tmp_path / "long.txt"
     path.write_text(" ".join(f"Sentence number {i} talks about topic {i % 7}." for i in range(600)))
-    [result] = lab.ingest([path])
+    [result] = lab.kbs.ingest([path])
     assert result.chunks > 10
-    collection = lab.store._collection("default")
-    tokenizer = lab.embedder.tokenizer
+    collection = lab.kbs.store.collection("default")
+    tokenizer = lab.models.embedder.tokenizer
     for text in collection.get(include=["documents"])["documents"]:
         assert len(tokenizer.encode(text, add_special_tokens=False)) <= lab.settings.chunk_size
 
 
 def test_same_bytes_again_is_a_no_op(lab, handbook):
-    lab.ingest([handbook])
-    before = lab.store.chunk_count("default")
-    [again] = lab.ingest([handbook])
+    lab.kbs.ingest([handbook])
+    before = lab.kbs.store.chunk_count("default")
+    [again] = lab.kbs.ingest([handbook])
     assert again.status == "unchanged"
-    assert lab.store.chunk_count("default") == before
-    assert len(lab.kb_show("default")["files"]) == 1
+    assert lab.kbs.store.chunk_count("default") == before
+    assert len(lab.kbs.show("default")["files"]) == 1
 
 
 def test_changed_file_replaces_old_chunks(lab, tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("The secret ingredient is saffron.")
-    lab.ingest([path])
+    lab.kbs.ingest([path])
     path.write_text("The secret ingredient is smoked paprika. " * 3)
-    [result] = lab.ingest([path])
+    [result] = lab.kbs.ingest([path])
     assert result.status == "updated"
-    texts = lab.store._collection("default").get(include=["documents"])["documents"]
+    texts = lab.kbs.store.collection("default").get(include=["documents"])["documents"]
     assert all("saffron" not in t for t in texts) and any("paprika" in t for t in texts)
-    assert lab.kb_show("default")["chunks"] == lab.store.chunk_count("default") == result.chunks
+    assert lab.kbs.show("default")["chunks"] == lab.kbs.store.chunk_count("default") == result.chunks
 
 
 def test_delete_file_removes_every_chunk(lab, handbook, tmp_path):
     other = tmp_path / "other.txt"
     other.write_text("An unrelated document about tomatoes.")
-    lab.ingest([handbook, other])
-    removed = lab.delete_file("default", "handbook.md")
+    lab.kbs.ingest([handbook, other])
+    removed = lab.kbs.delete_file("default", "handbook.md")
     assert removed["chunks_removed"] > 0
-    assert [f["file"] for f in lab.kb_show("default")["files"]] == ["other.txt"]
-    files = {m["file"] for m in lab.store._collection("default").get(include=["metadatas"])["metadatas"]}
+    assert [f["file"] for f in lab.kbs.show("default")["files"]] == ["other.txt"]
+    files = {m["file"] for m in lab.kbs.store.collection("default").get(include=["metadatas"])["metadatas"]}
     assert files == {"other.txt"}
     with pytest.raises(InputError, match="no such file"):
-        lab.delete_file("default", "handbook.md")
+        lab.kbs.delete_file("default", "handbook.md")
 
 
 def test_bad_files_are_reported_and_store_untouched(lab, handbook, tmp_path):
-    lab.ingest([handbook])
-    before = (lab.store.chunk_count("default"), lab.kb_show("default")["files"])
+    lab.kbs.ingest([handbook])
+    before = (lab.kbs.store.chunk_count("default"), lab.kbs.show("default")["files"])
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
     corrupt = tmp_path / "broken.pdf"
     corrupt.write_bytes(b"%PDF-1.4 garbage")
-    results = lab.ingest([empty, write_scanned_pdf(tmp_path / "scan.pdf"), corrupt, tmp_path / "slides.pptx"])
+    results = lab.kbs.ingest([empty, write_scanned_pdf(tmp_path / "scan.pdf"), corrupt, tmp_path / "slides.pptx"])
     assert [r.status for r in results] == ["failed"] * 4
     assert [r.file for r in results] == ["empty.txt", "scan.pdf", "broken.pdf", "slides.pptx"]
-    assert (lab.store.chunk_count("default"), lab.kb_show("default")["files"]) == before
+    assert (lab.kbs.store.chunk_count("default"), lab.kbs.show("default")["files"]) == before
 
 
 def test_good_file_goes_in_beside_a_bad_one(lab, handbook, tmp_path):
     (tmp_path / "empty.md").write_bytes(b"")
-    results = lab.ingest([tmp_path / "empty.md", handbook])
+    results = lab.kbs.ingest([tmp_path / "empty.md", handbook])
     assert [r.status for r in results] == ["failed", "added"]
 
 
 def test_interrupted_ingest_is_cleaned_up_on_next_open(lab, handbook, data_dir):
     """Simulates a kill -9 between writing chunks and listing the file."""
-    lab.ingest([handbook])
-    store = lab.store
+    lab.kbs.ingest([handbook])
+    store = lab.kbs.store
     from core.ingest import make_splitter, split_pages
     from core.documents import read_pages
 
-    nodes = split_pages("half.md", read_pages(handbook, "half.md", 50), make_splitter(lab.kb_chunking("default"), lab.embedder))
+    nodes = split_pages("half.md", read_pages(handbook, "half.md", 50), make_splitter(lab.kbs.chunking("default"), lab.models.embedder))
     for node in nodes:
         node.embedding = [0.0] * 383 + [1.0]
         node.metadata["ingest_id"] = "dead-ingest"
-    with store._db() as db:
-        db.execute("INSERT INTO pending VALUES ('dead-ingest', ?, 0)", (store._collection_name("default"),))
-    store._vector_store("default").add(nodes)
-    listed_chunks = lab.kb_show("default")["chunks"]
+    with store.catalog.db() as db:
+        db.execute("INSERT INTO pending VALUES ('dead-ingest', ?, 0)", (store.collection_name("default"),))
+    store.chroma.add(store.collection_name("default"), [n.node_id for n in nodes], [n.get_content() for n in nodes],
+                     [n.embedding for n in nodes], [n.metadata for n in nodes])
+    listed_chunks = lab.kbs.show("default")["chunks"]
     assert store.chunk_count("default") == listed_chunks + len(nodes)
     # Until recovery runs, the half-written chunks are in Chroma but never searchable (vector or keyword).
-    hits, _ = lab.search("Zorblat Institute founded Mirela Quanz", top_k=10)
+    hits, _ = lab.kbs.search("Zorblat Institute founded Mirela Quanz", top_k=10)
     assert hits and {h.file for h in hits} == {"handbook.md"}
     assert store.recover() == 1  # what opening the store does at start-up
     assert store.chunk_count("default") == listed_chunks
-    assert [f["file"] for f in lab.kb_show("default")["files"]] == ["handbook.md"]
+    assert [f["file"] for f in lab.kbs.show("default")["files"]] == ["handbook.md"]
 
 
 def test_other_process_writes_are_seen_without_restart(lab, handbook, tmp_path, data_dir):
-    lab.ingest([handbook])
-    assert [h.file for h in lab.search("Zorblat", top_k=1)[0]] == ["handbook.md"]
+    lab.kbs.ingest([handbook])
+    assert [h.file for h in lab.kbs.search("Zorblat", top_k=1)[0]] == ["handbook.md"]
     extra = tmp_path / "bridges.txt"
     extra.write_text("The Quorvin Bridge was designed by Tessaly Brandt in 1962.")
     done = run_cli(["ingest", str(extra), "--json"], data_dir)
     assert done.returncode == 0, done.stderr
-    hits, _ = lab.search("Who designed the Quorvin Bridge?", top_k=1)
+    hits, _ = lab.kbs.search("Who designed the Quorvin Bridge?", top_k=1)
     assert hits[0].file == "bridges.txt"
-    assert {f["file"] for f in lab.kb_show("default")["files"]} == {"handbook.md", "bridges.txt"}
+    assert {f["file"] for f in lab.kbs.show("default")["files"]} == {"handbook.md", "bridges.txt"}
 
 
 def test_store_survives_reopen(lab, handbook, data_dir):
-    lab.ingest([handbook])
+    lab.kbs.ingest([handbook])
     shown = run_cli(["kb", "show", "default", "--json"], data_dir)
     assert json.loads(shown.stdout)["files"][0]["file"] == "handbook.md"
 
 
 def test_rename_keeps_files_and_search(lab, handbook):
-    lab.ingest([handbook], kb="drafts")
-    assert lab.kb_rename("drafts", "handbooks") == "handbooks"
-    assert [kb["name"] for kb in lab.kb_list()] == ["handbooks"]
-    assert [f["file"] for f in lab.kb_show("handbooks")["files"]] == ["handbook.md"]
-    assert lab.search("Mirela Quanz", kb="handbooks", top_k=1)[0][0].file == "handbook.md"
-    lab.kb_create("other")
+    lab.kbs.ingest([handbook], kb="drafts")
+    assert lab.kbs.rename("drafts", "handbooks") == "handbooks"
+    assert [kb["name"] for kb in lab.kbs.list()] == ["handbooks"]
+    assert [f["file"] for f in lab.kbs.show("handbooks")["files"]] == ["handbook.md"]
+    assert lab.kbs.search("Mirela Quanz", kb="handbooks", top_k=1)[0][0].file == "handbook.md"
+    lab.kbs.create("other")
     with pytest.raises(InputError, match="already exists"):
-        lab.kb_rename("handbooks", "other")
+        lab.kbs.rename("handbooks", "other")
     with pytest.raises(InputError, match="no such knowledge base"):
-        lab.kb_rename("drafts", "x1")
+        lab.kbs.rename("drafts", "x1")
 
 
 def test_kb_names_are_checked(lab):
     for bad in ["", "a b", "../x", "-x", "x" * 80]:
         with pytest.raises(InputError, match="knowledge base name"):
-            lab.kb_create(bad)
-    assert lab.kb_create("team.docs_2") == "team.docs_2"
-    assert "team.docs_2" in lab.store.kb_names()
-    lab.kb_delete("team.docs_2")
-    assert "team.docs_2" not in lab.store.kb_names()
+            lab.kbs.create(bad)
+    assert lab.kbs.create("team.docs_2") == "team.docs_2"
+    assert "team.docs_2" in lab.kbs.store.kb_names()
+    lab.kbs.delete("team.docs_2")
+    assert "team.docs_2" not in lab.kbs.store.kb_names()
 
 
 def _squash(text: str) -> str:
@@ -157,14 +158,14 @@ def test_real_pdf_citations_point_to_the_right_page(lab):
     from core.documents import read_pages
 
     pdf = SHARED_DATA / "pdfs" / "UC_Berkeley_short.pdf"
-    lab.ingest([pdf])
+    lab.kbs.ingest([pdf])
     page_text = {p.label: _squash(p.text) for p in read_pages(pdf, pdf.name, 50)}
     qa = json.loads((SHARED_DATA / "pdfs" / "smoke_qa.json").read_text())["items"]
     berkeley = [item for item in qa if item["pdf"] == "UC_Berkeley_short.pdf"]
     assert berkeley
     for item in berkeley:
         question, answer = item["question"], item["answer"]
-        hits, _ = lab.search(question, top_k=4)
+        hits, _ = lab.kbs.search(question, top_k=4)
         assert any(_squash(answer) in _squash(h.text) for h in hits), (question, answer)
         for hit in hits:  # each cited page really holds the passage (its middle, clear of overlap edges)
             words = _squash(hit.text).split()
@@ -186,25 +187,25 @@ def test_keyword_search_finds_exact_codes_the_embedding_blurs(lab, tmp_path):
     catalogue.write_text("\n\n".join(
         f"Router model RX-{n} supports Wi-Fi 6, has four gigabit ports and ships in a grey case." for n in range(400, 440)
     ) + "\n\nRouter model RX-417 is the only one certified for marine use.")
-    lab.ingest([catalogue])
-    hits, _ = lab.search("Which router is certified for marine use, RX-417?", top_k=3)
+    lab.kbs.ingest([catalogue])
+    hits, _ = lab.kbs.search("Which router is certified for marine use, RX-417?", top_k=3)
     assert "marine" in hits[0].text and hits[0].keyword_rank is not None
     assert all(h.file == "routers.txt" for h in hits)
 
 
 def test_hybrid_hits_carry_both_ranks_and_cosine_scores(lab, handbook):
-    lab.ingest([handbook])
-    [hit] = lab.search("Mirela Quanz", top_k=1)[0]
+    lab.kbs.ingest([handbook])
+    [hit] = lab.kbs.search("Mirela Quanz", top_k=1)[0]
     assert hit.vector_rank == 1 and hit.keyword_rank == 1 and 0 < hit.score <= 1
 
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is not beside this checkout")
 def test_smoke_questions_all_retrieved_in_top_two(lab):
     """Every silver answer of the shared smoke set is in the top 2 passages (vector alone found 5 of 6 in the top 4)."""
-    lab.ingest([SHARED_DATA / "pdfs" / "United_States_PDF.pdf", SHARED_DATA / "pdfs" / "UC_Berkeley_short.pdf"])
+    lab.kbs.ingest([SHARED_DATA / "pdfs" / "United_States_PDF.pdf", SHARED_DATA / "pdfs" / "UC_Berkeley_short.pdf"])
     qa = json.loads((SHARED_DATA / "pdfs" / "smoke_qa.json").read_text())["items"]
     for item in qa:
-        hits, _ = lab.search(item["question"], top_k=2)
+        hits, _ = lab.kbs.search(item["question"], top_k=2)
         assert any(_squash(item["answer"]) in _squash(h.text) for h in hits), item["question"]
         assert {h.file for h in hits} <= {item["pdf"], "UC_Berkeley_short.pdf", "United_States_PDF.pdf"}
 
@@ -213,8 +214,8 @@ def test_chunks_are_read_in_pages_covering_every_chunk(lab, tmp_path):
     """Large collections are read page by page (one get() of 100k chunks fails inside Chroma)."""
     path = tmp_path / "many.txt"
     path.write_text(" ".join(f"Fact {i} is about subject {i}." for i in range(800)))
-    [result] = lab.ingest([path])
-    pages = list(lab.store._all_chunks("default", page_size=3))
+    [result] = lab.kbs.ingest([path])
+    pages = list(lab.kbs.store.all_chunks("default", page_size=3))
     ids = [chunk_id for page in pages for chunk_id in page["ids"]]
     assert len(pages) == -(-result.chunks // 3) and len(ids) == len(set(ids)) == result.chunks
 
@@ -222,12 +223,12 @@ def test_chunks_are_read_in_pages_covering_every_chunk(lab, tmp_path):
 def test_a_knowledge_base_remembers_its_embedding_model(lab, handbook, data_dir):
     from core.lab import Lab
 
-    lab.ingest([handbook])
+    lab.kbs.ingest([handbook])
     other = Lab(lab.settings.with_(embed_model="sentence-transformers/all-mpnet-base-v2"))
     with pytest.raises(InputError, match="built with the embedding model all-MiniLM-L6-v2"):
-        other.ingest([handbook])
+        other.kbs.ingest([handbook])
     with pytest.raises(InputError, match="built with the embedding model"):
-        other.search("anything")
+        other.kbs.search("anything")
 
 
 def test_long_names_keep_their_extension():

@@ -23,7 +23,7 @@ def test_bundled_models_are_found_without_importing_their_packages():
 def test_conversion_is_complete_and_faithful_to_the_gguf(lab):
     from transformers import AutoModelForCausalLM
 
-    generator = lab.generator
+    generator = lab.models.generator
     gguf = bundled_gguf_file()
     cache = Path(os.environ["LAB_MODEL_CACHE"])
     folder = converted_checkpoint(gguf, cache)
@@ -42,8 +42,8 @@ def test_conversion_is_complete_and_faithful_to_the_gguf(lab):
 def test_a_few_rows_decode_as_they_would_one_by_one(lab):
     """On CPU the served model computes its linear layers for 2-8 rows as W @ x^T (core/models.py): the same
     logits as each row alone, and weights and state dict untouched."""
-    model = lab.generator.model
-    if lab.generator.device != "cpu":
+    model = lab.models.generator.model
+    if lab.models.generator.device != "cpu":
         pytest.skip("the column layout is used on CPU only")
     ids = torch.tensor([[504], [2103], [28], [4933]])  # 4 rows of one token: the shape of a 4-column decode step
     with torch.inference_mode():
@@ -60,17 +60,17 @@ def test_a_few_rows_decode_as_they_would_one_by_one(lab):
 
 
 def test_chat_template_and_embedding_shape(lab):
-    rendered = lab.generator.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+    rendered = lab.models.generator.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                                            add_generation_prompt=True)
     assert "<|im_start|>assistant" in rendered
-    vectors = lab.embedder.encode(["one", "two"], normalize_embeddings=True)
+    vectors = lab.models.embedder.encode(["one", "two"], normalize_embeddings=True)
     assert vectors.shape == (2, 384)
     assert abs(float((vectors[0] ** 2).sum()) - 1.0) < 1e-4
 
 
 def test_models_load_once_per_process(lab, tmp_path):
     other = Lab(load_settings(data_dir=tmp_path / "other", model_cache_dir=lab.settings.model_cache_dir))
-    assert other.generator is lab.generator and other.embedder is lab.embedder
+    assert other.models.generator is lab.models.generator and other.models.embedder is lab.models.embedder
 
 
 def test_missing_model_gives_a_clear_error(tmp_path):

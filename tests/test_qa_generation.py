@@ -14,14 +14,14 @@ BERKELEY = SHARED_DATA / "pdfs" / "UC_Berkeley_short.pdf"
 @pytest.fixture
 def kb(lab, handbook):
     paths = [handbook] + ([BERKELEY] if BERKELEY.exists() else [])
-    lab.ingest(paths, "docs", chunk_size=64, chunk_overlap=0)
+    lab.kbs.ingest(paths, "docs", chunk_size=64, chunk_overlap=0)
     return "docs"
 
 
 def test_pairs_are_grounded_in_the_chunks_they_cite(lab, kb):
-    info = lab.dataset_generate(kb, "pairs", count=12, use_model=False, validation=0, test=0)
+    info = lab.datasets.generate(kb, "pairs", count=12, use_model=False, validation=0, test=0)
     assert info["examples"] == 12 and info["questions_by_template"] == 12
-    chunks = {c["id"]: c for c in lab.store.listed_chunks(kb)}
+    chunks = {c["id"]: c for c in lab.kbs.store.listed_chunks(kb)}
     for example in lab.datasets.examples("pairs"):
         question, answer = (m["content"] for m in example["messages"])
         source = chunks[example["source"]["chunk_id"]]
@@ -31,18 +31,18 @@ def test_pairs_are_grounded_in_the_chunks_they_cite(lab, kb):
 
 
 def test_the_bundled_model_writes_some_of_the_questions(lab, kb):
-    info = lab.dataset_generate(kb, "model-pairs", count=8, validation=0, test=0)
+    info = lab.datasets.generate(kb, "model-pairs", count=8, validation=0, test=0)
     assert info["questions_by_model"] >= 1, info
     for example in lab.datasets.examples("model-pairs"):
         assert example["messages"][0]["content"].endswith("?")
 
 
 def test_raft_examples_mix_oracle_and_distractors_like_the_rag_prompt(lab, kb):
-    info = lab.dataset_generate(kb, "raft", count=30, raft=True, distractors=3, oracle_share=0.8, use_model=False,
+    info = lab.datasets.generate(kb, "raft", count=30, raft=True, distractors=3, oracle_share=0.8, use_model=False,
                                 validation=0, test=0)
     examples = lab.datasets.examples("raft")
     assert info["format"] == "raft" and len(examples) == info["examples"] >= 20
-    chunks = {c["id"]: c for c in lab.store.listed_chunks(kb)}
+    chunks = {c["id"]: c for c in lab.kbs.store.listed_chunks(kb)}
     with_oracle = 0
     for example in examples:
         system, user, target = example["messages"]
@@ -60,11 +60,11 @@ def test_raft_examples_mix_oracle_and_distractors_like_the_rag_prompt(lab, kb):
 
 def test_generation_refuses_bad_requests_clearly(lab, kb):
     with pytest.raises(InputError, match="no such knowledge base"):
-        lab.dataset_generate("missing", "x")
+        lab.datasets.generate("missing", "x")
     with pytest.raises(InputError, match="distractors must be between 0 and"):
-        lab.dataset_generate(kb, "x", count=3, raft=True, distractors=100000, use_model=False)
+        lab.datasets.generate(kb, "x", count=3, raft=True, distractors=100000, use_model=False)
     with pytest.raises(InputError, match="oracle share"):
-        lab.dataset_generate(kb, "x", count=3, raft=True, oracle_share=1.5, use_model=False)
+        lab.datasets.generate(kb, "x", count=3, raft=True, oracle_share=1.5, use_model=False)
     assert "x" not in lab.datasets.names()
 
 

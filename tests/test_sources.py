@@ -307,7 +307,7 @@ def test_url_helpers():
 def test_lab_ingests_urls_mixed_with_files_and_finds_the_page(lab, site, handbook, dead_proxy):
     port = site.rsplit(":", 1)[1]
     messages = []
-    results = lab.ingest([handbook, f"{site}/docs/page", f"{site}/nothing-here"],
+    results = lab.kbs.ingest([handbook, f"{site}/docs/page", f"{site}/nothing-here"],
                          progress=lambda fraction, message: messages.append(message))
     by_file = {r.file: r for r in results}
     page_name = f"127.0.0.1_{port}_docs_page.html"
@@ -317,13 +317,13 @@ def test_lab_ingests_urls_mixed_with_files_and_finds_the_page(lab, site, handboo
     assert failed.status == "failed" and "HTTP 404" in failed.message
     assert any(m.startswith(f"Fetching {site}/docs/page") for m in messages)
 
-    hits, _ = lab.search("Who is the keeper of the Velmor lighthouse?")
+    hits, _ = lab.kbs.search("Who is the keeper of the Velmor lighthouse?")
     assert hits[0].file == page_name and "Ada Strund" in hits[0].text
 
     # Again: the same content changes nothing; a failing address leaves what is stored alone.
-    again = lab.ingest([f"{site}/docs/page", f"{site}/blob"])
+    again = lab.kbs.ingest([f"{site}/docs/page", f"{site}/blob"])
     assert [r.status for r in again] == ["unchanged", "failed"]
-    assert sorted(f["file"] for f in lab.kb_show("default")["files"]) == sorted(["handbook.md", page_name])
+    assert sorted(f["file"] for f in lab.kbs.show("default")["files"]) == sorted(["handbook.md", page_name])
 
 
 def test_cli_reports_a_failing_url(data_dir):

@@ -7,7 +7,8 @@ import pytest
 
 from core.config import load_settings
 from core.errors import InputError, LabError
-from core.workspaces import DemoLimits, RateLimiter, Workspaces, demo_mode_from_env
+from core.limits import DemoLimits, RateLimiter
+from core.workspaces import Workspaces, demo_mode_from_env
 
 
 @pytest.fixture
@@ -26,10 +27,10 @@ def test_each_visitor_has_their_own_data(workspaces, handbook):
     assert alice.settings.data_dir != bob.settings.data_dir
     assert alice.settings.data_dir.parent == bob.settings.data_dir.parent == workspaces.root
     assert alice.settings.max_file_mb == 5
-    alice.ingest([handbook], kb="mine")
-    assert alice.store.kb_names() == ["mine"] and bob.store.kb_names() == []
+    alice.kbs.ingest([handbook], kb="mine")
+    assert alice.kbs.store.kb_names() == ["mine"] and bob.kbs.store.kb_names() == []
     with pytest.raises(InputError, match="no such knowledge base"):
-        bob.file_preview("mine", "handbook.md")
+        bob.kbs.preview("mine", "handbook.md")
     for bad in (None, "", "../../etc", "short"):
         with pytest.raises(LabError, match="no session"):
             workspaces.lab(bad)
@@ -39,11 +40,11 @@ def test_caps_and_rate_limits_are_refused_with_the_wait(workspaces, handbook):
     lab = workspaces.lab("carol-0123456789")
     items = [{"question": f"q{i}", "answer": "a"} for i in range(3)]
     with pytest.raises(InputError, match="the demo evaluates at most 2"):
-        lab.eval_run(items, "x", ["base"])
+        lab.evaluation.run(items, "x", ["base"])
     for _ in range(5):
-        lab.spend("dataset")
+        lab.quota.spend("dataset")
     with pytest.raises(InputError, match=r"this demo allows 5 dataset generations per hour; try again in 60 min"):
-        lab.spend("dataset")
+        lab.quota.spend("dataset")
     now = [0.0]
     limiter = RateLimiter({"ingest": (2, 600)}, clock=lambda: now[0])
     limiter.spend("ingest"), limiter.spend("ingest")
@@ -57,13 +58,13 @@ def test_caps_and_rate_limits_are_refused_with_the_wait(workspaces, handbook):
 
 def test_idle_workspaces_are_deleted_and_active_ones_kept(workspaces, handbook):
     idle, busy = workspaces.lab("idle-0123456789"), workspaces.lab("busy-0123456789")
-    idle.ingest([handbook])
+    idle.kbs.ingest([handbook])
     folder = idle.settings.data_dir
     os.utime(folder / ".last_used", (0, workspaces.clock_state["now"] - 61 * 60))
     assert workspaces.sweep() == [folder.name]
     assert not folder.exists() and busy.settings.data_dir.exists()
     fresh = workspaces.lab("idle-0123456789")  # the visitor comes back: a new, empty workspace
-    assert fresh is not idle and fresh.store.kb_names() == []
+    assert fresh is not idle and fresh.kbs.store.kb_names() == []
 
 
 def test_demo_mode_setting(tmp_path):

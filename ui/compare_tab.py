@@ -1,6 +1,6 @@
 """Compare tab: up to four columns (base, fine-tuned, RAG, fine-tuned + RAG) answering side by side, streaming,
 each keeping its own conversation; blind mode and votes; the leaderboard and exports. The session logic is
-core.arena.ArenaSession; this module only lays it out."""
+core.arena.ArenaSession; this module only lays it out (`build`) and connects it (`CompareHandlers`)."""
 from __future__ import annotations
 
 import tempfile
@@ -12,12 +12,11 @@ import gradio as gr
 from core.arena import COLUMN_ORDER, ArenaSession
 from core.generation import GenerationConfig
 from core.lab import Lab
-from core.store import DEFAULT_KB
+from core.names import DEFAULT_KB
 from core.variants import VARIANTS
 from core.votes import ALL_BAD, TIE
+from ui.choices import adapter_choices, kb_choices
 from ui.formatting import escape, sources_html, timing_line, user_errors
-from ui.finetune_tab import adapter_choices
-from ui.knowledge_tab import kb_choices
 from ui.workspace import LabOf
 
 SLOTS = len(COLUMN_ORDER)
@@ -45,8 +44,150 @@ def _export_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="lab-export-"))
 
 
+def generation_settings(k, max_new, temp, p) -> tuple[GenerationConfig, int]:
+    return GenerationConfig(max_new_tokens=int(max_new), temperature=float(temp), top_p=float(p)), int(k)
+
+
+def view(state: ArenaSession, status: str = ""):
+    """Every slot's content from the session (a hidden slot when fewer columns are on), in the order of the
+    events' outputs: the session, each slot's seven parts, the tie and all-bad buttons, the vote status."""
+    updates = []
+    for i in range(SLOTS):
+        variant = state.order[i] if i < len(state.order) else None
+        if variant is None:
+            updates += [gr.update(visible=False), "", [], "", "", gr.update(interactive=False),
+                        gr.update(interactive=False)]
+            continue
+        col = state.columns[variant]
+        shown = not state.blind or state.revealed  # timings and passages would give a blind column away
+        stats = timing_line(col.timings) if shown else ("answered" if col.timings else "")
+        if col.note and stats:
+            stats += f" · {col.note}"
+        updates += [
+            gr.update(visible=True),
+            f"### {state.title(variant)}" + ("" if state.blind else f"\n*{VARIANTS[variant].description}*"),
+            [{"role": m["role"], "content": escape(m["content"])} for m in col.messages],
+            stats,
+            sources_html(col.sources) if shown else "",
+            gr.update(interactive=state.turn is not None),
+            gr.update(interactive=state.can_vote and bool(col.timings) and not col.error),
+        ]
+    can_vote = state.can_vote
+    return (state, *updates, gr.update(interactive=can_vote), gr.update(interactive=can_vote), status)
+
+
+def comparison_file(state: ArenaSession, fmt: str) -> str:
+    with user_errors():
+        comparison = state.comparison()
+    path = _export_dir() / f"comparison-{time.strftime('%Y%m%d-%H%M%S')}.{fmt}"
+    path.write_text(comparison.to_markdown() if fmt == "md" else comparison.to_json(), encoding="utf-8")
+    return str(path)
+
+
+class CompareHandlers:
+    """The tab's events. Each finds the visitor's Lab from its request; parameter names are what API clients see."""
+
+    def __init__(self, lab_of: LabOf):
+        self.lab_of = lab_of
+
+    def answer(self, state: ArenaSession, q, kb_name, adapter_name, chosen, is_blind, k, max_new, temp, p, system,
+               request: gr.Request):
+        config, k = generation_settings(k, max_new, temp, p)
+        with user_errors():
+            lab = self.lab_of(request)
+            events = state.ask(lab.answers, lab.quota, q, list(chosen or []), config, kb=kb_name,
+                               adapter=adapter_name or None, top_k=k, system_prompt=system, blind=bool(is_blind))
+            yield view(state, "Answering…")
+            for _ in events:
+                yield view(state, "Answering…")
+        note = "Which answer is best? Vote below." if state.can_vote else ""
+        yield view(state, note)
+
+    def answer_again(self, slot: int, state: ArenaSession, kb_name, adapter_name, k, max_new, temp, p, system,
+                     request: gr.Request):
+        """The column in `slot` answers the latest question again."""
+        if slot >= len(state.order):
+            raise gr.Error("This column is not in use.")
+        config, k = generation_settings(k, max_new, temp, p)
+        with user_errors():
+            lab = self.lab_of(request)
+            for _ in state.ask_again(lab.answers, lab.quota, state.order[slot], config, kb=kb_name,
+                                     adapter=adapter_name or None, top_k=k, system_prompt=system):
+                yield view(state, "Answering again…")
+        yield view(state, "Which answer is best now? Vote below." if state.can_vote else "")
+
+    def vote_best(self, slot: int, state: ArenaSession, note, kb_name, request: gr.Request):
+        """A vote for the column in `slot`."""
+        return self._vote(state.order[slot], state, note, kb_name, request)
+
+    def vote_tie(self, state: ArenaSession, note, kb_name, request: gr.Request):
+        return self._vote(TIE, state, note, kb_name, request)
+
+    def vote_all_bad(self, state: ArenaSession, note, kb_name, request: gr.Request):
+        return self._vote(ALL_BAD, state, note, kb_name, request)
+
+    def _vote(self, choice: str, state: ArenaSession, note, kb_name, request: gr.Request):
+        lab = self.lab_of(request)
+        with user_errors():
+            state.vote(lab.votes, choice, note)
+        picked = {TIE: "a tie", ALL_BAD: "all answers bad"}.get(choice) or f"**{state.title(choice)}** best"
+        return (*view(state, f"Vote saved: {picked}."), "", leaderboard_rows(lab, kb_name))
+
+    def clear_all(self, state: ArenaSession, chosen, is_blind):
+        state.clear()
+        return self.rearrange(state, chosen, is_blind)
+
+    def rearrange(self, state: ArenaSession, chosen, is_blind):
+        """Show the switched-on columns now (in blind mode: shuffled, named A-D)."""
+        if not chosen:
+            state.order = []
+            return view(state, "Switch on at least one column.")
+        state.arrange(list(chosen), bool(is_blind))
+        return view(state, "")
+
+    def write_votes(self, kb_name, request: gr.Request):
+        lab = self.lab_of(request)
+        path = _export_dir() / f"preferences-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+        with user_errors():
+            result = lab.votes.export(path, "dpo", kb=kb_name or None)
+        gr.Info(f"{result['rows']} preference pairs from the votes on {kb_name}.")
+        return str(path)
+
+    def write_markdown(self, state: ArenaSession):
+        return comparison_file(state, "md")
+
+    def write_json(self, state: ArenaSession):
+        return comparison_file(state, "json")
+
+    def board(self, name, request: gr.Request):
+        return leaderboard_rows(self.lab_of(request), name)
+
+    def refresh(self, current, request: gr.Request):
+        # Choices only for the adapter: a late reply must not put back a value the user has changed meanwhile.
+        lab = self.lab_of(request)
+        return (gr.update(choices=kb_choices(lab), value=current), gr.update(choices=lab.adapters.names()),
+                leaderboard_rows(lab, current))
+
+
+class ColumnHandlers:
+    """One column's buttons. Bound methods rather than functools.partial: Gradio finds the `gr.Request`
+    parameter through the type hints, which a partial object hides."""
+
+    def __init__(self, handlers: CompareHandlers, slot: int):
+        self.handlers, self.slot = handlers, slot
+
+    def answer_again(self, state: ArenaSession, kb_name, adapter_name, k, max_new, temp, p, system,
+                     request: gr.Request):
+        yield from self.handlers.answer_again(self.slot, state, kb_name, adapter_name, k, max_new, temp, p, system,
+                                              request)
+
+    def vote_best(self, state: ArenaSession, note, kb_name, request: gr.Request):
+        return self.handlers.vote_best(self.slot, state, note, kb_name, request)
+
+
 def build(lab_of: LabOf) -> None:
     first, defaults = lab_of.initial, lab_of.workspaces.settings
+    handlers = CompareHandlers(lab_of)
     with gr.Tab("3 · Compare", id="compare") as tab:
         gr.Markdown(
             "Ask a question about your documents. The **base model** answers from what it already knows; "
@@ -118,131 +259,31 @@ def build(lab_of: LabOf) -> None:
                 export_json = gr.Button("Export this comparison (JSON)", elem_id="export-json")
             export_file = gr.File(label="Exported file", interactive=False, elem_id="export-file")
 
-        slot_outputs = [c for s in slots for c in (s["column"], s["header"], s["chat"], s["stats"], s["sources"],
-                                                   s["again"], s["best"])]
-        outputs = [session, *slot_outputs, tie, all_bad, vote_status]
+    # ---- wiring: the order of inputs and outputs is the API's (clients call positionally) ----------------------
+    slot_outputs = [c for s in slots for c in (s["column"], s["header"], s["chat"], s["stats"], s["sources"],
+                                               s["again"], s["best"])]
+    outputs = [session, *slot_outputs, tie, all_bad, vote_status]
+    inputs = [session, question, kb, adapter, columns, blind, top_k, max_tokens, temperature, top_p, system_prompt]
+    again_inputs = [session, kb, adapter, top_k, max_tokens, temperature, top_p, system_prompt]
+    vote_inputs, vote_outputs = [session, comment, kb], [*outputs, comment, leaderboard]
+    # Every generating event shares one queue slot: the model runs one batch at a time, and a waiting user
+    # sees their place in the queue.
+    busy = dict(concurrency_id="generate", concurrency_limit=1)
+    ask.click(handlers.answer, inputs, outputs, api_name="ask", **busy)
+    question.submit(handlers.answer, inputs, outputs, api_visibility="private", **busy)
+    for i, s in enumerate(slots):
+        per_column = ColumnHandlers(handlers, i)
+        s["again"].click(per_column.answer_again, again_inputs, outputs, api_name=f"ask_again_{i}", **busy)
+        s["best"].click(per_column.vote_best, vote_inputs, vote_outputs, api_name=f"vote_best_{i}")
+    tie.click(handlers.vote_tie, vote_inputs, vote_outputs, api_name="vote_tie")
+    all_bad.click(handlers.vote_all_bad, vote_inputs, vote_outputs, api_name="vote_all_bad")
+    clear.click(handlers.clear_all, [session, columns, blind], outputs, api_name="clear")
+    columns.input(handlers.rearrange, [session, columns, blind], outputs, api_visibility="private")
+    blind.input(handlers.rearrange, [session, columns, blind], outputs, api_visibility="private")
 
-        def view(state: ArenaSession, status: str = ""):
-            """Every slot's content from the session (a hidden slot when fewer columns are on)."""
-            updates = []
-            for i in range(SLOTS):
-                variant = state.order[i] if i < len(state.order) else None
-                if variant is None:
-                    updates += [gr.update(visible=False), "", [], "", "", gr.update(interactive=False),
-                                gr.update(interactive=False)]
-                    continue
-                col = state.columns[variant]
-                shown = not state.blind or state.revealed  # timings and passages would give a blind column away
-                stats = timing_line(col.timings) if shown else ("answered" if col.timings else "")
-                if col.note and stats:
-                    stats += f" · {col.note}"
-                updates += [
-                    gr.update(visible=True),
-                    f"### {state.title(variant)}" + ("" if state.blind else f"\n*{VARIANTS[variant].description}*"),
-                    [{"role": m["role"], "content": escape(m["content"])} for m in col.messages],
-                    stats,
-                    sources_html(col.sources) if shown else "",
-                    gr.update(interactive=state.turn is not None),
-                    gr.update(interactive=state.can_vote and bool(col.timings) and not col.error),
-                ]
-            can_vote = state.can_vote
-            return (state, *updates, gr.update(interactive=can_vote), gr.update(interactive=can_vote), status)
+    export_votes.click(handlers.write_votes, [kb], [export_file], api_name="export_votes")
+    export_md.click(handlers.write_markdown, [session], [export_file], api_name="export_md")
+    export_json.click(handlers.write_json, [session], [export_file], api_name="export_json")
 
-        def settings(k, max_new, temp, p):
-            return GenerationConfig(max_new_tokens=int(max_new), temperature=float(temp), top_p=float(p)), int(k)
-
-        def answer(state: ArenaSession, q, kb_name, adapter_name, chosen, is_blind, k, max_new, temp, p, system,
-                   request: gr.Request):
-            config, k = settings(k, max_new, temp, p)
-            with user_errors():
-                events = state.ask(lab_of(request), q, list(chosen or []), config, kb=kb_name,
-                                   adapter=adapter_name or None, top_k=k, system_prompt=system, blind=bool(is_blind))
-                yield view(state, "Answering…")
-                for _ in events:
-                    yield view(state, "Answering…")
-            note = "Which answer is best? Vote below." if state.can_vote else ""
-            yield view(state, note)
-
-        def answer_again(slot: int):
-            def run(state: ArenaSession, kb_name, adapter_name, k, max_new, temp, p, system, request: gr.Request):
-                if slot >= len(state.order):
-                    raise gr.Error("This column is not in use.")
-                config, k = settings(k, max_new, temp, p)
-                with user_errors():
-                    for _ in state.ask_again(lab_of(request), state.order[slot], config, kb=kb_name,
-                                             adapter=adapter_name or None, top_k=k, system_prompt=system):
-                        yield view(state, "Answering again…")
-                yield view(state, "Which answer is best now? Vote below." if state.can_vote else "")
-            return run
-
-        def cast(choice_of):
-            def run(state: ArenaSession, note, kb_name, request: gr.Request):
-                lab = lab_of(request)
-                choice = choice_of(state)
-                with user_errors():
-                    state.vote(lab, choice, note)
-                picked = {TIE: "a tie", ALL_BAD: "all answers bad"}.get(choice) or f"**{state.title(choice)}** best"
-                return (*view(state, f"Vote saved: {picked}."), "", leaderboard_rows(lab, kb_name))
-            return run
-
-        def clear_all(state: ArenaSession, chosen, is_blind):
-            state.clear()
-            return rearrange(state, chosen, is_blind)
-
-        def rearrange(state: ArenaSession, chosen, is_blind):
-            """Show the switched-on columns now (in blind mode: shuffled, named A-D)."""
-            if not chosen:
-                state.order = []
-                return view(state, "Switch on at least one column.")
-            state.arrange(list(chosen), bool(is_blind))
-            return view(state, "")
-
-        inputs = [session, question, kb, adapter, columns, blind, top_k, max_tokens, temperature, top_p, system_prompt]
-        # Every generating event shares one queue slot: the model runs one batch at a time, and a waiting user
-        # sees their place in the queue.
-        busy = dict(concurrency_id="generate", concurrency_limit=1)
-        ask.click(answer, inputs, outputs, api_name="ask", **busy)
-        question.submit(answer, inputs, outputs, api_visibility="private", **busy)
-        again_inputs = [session, kb, adapter, top_k, max_tokens, temperature, top_p, system_prompt]
-        for i, s in enumerate(slots):
-            s["again"].click(answer_again(i), again_inputs, outputs, api_name=f"ask_again_{i}", **busy)
-            s["best"].click(cast(lambda state, i=i: state.order[i]), [session, comment, kb],
-                            [*outputs, comment, leaderboard], api_name=f"vote_best_{i}")
-        tie.click(cast(lambda state: TIE), [session, comment, kb], [*outputs, comment, leaderboard], api_name="vote_tie")
-        all_bad.click(cast(lambda state: ALL_BAD), [session, comment, kb], [*outputs, comment, leaderboard],
-                      api_name="vote_all_bad")
-        clear.click(clear_all, [session, columns, blind], outputs, api_name="clear")
-        columns.input(rearrange, [session, columns, blind], outputs, api_visibility="private")
-        blind.input(rearrange, [session, columns, blind], outputs, api_visibility="private")
-
-        def write_votes(kb_name, request: gr.Request):
-            lab = lab_of(request)
-            path = _export_dir() / f"preferences-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-            with user_errors():
-                result = lab.votes.export(path, "dpo", kb=kb_name or None)
-            gr.Info(f"{result['rows']} preference pairs from the votes on {kb_name}.")
-            return str(path)
-
-        def write_comparison(state: ArenaSession, fmt: str):
-            with user_errors():
-                comparison = state.comparison()
-            path = _export_dir() / f"comparison-{time.strftime('%Y%m%d-%H%M%S')}.{fmt}"
-            path.write_text(comparison.to_markdown() if fmt == "md" else comparison.to_json(), encoding="utf-8")
-            return str(path)
-
-        export_votes.click(write_votes, [kb], [export_file], api_name="export_votes")
-        export_md.click(lambda state: write_comparison(state, "md"), [session], [export_file], api_name="export_md")
-        export_json.click(lambda state: write_comparison(state, "json"), [session], [export_file],
-                          api_name="export_json")
-
-        def board(name, request: gr.Request):
-            return leaderboard_rows(lab_of(request), name)
-
-        def refresh(current, request: gr.Request):
-            # Choices only for the adapter: a late reply must not put back a value the user has changed meanwhile.
-            lab = lab_of(request)
-            return (gr.update(choices=kb_choices(lab), value=current), gr.update(choices=lab.adapters.names()),
-                    leaderboard_rows(lab, current))
-
-        kb.change(board, [kb], [leaderboard], api_visibility="private")
-        tab.select(refresh, [kb], [kb, adapter, leaderboard], api_visibility="private")
+    kb.change(handlers.board, [kb], [leaderboard], api_visibility="private")
+    tab.select(handlers.refresh, [kb], [kb, adapter, leaderboard], api_visibility="private")

@@ -1,23 +1,23 @@
 """Evaluate tab: run the variants on held-out questions, see who wins with intervals, a chart, every answer, and
-a plain-language verdict; reopen and export past runs. The work is core.evaluation's."""
+a plain-language verdict; reopen and export past runs. The work is core.evaluation's; this module lays it out
+(`build`) and connects it (`EvaluateHandlers`)."""
 from __future__ import annotations
 
 import tempfile
 import threading
-import time
+from contextlib import closing
 from pathlib import Path
 
 import gradio as gr
 
 from core.advisor import QUESTIONS, Situation
-from core.errors import LabError
-from core.evaluation import export, headline_metric, verdict
+from core.eval_store import export
 from core.lab import Lab
-from core.store import DEFAULT_KB
+from core.names import DEFAULT_KB
 from core.variants import VARIANTS
+from core.verdict import headline_metric, verdict
+from ui.choices import adapter_choices, dataset_choices, kb_choices, run_ids
 from ui.formatting import escape_plain, user_errors
-from ui.finetune_tab import adapter_choices, dataset_choices
-from ui.knowledge_tab import kb_choices
 from ui.workspace import LabOf
 
 FROM_DATASET, FROM_FILE = "A dataset's held-out questions", "A Q&A file"
@@ -30,7 +30,6 @@ METRIC_NOTE = (
     "gold answer. Token F1 is after taking the answer's final sentence. chrF is shown instead of BLEU: BLEU counts "
     "4-word sequences, so it is near 0 for right answers to short questions. Grounded: share of the answer's words "
     "found in the passages it read. Hit@k / MRR: whether (and how high) the question's own source was retrieved.")
-_cancels: dict[str, threading.Event] = {}
 
 
 def summary_rows(run: dict) -> list[list]:
@@ -96,34 +95,111 @@ def advice_markdown(advice: dict) -> str:
     return "\n".join(lines)
 
 
-def run_ids(lab: Lab | None) -> list[str]:
-    """Past runs, newest first."""
-    return list(reversed(lab.evals.ids())) if lab else []
+def shown(lab: Lab, run: dict):
+    """A run in the tab's outputs: status, verdict, summary, chart, every question, and the past-runs choice."""
+    headers, rows = question_rows(run)
+    return (status_line(run), verdict(run), summary_rows(run), chart_data(run),
+            gr.update(value=rows, headers=headers), gr.update(choices=run_ids(lab), value=run["id"]))
 
 
-def build_advisor(lab_of: LabOf) -> None:
+SHOWN_OUTPUTS = 6  # len(shown(...)): a running status leaves the other five as they are
+
+
+class EvaluateHandlers:
+    """The tab's events. Each finds the visitor's Lab from its request; parameter names are what API clients see."""
+
+    def __init__(self, lab_of: LabOf):
+        self.lab_of = lab_of
+        # A Cancel flag per page session, checked by the engine between questions. (Gradio's `cancels=` would
+        # stop the event only for the page, not for an API client's /cancel_evaluation, and left a stray error
+        # badge on the outputs when the question in progress finished.)
+        self._stop: dict[str, threading.Event] = {}
+
+    def advise(self, request: gr.Request, *values):
+        with user_errors():
+            situation = Situation(**dict(zip(QUESTIONS, values)))
+            return advice_markdown(self.lab_of(request).evaluation.advise(situation))
+
+    def run_evaluation(self, src, dataset_name, file, most, chosen, kb_name, adapter_name, request: gr.Request,
+                       progress=gr.Progress()):
+        """Streams the run's progress, then shows it. Cancel sets this session's flag; the engine stops before the
+        next question and saves the run as cancelled with the questions answered so far."""
+        lab = self.lab_of(request)
+        if src == FROM_KB and not kb_name:
+            raise gr.Error("Pick the knowledge base to generate questions from.")
+
+        def report(fraction, message):
+            progress(fraction, desc=message)
+
+        yield ("**Running** · Starting…", *[gr.update()] * (SHOWN_OUTPUTS - 1))
+        with user_errors():
+            items, label = lab.evaluation.items(
+                dataset_name if src == FROM_DATASET else None, file if src == FROM_FILE else None,
+                limit=int(most) if most else None, generate_from=kb_name if src == FROM_KB else None,
+                progress=report)
+            stop = self._stop[request.session_hash] = threading.Event()
+            steps = lab.evaluation.steps(items, label, list(chosen or []), kb=kb_name or None,
+                                         adapter=adapter_name or None, progress=report, should_stop=stop.is_set)
+            with closing(steps):
+                for run in steps:
+                    if "results" not in run:  # the last one is the finished run, shown below
+                        yield (f"**Running** · Question {run['done']}/{run['questions']}",
+                               *[gr.update()] * (SHOWN_OUTPUTS - 1))
+        yield shown(lab, run)
+
+    def cancel_run(self, request: gr.Request):
+        stop = self._stop.get(request.session_hash)
+        if stop is None:
+            return gr.update()  # nothing was started from this page
+        stop.set()
+        return "**Cancelling** · the current question finishes first; the answered ones are kept."
+
+    def open_run(self, run_id, request: gr.Request):
+        lab = self.lab_of(request)
+        if not run_id:
+            raise gr.Error("Pick a past run first.")
+        with user_errors():
+            return shown(lab, lab.evals.load(run_id))
+
+    def write_csv(self, run_id, request: gr.Request):
+        return self._write(run_id, ".csv", request)
+
+    def write_json(self, run_id, request: gr.Request):
+        return self._write(run_id, ".json", request)
+
+    def _write(self, run_id, suffix, request: gr.Request):
+        lab = self.lab_of(request)
+        if not run_id:
+            raise gr.Error("Run or open an evaluation first.")
+        with user_errors():
+            path = export(lab.evals.load(run_id), Path(tempfile.mkdtemp(prefix="lab-eval-")) / f"{run_id}{suffix}")
+        return str(path)
+
+    def refresh(self, current, request: gr.Request):
+        lab = self.lab_of(request)
+        return (gr.update(choices=lab.datasets.names()), gr.update(choices=kb_choices(lab)),
+                gr.update(choices=lab.adapters.names()), gr.update(choices=run_ids(lab)))
+
+
+def build_advisor(handlers: EvaluateHandlers) -> None:
     with gr.Accordion("Not sure yet? Five questions to a recommendation", open=False, elem_id="advisor"):
         answers = [gr.Radio([(words, value) for value, words in choices.items()], value=getattr(Situation, key),
                             label=question, elem_id=f"advise-{key}")
                    for key, (question, choices) in QUESTIONS.items()]
         button = gr.Button("Advise me", elem_id="advise-run")
         out = gr.Markdown(elem_id="advise-out")
-
-        def run(request: gr.Request, *values):
-            with user_errors():
-                return advice_markdown(lab_of(request).advise(Situation(**dict(zip(QUESTIONS, values)))))
-
-        button.click(run, answers, [out], api_name="advise")
+    button.click(handlers.advise, answers, [out], api_name="advise")
 
 
 def build(lab_of: LabOf) -> None:
     first = lab_of.initial
+    handlers = EvaluateHandlers(lab_of)
     with gr.Tab("4 · Evaluate", id="evaluate") as tab:
         gr.Markdown(
             "Which variant answers your questions best? Pick held-out questions with their right answers, the "
             "variants to compare, and run. Every variant answers every question; the answers are scored without "
             "any AI judge, and you get a verdict in plain words.")
-        build_advisor(lab_of)
+        build_advisor(handlers)
         with gr.Row():
             source = gr.Radio([FROM_DATASET, FROM_FILE, FROM_KB], value=FROM_DATASET, label="Questions from",
                               info="Generated questions are made from the passages when you run, and never saved "
@@ -160,82 +236,12 @@ def build(lab_of: LabOf) -> None:
             export_json = gr.Button("Export JSON", elem_id="ev-export-json")
         export_file = gr.File(label="Exported file", interactive=False, elem_id="ev-export-file")
 
-        def shown(lab: Lab, run: dict):
-            headers, rows = question_rows(run)
-            return (status_line(run), verdict(run), summary_rows(run), chart_data(run),
-                    gr.update(value=rows, headers=headers), gr.update(choices=run_ids(lab), value=run["id"]))
-
-        outputs = [status, verdict_box, summary, chart, questions, past]
-
-        def run_evaluation(src, dataset_name, file, most, chosen, kb_name, adapter_name, request: gr.Request):
-            lab = lab_of(request)
-            if src == FROM_KB and not kb_name:
-                raise gr.Error("Pick the knowledge base to generate questions from.")
-            stop = _cancels[request.session_hash] = threading.Event()
-            progress, outcome = {"text": "Starting…"}, {}
-
-            def report(fraction, message):
-                progress.update(text=f"{message} ({fraction:.0%})")
-
-            def work():
-                try:
-                    items, label = lab.eval_items(
-                        dataset_name if src == FROM_DATASET else None, file if src == FROM_FILE else None,
-                        limit=int(most) if most else None, generate_from=kb_name if src == FROM_KB else None,
-                        progress=report)
-                    outcome["run"] = lab.eval_run(
-                        items, label, list(chosen or []), kb=kb_name or None, adapter=adapter_name or None,
-                        progress=report, should_stop=stop.is_set)
-                except LabError as exc:
-                    outcome["error"] = str(exc)
-
-            worker = threading.Thread(target=work, daemon=True)
-            worker.start()
-            while worker.is_alive():
-                yield (f"**Running** · {progress['text']}", *[gr.update()] * (len(outputs) - 1))
-                time.sleep(0.5)
-            if "error" in outcome:
-                raise gr.Error(outcome["error"])
-            if "run" not in outcome:
-                raise gr.Error("The evaluation stopped unexpectedly; the server log says why.")
-            yield shown(lab, outcome["run"])
-
-        def cancel_run(request: gr.Request):
-            event = _cancels.get(request.session_hash)
-            if event:
-                event.set()
-                return "**Cancelling** · the current question finishes first; the answered ones are kept."
-            return gr.update()
-
-        def open_run(run_id, request: gr.Request):
-            lab = lab_of(request)
-            if not run_id:
-                raise gr.Error("Pick a past run first.")
-            with user_errors():
-                return shown(lab, lab.evals.load(run_id))
-
-        def write(lab, run_id, suffix):
-            if not run_id:
-                raise gr.Error("Run or open an evaluation first.")
-            with user_errors():
-                path = export(lab.evals.load(run_id), Path(tempfile.mkdtemp(prefix="lab-eval-")) / f"{run_id}{suffix}")
-            return str(path)
-
-        run_button.click(run_evaluation, [source, dataset, upload, limit, variants, kb, adapter], outputs,
-                         api_name="run_evaluation", concurrency_id="evaluate", concurrency_limit=1)
-        cancel.click(cancel_run, None, [status], api_name="cancel_evaluation")
-        open_button.click(open_run, [past], outputs, api_name="open_evaluation")
-        def write_csv(run_id, request: gr.Request):
-            return write(lab_of(request), run_id, ".csv")
-
-        def write_json(run_id, request: gr.Request):
-            return write(lab_of(request), run_id, ".json")
-
-        def refresh(current, request: gr.Request):
-            lab = lab_of(request)
-            return (gr.update(choices=lab.datasets.names()), gr.update(choices=kb_choices(lab)),
-                    gr.update(choices=lab.adapters.names()), gr.update(choices=run_ids(lab)))
-
-        export_csv.click(write_csv, [past], [export_file], api_name="export_evaluation_csv")
-        export_json.click(write_json, [past], [export_file], api_visibility="private")
-        tab.select(refresh, [kb], [dataset, kb, adapter, past], api_visibility="private")
+    # ---- wiring: the order of inputs and outputs is the API's (clients call positionally) ----------------------
+    outputs = [status, verdict_box, summary, chart, questions, past]  # what shown() fills, in its order
+    run_button.click(handlers.run_evaluation, [source, dataset, upload, limit, variants, kb, adapter], outputs,
+                     api_name="run_evaluation", concurrency_id="evaluate", concurrency_limit=1)
+    cancel.click(handlers.cancel_run, None, [status], api_name="cancel_evaluation")
+    open_button.click(handlers.open_run, [past], outputs, api_name="open_evaluation")
+    export_csv.click(handlers.write_csv, [past], [export_file], api_name="export_evaluation_csv")
+    export_json.click(handlers.write_json, [past], [export_file], api_visibility="private")
+    tab.select(handlers.refresh, [kb], [dataset, kb, adapter, past], api_visibility="private")

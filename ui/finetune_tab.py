@@ -10,30 +10,17 @@ import gradio as gr
 from core.errors import LabError
 from core.lab import Lab
 from core.training import PRESETS, TrainSettings
+from ui.choices import adapter_choices, dataset_choices, job_choices
 from ui.formatting import escape_plain, user_errors
+from ui.settings_form import settings_fields, values_of
 from ui.workspace import LabOf
 
-ADVANCED = ("rank", "alpha", "dropout", "learning_rate", "epochs", "batch_size", "grad_accum", "max_length", "seed",
-            "target_modules", "quantize")
 ADAPTER_HEADERS = ["Adapter", "Dataset", "Steps", "Train loss", "Validation loss", "Minutes", "Finished", "Created"]
+ACTIVE = ("queued", "running")
 
 
 def preset_text(name: str) -> str:
     return f"**{name.capitalize()}** · {PRESETS[name]['about']}"
-
-
-def dataset_choices(lab: Lab | None) -> list[str]:
-    return lab.datasets.names() if lab else []
-
-
-def adapter_choices(lab: Lab | None) -> list[str]:
-    return lab.adapters.names() if lab else []
-
-
-def job_choices(lab: Lab | None) -> list[tuple[str, str]]:
-    if lab is None:
-        return []
-    return [(f"{j['id']} · {j.get('adapter')} · {j['state']}", j["id"]) for j in lab.jobs.list()]
 
 
 def adapter_rows(lab: Lab | None) -> list[list]:
@@ -42,6 +29,22 @@ def adapter_rows(lab: Lab | None) -> list[list]:
     return [[a["name"], a.get("dataset"), f"{a.get('steps')}/{a.get('total_steps')}", a.get("train_loss"),
              a.get("eval_loss"), round((a.get("seconds") or 0) / 60, 1), "yes" if a.get("complete") else "stopped early",
              time.strftime("%Y-%m-%d %H:%M", time.localtime(a.get("created", 0)))] for a in lab.adapters.list()]
+
+
+def dataset_text(lab: Lab, name: str | None) -> str:
+    """A dataset's size and split, and its first training examples as the model reads them."""
+    if not name:
+        return ""
+    try:
+        shown = lab.datasets.show(name, "train", limit=2)
+    except LabError as exc:
+        return f"**Not found** · {escape_plain(str(exc))}"
+    split = shown["split"]
+    head = (f"**{escape_plain(shown['name'])}** · {shown['examples']} examples ({shown['format']}) · "
+            f"train {split['train']}, validation {split['validation']}, test {split['test']} (seed {shown['seed']})")
+    blocks = [f"Example {i} · {e['prompt_tokens']} prompt tokens + {e['answer_tokens']} answer tokens "
+              f"(only the answer is learned):\n```\n{e['text']}\n```" for i, e in enumerate(shown["preview"], 1)]
+    return "\n\n".join([head, *blocks])
 
 
 def job_view(lab: Lab, job_id: str | None):
@@ -79,6 +82,151 @@ def job_view(lab: Lab, job_id: str | None):
     return "\n\n".join(lines), chart, job.get("log_tail", "")
 
 
+def job_updates(lab: Lab, job_id: str | None) -> tuple:
+    """(status, chart, log, timer, adapters table, adapter picker) for one job; the timer runs while it is active."""
+    status, chart, log = job_view(lab, job_id)
+    active = False
+    if job_id:
+        try:
+            active = lab.jobs.get(job_id)["state"] in ACTIVE
+        except LabError:
+            pass
+    updates = (status, chart, log, gr.Timer(active=active))
+    if not active:  # finished: its adapter shows up below
+        return (*updates, adapter_rows(lab), gr.update(choices=adapter_choices(lab)))
+    return (*updates, gr.update(), gr.update())
+
+
+def adapters_after(lab: Lab, message: str, export=None) -> tuple:
+    """(status, adapters table, adapter picker, exported file) after an action on an adapter."""
+    return (message, adapter_rows(lab), gr.update(choices=adapter_choices(lab), value=None),
+            export or gr.update(visible=False))
+
+
+class FineTuneHandlers:
+    """The tab's event handlers; each works on the Lab of the request it is called with. `advanced_names` are the
+    Advanced panel's settings, in the order their values arrive."""
+
+    def __init__(self, lab_of: LabOf, advanced_names: list[str]):
+        self.lab_of = lab_of
+        self.advanced_names = advanced_names
+
+    def settings_from(self, preset_name, values) -> TrainSettings:
+        return TrainSettings.from_preset(preset_name, **values_of(TrainSettings, self.advanced_names, values))
+
+    def on_preset(self, name):
+        chosen = TrainSettings.from_preset(name)
+        return (preset_text(name), *[getattr(chosen, key) for key in self.advanced_names])
+
+    def show_dataset(self, name, request: gr.Request):
+        return dataset_text(self.lab_of(request), name)
+
+    def import_data(self, path, name, request: gr.Request):
+        lab = self.lab_of(request)
+        if not path:
+            raise gr.Error("Choose a Q&A file first.")
+        with user_errors():
+            info = lab.datasets.import_file(path, (name or "").strip() or None)
+        message = (f"**Imported** · {escape_plain(info['name'])}: {info['examples']} examples "
+                   f"({info['format']}).")
+        return message, gr.update(choices=dataset_choices(lab), value=info["name"]), dataset_text(lab, info["name"])
+
+    def generate_data(self, kb_name, name, count, use_model, raft, distractors, share, request: gr.Request,
+                      progress=gr.Progress()):
+        lab = self.lab_of(request)
+        if not kb_name or not (name or "").strip():
+            raise gr.Error("Pick a knowledge base and name the dataset first.")
+        with user_errors():
+            info = lab.datasets.generate(kb_name, name.strip(), int(count or 50), bool(raft), int(distractors or 0),
+                                         float(share if share is not None else 0.8), bool(use_model),
+                                         progress=lambda f, m: progress(f, desc=m))
+        message = (f"**Generated** · {escape_plain(info['name'])}: {info['examples']} examples "
+                   f"({info['format']}; {info['questions_by_model']} questions by the model, "
+                   f"{info['questions_by_template']} by template).")
+        return message, gr.update(choices=dataset_choices(lab), value=info["name"]), dataset_text(lab, info["name"])
+
+    def estimate_plan(self, request: gr.Request, name, preset_name, *values):
+        lab = self.lab_of(request)
+        if not name:
+            raise gr.Error("Import or pick a dataset first.")
+        with user_errors():
+            result = lab.training.estimate(name, self.settings_from(preset_name, values))
+        verdict = "fits" if result["fits"] else "**does not fit**"
+        return (f"About **{result['minutes']} min** for {result['steps']} steps; needs ~{result['memory_gb']} GB "
+                f"of {result['available_gb']} GB free ({verdict}); "
+                f"{'4-bit QLoRA' if result['quantized_4bit'] else 'full-precision LoRA'}, "
+                f"{result['lora_parameters'] / 1e6:.1f}M trainable parameters.")
+
+    def start(self, request: gr.Request, name, preset_name, wanted, *values):
+        lab = self.lab_of(request)
+        if not name:
+            raise gr.Error("Import or pick a dataset first.")
+        with user_errors():
+            started = lab.training.start(name, self.settings_from(preset_name, values), (wanted or "").strip() or None)
+        status, chart, log = job_view(lab, started["id"])
+        return (gr.update(choices=job_choices(lab), value=started["id"]), status, chart, log,
+                gr.Timer(active=True))
+
+    def poll(self, job_id, request: gr.Request):
+        return job_updates(self.lab_of(request), job_id)
+
+    def cancel(self, job_id, request: gr.Request):
+        lab = self.lab_of(request)
+        if not job_id:
+            raise gr.Error("No job to cancel.")
+        with user_errors():
+            lab.jobs.cancel(job_id)
+        return job_updates(lab, job_id)
+
+    def resume(self, job_id, request: gr.Request):
+        lab = self.lab_of(request)
+        if not job_id:
+            raise gr.Error("No job to resume.")
+        with user_errors():
+            lab.jobs.resume(job_id)
+        return job_updates(lab, job_id)
+
+    # The three adapter actions take the same two inputs (export and delete ignore the new name).
+    def rename_adapter(self, name, new, request: gr.Request):
+        lab = self.lab_of(request)
+        _require_adapter(name)
+        with user_errors():
+            renamed = lab.adapters.rename(name, new)
+        return adapters_after(lab, f"**Renamed** · {escape_plain(name)} is now {escape_plain(renamed)}.")
+
+    def export_adapter(self, name, new, request: gr.Request):
+        lab = self.lab_of(request)
+        _require_adapter(name)
+        with user_errors():
+            path = lab.adapters.export_zip(name, tempfile.mkdtemp(prefix="lab-export-"))
+        return adapters_after(lab, f"**Exported** · {escape_plain(name)} as a zip (peft adapter folder).",
+                              export=gr.update(value=str(path), visible=True))
+
+    def delete_adapter(self, name, new, request: gr.Request):
+        lab = self.lab_of(request)
+        _require_adapter(name)
+        with user_errors():
+            lab.adapters.delete(name)
+        return adapters_after(lab, f"**Deleted** · {escape_plain(name)}.")
+
+    def reattach(self, current, request: gr.Request):
+        """A page opened (or refreshed) mid-training re-attaches: the newest active job, else the one shown, else
+        the newest; the timer runs again while that job is active."""
+        lab = self.lab_of(request)
+        listed = lab.jobs.list()
+        active = [j["id"] for j in listed if j["state"] in ACTIVE]
+        known = [j["id"] for j in listed]
+        chosen = (active or [current if current in known else None] or [None])[0] or (known or [None])[0]
+        return (gr.update(choices=job_choices(lab), value=chosen), *job_updates(lab, chosen)[:4],
+                gr.update(choices=dataset_choices(lab)), adapter_rows(lab), gr.update(choices=adapter_choices(lab)),
+                gr.update(choices=lab.kbs.names()))
+
+
+def _require_adapter(name) -> None:
+    if not name:
+        raise gr.Error("Pick an adapter first.")
+
+
 def build(lab_of: LabOf) -> None:
     first = lab_of.initial
     with gr.Tab("2 · Fine-tune", id="finetune") as tab:
@@ -108,7 +256,7 @@ def build(lab_of: LabOf) -> None:
                     "will, so the model learns to find and quote the right passage."
                 )
                 with gr.Row():
-                    gen_kb = gr.Dropdown(choices=first.store.kb_names() if first else [], label="Knowledge base",
+                    gen_kb = gr.Dropdown(choices=first.kbs.names() if first else [], label="Knowledge base",
                                          elem_id="ft-gen-kb",
                                          allow_custom_value=True)
                     gen_name = gr.Textbox(label="Dataset name", elem_id="ft-gen-name")
@@ -121,30 +269,16 @@ def build(lab_of: LabOf) -> None:
                     gen_share = gr.Number(0.8, label="RAFT share with the answering passage", minimum=0, maximum=1)
                 generate_button = gr.Button("Generate", elem_id="ft-generate")
             data_status = gr.Markdown(elem_id="ft-data-status")
-            dataset = gr.Dropdown(choices=dataset_choices(first), value=(dataset_choices(first) or [None])[-1],
+            datasets = dataset_choices(first)
+            dataset = gr.Dropdown(choices=datasets, value=(datasets or [None])[-1],
                                   label="Dataset", elem_id="ft-dataset", allow_custom_value=True)
             preview = gr.Markdown(elem_id="ft-preview")
         with gr.Accordion("2. Settings", open=True):
             preset = gr.Radio(list(PRESETS), value="quick", label="Preset", elem_id="ft-preset")
             preset_about = gr.Markdown(preset_text("quick"))
-            defaults = TrainSettings.from_preset("quick")
             with gr.Accordion("Advanced", open=False):
-                with gr.Row():
-                    rank = gr.Number(defaults.rank, label="LoRA rank", precision=0, info="adapter size")
-                    alpha = gr.Number(defaults.alpha, label="LoRA alpha", precision=0, info="usually 2x rank")
-                    dropout = gr.Number(defaults.dropout, label="Dropout")
-                    learning_rate = gr.Number(defaults.learning_rate, label="Learning rate")
-                with gr.Row():
-                    epochs = gr.Number(defaults.epochs, label="Epochs", info="passes over the data", elem_id="ft-epochs")
-                    batch_size = gr.Number(defaults.batch_size, label="Batch size", precision=0)
-                    grad_accum = gr.Number(defaults.grad_accum, label="Gradient accumulation", precision=0)
-                    max_length = gr.Number(defaults.max_length, label="Max length (tokens)", precision=0)
-                with gr.Row():
-                    seed = gr.Number(defaults.seed, label="Seed", precision=0)
-                    target_modules = gr.Textbox(defaults.target_modules, label="Target modules",
-                                                info='"all-linear" or e.g. "q_proj,v_proj"')
-                    quantize = gr.Dropdown(["auto", "4bit", "none"], value="auto", label="4-bit (QLoRA)",
-                                           info="auto: 4-bit NF4 on a GPU; full precision on CPU (4-bit is ~20x slower there)")
+                # Made from TrainSettings' declaration, as the CLI's flags are: a new setting is one field there.
+                advanced = settings_fields(TrainSettings, TrainSettings.from_preset("quick"))
             adapter_name = gr.Textbox(label="Adapter name", placeholder="default: DATASET-PRESET", elem_id="ft-adapter-name")
             with gr.Row():
                 estimate_button = gr.Button("Estimate time and memory", elem_id="ft-estimate")
@@ -172,178 +306,33 @@ def build(lab_of: LabOf) -> None:
                 delete_button = gr.Button("Delete", variant="stop")
             adapter_status = gr.Markdown(elem_id="ft-adapter-status")
             export_file = gr.File(label="Exported adapter", visible=False)
-        timer = gr.Timer(2.0, active=bool(jobs and first.jobs.get(jobs[0][1])["state"] in ("queued", "running")))
+        timer = gr.Timer(2.0, active=bool(jobs and first.jobs.get(jobs[0][1])["state"] in ACTIVE))
 
-        advanced = [rank, alpha, dropout, learning_rate, epochs, batch_size, grad_accum, max_length, seed,
-                    target_modules, quantize]
-
-        def settings_from(preset_name, *values):
-            overrides = dict(zip(ADVANCED, values))
-            for key in ("rank", "alpha", "batch_size", "grad_accum", "max_length", "seed"):
-                if overrides[key] is not None:
-                    overrides[key] = int(overrides[key])
-            return TrainSettings.from_preset(preset_name, **overrides)
-
-        def on_preset(name):
-            chosen = TrainSettings.from_preset(name)
-            return (preset_text(name), *[getattr(chosen, key) for key in ADVANCED])
-
-        def show_dataset(name, request: gr.Request):
-            return dataset_text(lab_of(request), name)
-
-        def dataset_text(lab, name):
-            if not name:
-                return ""
-            try:
-                shown = lab.dataset_show(name, "train", limit=2)
-            except LabError as exc:
-                return f"**Not found** · {escape_plain(str(exc))}"
-            split = shown["split"]
-            head = (f"**{escape_plain(shown['name'])}** · {shown['examples']} examples ({shown['format']}) · "
-                    f"train {split['train']}, validation {split['validation']}, test {split['test']} (seed {shown['seed']})")
-            blocks = [f"Example {i} · {e['prompt_tokens']} prompt tokens + {e['answer_tokens']} answer tokens "
-                      f"(only the answer is learned):\n```\n{e['text']}\n```" for i, e in enumerate(shown["preview"], 1)]
-            return "\n\n".join([head, *blocks])
-
-        def import_data(path, name, request: gr.Request):
-            lab = lab_of(request)
-            if not path:
-                raise gr.Error("Choose a Q&A file first.")
-            try:
-                info = lab.dataset_import(path, (name or "").strip() or None)
-            except LabError as exc:
-                raise gr.Error(str(exc)) from None
-            message = (f"**Imported** · {escape_plain(info['name'])}: {info['examples']} examples "
-                       f"({info['format']}).")
-            return message, gr.update(choices=dataset_choices(lab), value=info["name"]), dataset_text(lab, info["name"])
-
-        def generate_data(kb_name, name, count, use_model, raft, distractors, share, request: gr.Request,
-                          progress=gr.Progress()):
-            lab = lab_of(request)
-            if not kb_name or not (name or "").strip():
-                raise gr.Error("Pick a knowledge base and name the dataset first.")
-            try:
-                info = lab.dataset_generate(kb_name, name.strip(), int(count or 50), bool(raft), int(distractors or 0),
-                                            float(share if share is not None else 0.8), bool(use_model),
-                                            progress=lambda f, m: progress(f, desc=m))
-            except LabError as exc:
-                raise gr.Error(str(exc)) from None
-            message = (f"**Generated** · {escape_plain(info['name'])}: {info['examples']} examples "
-                       f"({info['format']}; {info['questions_by_model']} questions by the model, "
-                       f"{info['questions_by_template']} by template).")
-            return message, gr.update(choices=dataset_choices(lab), value=info["name"]), dataset_text(lab, info["name"])
-
-        def estimate_plan(request: gr.Request, name, preset_name, *values):
-            lab = lab_of(request)
-            if not name:
-                raise gr.Error("Import or pick a dataset first.")
-            try:
-                result = lab.train_estimate(name, settings_from(preset_name, *values))
-            except LabError as exc:
-                raise gr.Error(str(exc)) from None
-            verdict = "fits" if result["fits"] else "**does not fit**"
-            return (f"About **{result['minutes']} min** for {result['steps']} steps; needs ~{result['memory_gb']} GB "
-                    f"of {result['available_gb']} GB free ({verdict}); "
-                    f"{'4-bit QLoRA' if result['quantized_4bit'] else 'full-precision LoRA'}, "
-                    f"{result['lora_parameters'] / 1e6:.1f}M trainable parameters.")
-
-        def start(request: gr.Request, name, preset_name, wanted, *values):
-            lab = lab_of(request)
-            if not name:
-                raise gr.Error("Import or pick a dataset first.")
-            try:
-                started = lab.train_start(name, settings_from(preset_name, *values), (wanted or "").strip() or None)
-            except LabError as exc:
-                raise gr.Error(str(exc)) from None
-            status, chart, log = job_view(lab, started["id"])
-            return (gr.update(choices=job_choices(lab), value=started["id"]), status, chart, log,
-                    gr.Timer(active=True))
-
-        def poll(job_id, request: gr.Request):
-            return job_state(lab_of(request), job_id)
-
-        def job_state(lab, job_id):
-            status, chart, log = job_view(lab, job_id)
-            active = False
-            if job_id:
-                try:
-                    active = lab.jobs.get(job_id)["state"] in ("queued", "running")
-                except LabError:
-                    pass
-            updates = (status, chart, log, gr.Timer(active=active))
-            if not active:  # finished: its adapter shows up below
-                return (*updates, adapter_rows(lab), gr.update(choices=adapter_choices(lab)))
-            return (*updates, gr.update(), gr.update())
-
-        def cancel(job_id, request: gr.Request):
-            lab = lab_of(request)
-            if not job_id:
-                raise gr.Error("No job to cancel.")
-            with user_errors():
-                lab.jobs.cancel(job_id)
-            return job_state(lab, job_id)
-
-        def resume(job_id, request: gr.Request):
-            lab = lab_of(request)
-            if not job_id:
-                raise gr.Error("No job to resume.")
-            try:
-                lab.jobs.resume(job_id)
-            except LabError as exc:
-                raise gr.Error(str(exc)) from None
-            return job_state(lab, job_id)
-
-        def adapter_action(lab, action, name, new_name):
-            if not name:
-                raise gr.Error("Pick an adapter first.")
-            export = gr.update(visible=False)
-            try:
-                if action == "rename":
-                    renamed = lab.adapters.rename(name, new_name)
-                    message = f"**Renamed** · {escape_plain(name)} is now {escape_plain(renamed)}."
-                elif action == "delete":
-                    lab.adapters.delete(name)
-                    message = f"**Deleted** · {escape_plain(name)}."
-                else:
-                    path = lab.adapters.export_zip(name, tempfile.mkdtemp(prefix="lab-export-"))
-                    export = gr.update(value=str(path), visible=True)
-                    message = f"**Exported** · {escape_plain(name)} as a zip (peft adapter folder)."
-            except LabError as exc:
-                raise gr.Error(str(exc)) from None
-            return message, adapter_rows(lab), gr.update(choices=adapter_choices(lab), value=None), export
-
+        handlers = FineTuneHandlers(lab_of, list(advanced))
+        settings_inputs = list(advanced.values())
         job_outputs = [job_status, loss_chart, log_tail, timer, adapters_table, adapter_pick]
-        preset.change(on_preset, [preset], [preset_about, *advanced], api_visibility="private")
-        import_button.click(import_data, [data_file, data_name], [data_status, dataset, preview], api_name="import_dataset")
-        generate_button.click(generate_data, [gen_kb, gen_name, gen_count, gen_model, gen_raft, gen_distractors, gen_share],
+        adapter_inputs = [adapter_pick, new_adapter_name]
+        adapter_outputs = [adapter_status, adapters_table, adapter_pick, export_file]
+        preset.change(handlers.on_preset, [preset], [preset_about, *settings_inputs], api_visibility="private")
+        import_button.click(handlers.import_data, [data_file, data_name], [data_status, dataset, preview],
+                            api_name="import_dataset")
+        generate_button.click(handlers.generate_data,
+                              [gen_kb, gen_name, gen_count, gen_model, gen_raft, gen_distractors, gen_share],
                               [data_status, dataset, preview], api_name="generate_dataset",
                               concurrency_id="generate", concurrency_limit=1, show_progress_on=[data_status])
-        dataset.change(show_dataset, [dataset], [preview], api_visibility="private")
-        estimate_button.click(estimate_plan, [dataset, preset, *advanced], [plan], api_name="estimate_training")
-        start_button.click(start, [dataset, preset, adapter_name, *advanced], [job, job_status, loss_chart, log_tail, timer],
+        dataset.change(handlers.show_dataset, [dataset], [preview], api_visibility="private")
+        estimate_button.click(handlers.estimate_plan, [dataset, preset, *settings_inputs], [plan],
+                              api_name="estimate_training")
+        start_button.click(handlers.start, [dataset, preset, adapter_name, *settings_inputs],
+                           [job, job_status, loss_chart, log_tail, timer],
                            api_name="start_training", concurrency_id="training", concurrency_limit=1)
-        job.change(poll, [job], job_outputs, api_visibility="private")
-        timer.tick(poll, [job], job_outputs, api_visibility="private")
-        cancel_button.click(cancel, [job], job_outputs, api_name="cancel_training")
-        resume_button.click(resume, [job], job_outputs, api_name="resume_training")
-        for button, action in ((rename_button, "rename"), (export_button, "export"), (delete_button, "delete")):
-            def act(name, new, request: gr.Request, action=action):
-                return adapter_action(lab_of(request), action, name, new)
-
-            button.click(act, [adapter_pick, new_adapter_name],
-                         [adapter_status, adapters_table, adapter_pick, export_file], api_name=f"{action}_adapter")
-        # A page opened (or refreshed) mid-training re-attaches: the newest active job, else the one shown, else the
-        # newest; the timer runs again while that job is active.
-        def reattach(current, request: gr.Request):
-            lab = lab_of(request)
-            listed = lab.jobs.list()
-            active = [j["id"] for j in listed if j["state"] in ("queued", "running")]
-            known = [j["id"] for j in listed]
-            chosen = (active or [current if current in known else None] or [None])[0] or (known or [None])[0]
-            return (gr.update(choices=job_choices(lab), value=chosen), *job_state(lab, chosen)[:4],
-                    gr.update(choices=dataset_choices(lab)), adapter_rows(lab), gr.update(choices=adapter_choices(lab)),
-                    gr.update(choices=lab.store.kb_names()))
-
-        tab.select(reattach, [job], [job, job_status, loss_chart, log_tail, timer, dataset, adapters_table, adapter_pick,
-                                     gen_kb],
+        job.change(handlers.poll, [job], job_outputs, api_visibility="private")
+        timer.tick(handlers.poll, [job], job_outputs, api_visibility="private")
+        cancel_button.click(handlers.cancel, [job], job_outputs, api_name="cancel_training")
+        resume_button.click(handlers.resume, [job], job_outputs, api_name="resume_training")
+        rename_button.click(handlers.rename_adapter, adapter_inputs, adapter_outputs, api_name="rename_adapter")
+        export_button.click(handlers.export_adapter, adapter_inputs, adapter_outputs, api_name="export_adapter")
+        delete_button.click(handlers.delete_adapter, adapter_inputs, adapter_outputs, api_name="delete_adapter")
+        tab.select(handlers.reattach, [job], [job, job_status, loss_chart, log_tail, timer, dataset, adapters_table,
+                                              adapter_pick, gen_kb],
                    api_visibility="private")

@@ -4,10 +4,11 @@ from __future__ import annotations
 import gradio as gr
 
 from core.demo import load_demo
-from core.errors import LabError
 from core.lab import Lab
-from core.store import DEFAULT_KB, Chunking
+from core.catalog import Chunking
+from core.names import DEFAULT_KB
 from core.web import as_url
+from ui.choices import kb_choices
 from ui.formatting import STATUS_LABEL, escape_plain, user_errors
 from ui.workspace import LabOf
 
@@ -15,23 +16,133 @@ FILE_HEADERS = ["File", "Pages", "Chunks", "Added"]
 PREVIEW_HEADERS = ["#", "Page", "Tokens", "Chunk text"]
 
 
-def kb_choices(lab: Lab | None) -> list[str]:
-    names = lab.store.kb_names() if lab else []
-    return names if DEFAULT_KB in names else [DEFAULT_KB, *names]
-
-
 def file_rows(lab: Lab | None, kb: str) -> list[list]:
-    if not lab or not lab.store.has_kb(kb):
+    if not lab or not lab.kbs.exists(kb):
         return []
-    return [[f["file"], f["pages"], f["chunks"], f["added"]] for f in lab.kb_show(kb)["files"]]
+    return [[f["file"], f["pages"], f["chunks"], f["added"]] for f in lab.kbs.show(kb)["files"]]
+
+
+def kb_view(lab: Lab, kb_name: str) -> tuple:
+    """(knowledge base picker, file table, file picker) showing `kb_name`."""
+    rows = file_rows(lab, kb_name)
+    return (
+        gr.update(choices=kb_choices(lab), value=kb_name),
+        rows,
+        gr.update(choices=[r[0] for r in rows], value=None),
+    )
+
+
+def chunk_fields(lab: Lab, kb_name: str) -> tuple:
+    """The knowledge base's own chunk settings; a name not created yet keeps what the user typed."""
+    if not lab.kbs.exists(kb_name):
+        return gr.update(), gr.update()
+    current = lab.kbs.chunking(kb_name)
+    return current.size, current.overlap
 
 
 def _whole(value) -> int | None:
     return None if value is None or value == "" else int(value)
 
 
-def build(lab_of: LabOf) -> None:
+class KnowledgeHandlers:
+    """The tab's event handlers; each works on the Lab of the request it is called with."""
+
+    def __init__(self, lab_of: LabOf):
+        self.lab_of = lab_of
+
+    def refresh(self, kb_name, request: gr.Request):
+        return kb_view(self.lab_of(request), kb_name)
+
+    def files_of(self, name, request: gr.Request):
+        return self.refresh(name, request)[1:]
+
+    def picked(self, name, request: gr.Request):
+        return (*chunk_fields(self.lab_of(request), name), gr.update(visible=False))
+
+    def load_the_demo(self, train, request: gr.Request, progress=gr.Progress()):
+        lab = self.lab_of(request)
+        with user_errors():
+            done = load_demo(lab.kbs, lab.datasets, lab.training, train=bool(train),
+                             progress=lambda f, m: progress(f, desc=m))
+        lines = [f"**Demo loaded** into the knowledge base **{done['kb']}** and the dataset "
+                 f"**{done['dataset']['name']}** ({done['dataset']['examples']} questions)."]
+        if done["job"]:
+            lines.append(f"Fine-tuning started (adapter **{done['adapter']}**): follow it in the *Fine-tune* tab.")
+        lines.append(f"Now try the *Compare* tab with the knowledge base **{done['kb']}**: "
+                     f"*{done['first_question']}*")
+        return ("\n\n".join(lines), *kb_view(lab, done["kb"]))
+
+    def add_files(self, paths, kb_name, url_text="", size=None, overlap=None, request: gr.Request = None,
+                  progress=gr.Progress()):
+        lab = self.lab_of(request)
+        # Every line becomes a web address (https:// added if missing), so no line is ever read as a server path.
+        addresses = [as_url(line) for line in (url_text or "").splitlines() if line.strip()]
+        if not paths and not addresses:
+            raise gr.Error("Choose one or more files, or enter web addresses, first.")
+        wanted, note = (_whole(size), _whole(overlap)), ""
+        if lab.kbs.exists(kb_name):  # an existing knowledge base keeps its settings; Re-index changes them
+            current = lab.kbs.chunking(kb_name)
+            if wanted != (current.size, current.overlap) and None not in wanted:
+                note = (f"\n\nChunk settings unchanged: this knowledge base keeps chunks of {current.size} tokens "
+                        f"with overlap {current.overlap}. Use **Re-index** under *Chunk settings* to change them.")
+            wanted = (None, None)
+        with user_errors():
+            results = lab.kbs.ingest([*(paths or []), *addresses], kb_name, progress=lambda f, m: progress(f, desc=m),
+                                     chunk_size=wanted[0], chunk_overlap=wanted[1])
+        lines = [f"**{STATUS_LABEL[r.status]}** · {escape_plain(r.file)}: {escape_plain(r.message)}" for r in results]
+        failed = {r.file for r in results if r.status == "failed"}
+        return ("\n\n".join(lines) + note, None, *kb_view(lab, kb_name),
+                "\n".join(a for a in addresses if a in failed))
+
+    def delete_file(self, kb_name, name, request: gr.Request):
+        lab = self.lab_of(request)
+        if not name:
+            raise gr.Error("Pick a file to delete.")
+        with user_errors():
+            removed = lab.kbs.delete_file(kb_name, name)
+        message = f"**Deleted** · {escape_plain(removed['file'])} ({removed['chunks_removed']} chunks)."
+        return (message, *kb_view(lab, kb_name))
+
+    def preview_file(self, kb_name, name, request: gr.Request):
+        lab = self.lab_of(request)
+        if not name:
+            raise gr.Error("Pick a file to preview.")
+        with user_errors():
+            chunks = lab.kbs.preview(kb_name, name)["chunks"]
+        rows = [[i, c["page"] or "–", c["tokens"], c["text"]] for i, c in enumerate(chunks, 1)]
+        return gr.update(value=rows, visible=True)
+
+    def configure_kb(self, kb_name, size, overlap, request: gr.Request, progress=gr.Progress()):
+        lab = self.lab_of(request)
+        with user_errors():
+            done = lab.kbs.configure(kb_name, _whole(size), _whole(overlap), progress=lambda f, m: progress(f, desc=m))
+        head = (f"**Chunk settings** · {escape_plain(kb_name)}: chunks of {done['chunk_size']} tokens, "
+                f"overlap {done['chunk_overlap']}.")
+        if not done["results"]:
+            head += " Every file already uses them; nothing to re-index."
+        lines = [f"**{STATUS_LABEL[r['status']]}** · {escape_plain(r['file'])}: {escape_plain(r['message'])}"
+                 for r in done["results"]]
+        return ("\n\n".join([head, *lines]), *kb_view(lab, kb_name))
+
+    def delete_whole_kb(self, kb_name, typed, request: gr.Request):
+        lab = self.lab_of(request)
+        if (typed or "").strip() != kb_name:
+            raise gr.Error(f"To delete the knowledge base, type its name ({kb_name}) in the box first.")
+        with user_errors():
+            lab.kbs.delete(kb_name)
+        return (f"**Deleted** · the knowledge base {escape_plain(kb_name)} and all its files.",
+                *kb_view(lab, DEFAULT_KB), "", *chunk_fields(lab, DEFAULT_KB))
+
+    def rename_kb(self, kb_name, wanted, request: gr.Request):
+        lab = self.lab_of(request)
+        with user_errors():
+            renamed = lab.kbs.rename(kb_name, wanted)
+        return (f"**Renamed** · {escape_plain(kb_name)} is now {escape_plain(renamed)}.", *kb_view(lab, renamed), "")
+
+
+def build(lab_of: LabOf):
     first = lab_of.initial
+    handlers = KnowledgeHandlers(lab_of)
     with gr.Tab("1 · Knowledge base", id="kb") as tab:
         gr.Markdown(
             "Add your documents here. They are split into short passages, embedded, and stored on this machine "
@@ -57,12 +168,13 @@ def build(lab_of: LabOf) -> None:
         # Progress is drawn here only (not over every output), so the area keeps some height.
         status = gr.Markdown("Choose files or enter web addresses above, then press **Add to knowledge base**.",
                              elem_id="kb-status", min_height=60)
+        first_rows = file_rows(first, DEFAULT_KB)
         table = gr.Dataframe(
-            headers=FILE_HEADERS, value=file_rows(first, DEFAULT_KB), interactive=False,
+            headers=FILE_HEADERS, value=first_rows, interactive=False,
             label="Stored in this knowledge base", elem_id="kb-files",
         )
         with gr.Row():
-            to_delete = gr.Dropdown(label="File", choices=[r[0] for r in file_rows(first, DEFAULT_KB)], scale=3,
+            to_delete = gr.Dropdown(label="File", choices=[r[0] for r in first_rows], scale=3,
                                     elem_id="kb-file-pick")
             preview = gr.Button("Preview chunks", scale=1, elem_id="kb-preview-button")
             delete = gr.Button("Delete file", variant="stop", scale=1)
@@ -70,7 +182,7 @@ def build(lab_of: LabOf) -> None:
                                      label="What the model reads from this file: its chunks, in order",
                                      elem_id="kb-preview")
         defaults = lab_of.workspaces.settings
-        chunking = first.kb_chunking(DEFAULT_KB) if first else Chunking(defaults.chunk_size, defaults.chunk_overlap)
+        chunking = first.kbs.chunking(DEFAULT_KB) if first else Chunking(defaults.chunk_size, defaults.chunk_overlap)
         with gr.Accordion("Chunk settings", open=False):
             gr.Markdown(
                 "Documents are cut into **chunks** of about this many tokens; RAG gives the model the best few. "
@@ -94,143 +206,27 @@ def build(lab_of: LabOf) -> None:
                                           elem_id="kb-delete-confirm")
                 delete_kb = gr.Button("Delete knowledge base", variant="stop", scale=1, elem_id="kb-delete")
 
-        def refresh(kb_name, request: gr.Request):
-            return shown(lab_of(request), kb_name)
-
-        def shown(lab, kb_name):
-            rows = file_rows(lab, kb_name)
-            return (
-                gr.update(choices=kb_choices(lab), value=kb_name),
-                rows,
-                gr.update(choices=[r[0] for r in rows], value=None),
-            )
-
-        def load_the_demo(train, request: gr.Request, progress=gr.Progress()):
-            lab = lab_of(request)
-            with user_errors():
-                done = load_demo(lab, train=bool(train), progress=lambda f, m: progress(f, desc=m))
-            lines = [f"**Demo loaded** into the knowledge base **{done['kb']}** and the dataset "
-                     f"**{done['dataset']['name']}** ({done['dataset']['examples']} questions)."]
-            if done["job"]:
-                lines.append(f"Fine-tuning started (adapter **{done['adapter']}**): follow it in the *Fine-tune* tab.")
-            lines.append(f"Now try the *Compare* tab with the knowledge base **{done['kb']}**: "
-                         f"*{done['first_question']}*")
-            return ("\n\n".join(lines), *shown(lab, done["kb"]))
-
-        def chunk_fields(lab, kb_name):
-            """The knowledge base's own chunk settings; a name not created yet keeps what the user typed."""
-            if not lab.store.has_kb(kb_name):
-                return gr.update(), gr.update()
-            current = lab.kb_chunking(kb_name)
-            return current.size, current.overlap
-
-        def add_files(paths, kb_name, url_text="", size=None, overlap=None, request: gr.Request = None,
-                      progress=gr.Progress()):
-            lab = lab_of(request)
-            # Every line becomes a web address (https:// added if missing), so no line is ever read as a server path.
-            addresses = [as_url(line) for line in (url_text or "").splitlines() if line.strip()]
-            if not paths and not addresses:
-                raise gr.Error("Choose one or more files, or enter web addresses, first.")
-            wanted, note = (_whole(size), _whole(overlap)), ""
-            if lab.store.has_kb(kb_name):  # an existing knowledge base keeps its settings; Re-index changes them
-                current = lab.kb_chunking(kb_name)
-                if wanted != (current.size, current.overlap) and None not in wanted:
-                    note = (f"\n\nChunk settings unchanged: this knowledge base keeps chunks of {current.size} tokens "
-                            f"with overlap {current.overlap}. Use **Re-index** under *Chunk settings* to change them.")
-                wanted = (None, None)
-            try:
-                results = lab.ingest([*(paths or []), *addresses], kb_name, progress=lambda f, m: progress(f, desc=m),
-                                     chunk_size=wanted[0], chunk_overlap=wanted[1])
-            except LabError as exc:
-                raise gr.Error(str(exc)) from None
-            lines = [f"**{STATUS_LABEL[r.status]}** · {escape_plain(r.file)}: {escape_plain(r.message)}" for r in results]
-            failed = {r.file for r in results if r.status == "failed"}
-            return ("\n\n".join(lines) + note, None, *shown(lab, kb_name),
-                    "\n".join(a for a in addresses if a in failed))
-
-        def delete_file(kb_name, name, request: gr.Request):
-            lab = lab_of(request)
-            if not name:
-                raise gr.Error("Pick a file to delete.")
-            try:
-                removed = lab.delete_file(kb_name, name)
-            except LabError as exc:
-                raise gr.Error(str(exc)) from None
-            message = f"**Deleted** · {escape_plain(removed['file'])} ({removed['chunks_removed']} chunks)."
-            return (message, *shown(lab, kb_name))
-
-        def preview_file(kb_name, name, request: gr.Request):
-            lab = lab_of(request)
-            if not name:
-                raise gr.Error("Pick a file to preview.")
-            try:
-                chunks = lab.file_preview(kb_name, name)["chunks"]
-            except LabError as exc:
-                raise gr.Error(str(exc)) from None
-            rows = [[i, c["page"] or "–", c["tokens"], c["text"]] for i, c in enumerate(chunks, 1)]
-            return gr.update(value=rows, visible=True)
-
-        def configure_kb(kb_name, size, overlap, request: gr.Request, progress=gr.Progress()):
-            lab = lab_of(request)
-            try:
-                done = lab.kb_configure(kb_name, _whole(size), _whole(overlap), progress=lambda f, m: progress(f, desc=m))
-            except LabError as exc:
-                raise gr.Error(str(exc)) from None
-            head = (f"**Chunk settings** · {escape_plain(kb_name)}: chunks of {done['chunk_size']} tokens, "
-                    f"overlap {done['chunk_overlap']}.")
-            if not done["results"]:
-                head += " Every file already uses them; nothing to re-index."
-            lines = [f"**{STATUS_LABEL[r['status']]}** · {escape_plain(r['file'])}: {escape_plain(r['message'])}"
-                     for r in done["results"]]
-            return ("\n\n".join([head, *lines]), *shown(lab, kb_name))
-
-        def delete_whole_kb(kb_name, typed, request: gr.Request):
-            lab = lab_of(request)
-            if (typed or "").strip() != kb_name:
-                raise gr.Error(f"To delete the knowledge base, type its name ({kb_name}) in the box first.")
-            try:
-                lab.kb_delete(kb_name)
-            except LabError as exc:
-                raise gr.Error(str(exc)) from None
-            return (f"**Deleted** · the knowledge base {escape_plain(kb_name)} and all its files.",
-                    *shown(lab, DEFAULT_KB), "", *chunk_fields(lab, DEFAULT_KB))
-
-        def rename_kb(kb_name, wanted, request: gr.Request):
-            lab = lab_of(request)
-            try:
-                renamed = lab.kb_rename(kb_name, wanted)
-            except LabError as exc:
-                raise gr.Error(str(exc)) from None
-            return (f"**Renamed** · {escape_plain(kb_name)} is now {escape_plain(renamed)}.", *shown(lab, renamed), "")
-
         # Writes share one queue slot: the store has one writer anyway, and waiting users see their place.
+        write = dict(concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status])
         # The URL box is the last input (optional for API clients); it is refilled through a State, which the API
         # does not show, so /add_files keeps its outputs.
-        add.click(add_files, [uploads, kb, urls, chunk_size, chunk_overlap],
-                  [status, uploads, kb, table, to_delete, failed_urls],
-                  api_name="add_files", concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status]
+        add.click(handlers.add_files, [uploads, kb, urls, chunk_size, chunk_overlap],
+                  [status, uploads, kb, table, to_delete, failed_urls], api_name="add_files", **write
                   ).success(lambda left: left, [failed_urls], [urls], api_visibility="private")
-        delete.click(delete_file, [kb, to_delete], [status, kb, table, to_delete],
-                     api_name="delete_file", concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status])
-        rename.click(rename_kb, [kb, new_name], [status, kb, table, to_delete, new_name],
-                     api_name="rename_kb", concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status])
-        reindex.click(configure_kb, [kb, chunk_size, chunk_overlap], [status, kb, table, to_delete],
-                      api_name="configure_kb", concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status])
-        delete_kb.click(delete_whole_kb, [kb, confirm_name],
+        delete.click(handlers.delete_file, [kb, to_delete], [status, kb, table, to_delete],
+                     api_name="delete_file", **write)
+        rename.click(handlers.rename_kb, [kb, new_name], [status, kb, table, to_delete, new_name],
+                     api_name="rename_kb", **write)
+        reindex.click(handlers.configure_kb, [kb, chunk_size, chunk_overlap], [status, kb, table, to_delete],
+                      api_name="configure_kb", **write)
+        delete_kb.click(handlers.delete_whole_kb, [kb, confirm_name],
                         [status, kb, table, to_delete, confirm_name, chunk_size, chunk_overlap],
-                        api_name="delete_kb", concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status])
-        demo.click(load_the_demo, [demo_train], [status, kb, table, to_delete], api_name="load_demo",
-                   concurrency_id="kb_write", concurrency_limit=1, show_progress_on=[status])
-        preview.click(preview_file, [kb, to_delete], [preview_table], api_name="preview_file")
+                        api_name="delete_kb", **write)
+        demo.click(handlers.load_the_demo, [demo_train], [status, kb, table, to_delete], api_name="load_demo", **write)
+        preview.click(handlers.preview_file, [kb, to_delete], [preview_table], api_name="preview_file")
         # The chunk fields follow the user's own picks only (input, not change): a late reply to a programmatic
         # change (the tab's refresh) would otherwise overwrite values just typed for a new knowledge base.
-        def files_of(name, request: gr.Request):
-            return refresh(name, request)[1:]
-
-        def picked(name, request: gr.Request):
-            return (*chunk_fields(lab_of(request), name), gr.update(visible=False))
-
-        kb.change(files_of, [kb], [table, to_delete], api_visibility="private")
-        kb.input(picked, [kb], [chunk_size, chunk_overlap, preview_table], api_visibility="private")
-        tab.select(refresh, [kb], [kb, table, to_delete], api_visibility="private")
-    return refresh, [kb], [kb, table, to_delete]
+        kb.change(handlers.files_of, [kb], [table, to_delete], api_visibility="private")
+        kb.input(handlers.picked, [kb], [chunk_size, chunk_overlap, preview_table], api_visibility="private")
+        tab.select(handlers.refresh, [kb], [kb, table, to_delete], api_visibility="private")
+    return handlers.refresh, [kb], [kb, table, to_delete]

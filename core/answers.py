@@ -1,0 +1,169 @@
+"""Answers as a service: one question answered by several variants at once (one decode batch, every column
+streamed), with the passages RAG read and the timings; and the record of a side-by-side turn."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+from core.adapters import AdapterStore
+from core.comparison import Comparison
+from core.config import Settings
+from core.errors import InputError, LabError
+from core.generation import Delta, GenerationConfig, RowDone, stream_chat
+from core.knowledge import KnowledgeBases, check_question
+from core.models import Models, attach_adapter, describe_model, load_embedder, load_generator
+from core.names import DEFAULT_KB
+from core.retrieval import Hit, hit_to_source, relevant
+from core.variants import Variant, get_variant
+
+
+@dataclass
+class Answer:
+    variant: str
+    question: str
+    answer: str = ""
+    sources: list[dict] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AnswerEvent:
+    """One step of a streamed answer: `sources` (RAG passages found), `delta` (new text), `done`, or `error`."""
+
+    kind: str
+    variant: str
+    text: str = ""
+    answer: Answer | None = None
+
+
+class Answers:
+    def __init__(self, settings: Settings, kbs: KnowledgeBases, adapters: AdapterStore, models: Models):
+        self.settings, self.kbs, self.adapters, self.models = settings, kbs, adapters, models
+
+    def use_adapter(self, name: str) -> str:
+        """Attach a registered adapter to the served model (once); refuse one trained on another base model.
+        Returns the key a decode row names it by."""
+        info = self.adapters.info(name)
+        if info.get("base_model") != self.settings.base_model:
+            raise InputError(
+                f"trained on {describe_model(info.get('base_model', '?'))}, but the app uses "
+                f"{describe_model(self.settings.base_model)}", subject=name)
+        return attach_adapter(self.models.generator, f"{name}@{info.get('created')}", self.adapters.path(name))
+
+    def ask_stream(self, question: str, variants: list[str] = ("base", "rag"), kb: str = DEFAULT_KB,
+                   top_k: int | None = None, config: GenerationConfig | None = None, system_prompt: str | None = None,
+                   adapter: str | None = None, history: dict[str, list[dict]] | None = None) -> Iterator[AnswerEvent]:
+        """Answer one question with several variants at once (one decode batch), streaming every column.
+        `history` maps a variant to its own earlier turns (user/assistant messages) for a multi-turn chat."""
+        question = check_question(question)
+        config = config or GenerationConfig(max_new_tokens=self.settings.max_new_tokens)
+        chosen: list[Variant] = [get_variant(name) for name in dict.fromkeys(variants)]
+        if not chosen:
+            raise InputError("choose at least one variant")
+        answers = {v.name: Answer(v.name, question) for v in chosen}
+        generator = self.models.generator  # load before any timing starts
+        runnable, conversations, row_adapters = [], [], []
+        search: list = []  # (hits, ms) once retrieved: the RAG columns share one search
+        for variant in chosen:
+            answer = answers[variant.name]
+            try:
+                adapter_key = self._adapter_for(variant, adapter)
+                passages = self._passages_for(variant, question, kb, top_k, search)
+            except LabError as exc:
+                answer.error = str(exc)
+                yield AnswerEvent("error", variant.name, str(exc), answer)
+                continue
+            if variant.uses_retrieval:
+                answer.sources = [hit_to_source(h, question) for h in passages]
+                answer.timings["retrieval_ms"] = round(search[0][1], 1)
+                yield AnswerEvent("sources", variant.name, answer=answer)
+            runnable.append(variant)
+            row_adapters.append(adapter_key)
+            conversations.append(variant.messages(question, passages, system_prompt, (history or {}).get(variant.name)))
+        if runnable:
+            yield from self._decode(generator, runnable, conversations, row_adapters, config, answers)
+
+    def _adapter_for(self, variant: Variant, adapter: str | None) -> str | None:
+        if not variant.uses_adapter:
+            return None
+        if not adapter:
+            raise InputError("choose a fine-tuned adapter for this variant (train one first)")
+        return self.use_adapter(adapter)
+
+    def _passages_for(self, variant: Variant, question: str, kb: str, top_k: int | None, search: list) -> list[Hit]:
+        if not variant.uses_retrieval:
+            return []
+        if not search:
+            search.append(self.kbs.search(question, kb, top_k))
+        if not search[0][0]:
+            raise InputError(f"knowledge base {kb!r} has no documents yet; add some first")
+        return relevant(search[0][0], self.settings.min_score)
+
+    @staticmethod
+    def _decode(generator, runnable: list[Variant], conversations, row_adapters, config: GenerationConfig,
+                answers: dict[str, Answer]) -> Iterator[AnswerEvent]:
+        try:
+            for event in stream_chat(generator, conversations, config, row_adapters):
+                variant = runnable[event.row]
+                answer = answers[variant.name]
+                if isinstance(event, Delta):
+                    answer.answer += event.text
+                    yield AnswerEvent("delta", variant.name, event.text, answer)
+                elif isinstance(event, RowDone):
+                    answer.answer = event.text.strip()
+                    s = event.stats
+                    extra = answer.timings.get("retrieval_ms", 0.0)
+                    answer.timings.update(
+                        ttft_ms=round((s.ttft_s or s.total_s) * 1000 + extra, 1),
+                        total_ms=round(s.total_s * 1000 + extra, 1),
+                        prompt_tokens=s.prompt_tokens,
+                        new_tokens=s.new_tokens,
+                        tokens_per_s=round(s.tokens_per_s, 2),
+                    )
+                    yield AnswerEvent("done", variant.name, answer.answer, answer)
+        except LabError as exc:
+            for variant in runnable:
+                answers[variant.name].error = str(exc)
+                yield AnswerEvent("error", variant.name, str(exc), answers[variant.name])
+
+    def ask(self, question: str, variant: str = "rag", **kwargs) -> Answer:
+        answer = None
+        for event in self.ask_stream(question, [variant], **kwargs):
+            answer = event.answer
+        if answer is not None and answer.error:
+            raise LabError(answer.error)
+        return answer
+
+    def compare(self, question: str, variants: list[str], **kwargs) -> list[Answer]:
+        final: dict[str, Answer] = {}
+        for event in self.ask_stream(question, variants, **kwargs):
+            if event.kind in ("done", "error"):
+                final[event.variant] = event.answer
+        return [final[v] for v in dict.fromkeys(variants) if v in final]
+
+    def record(self, question: str, answers: list[Answer], kb: str | None = None, adapter: str | None = None,
+               settings: dict | None = None, history: dict | None = None) -> Comparison:
+        """The record of one side-by-side turn, with the model and the adapter's identity, for votes and export."""
+        adapter_info = None
+        if adapter and any(get_variant(a.variant).uses_adapter for a in answers):
+            meta = self.adapters.info(adapter)
+            adapter_info = {k: meta.get(k) for k in ("name", "base_model", "dataset", "dataset_sha256", "job", "created")}
+        else:
+            adapter = None
+        return Comparison(
+            question=question, answers=[a.to_dict() for a in answers], kb=kb, model=self.settings.base_model,
+            adapter=adapter, adapter_info=adapter_info, settings=dict(settings or {}),
+            history={k: v for k, v in (history or {}).items() if v and any(a.variant == k for a in answers)},
+        )
+
+
+def warm_up(settings: Settings) -> None:
+    """Load both models and run each once, so the first real question is not slowed by first-call costs."""
+    load_embedder(settings).encode(["warm up"], normalize_embeddings=True)
+    for _ in stream_chat(load_generator(settings), [[{"role": "user", "content": "Hi"}]],
+                         GenerationConfig(max_new_tokens=2)):
+        pass

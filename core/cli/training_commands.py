@@ -1,0 +1,157 @@
+"""The commands for training data, fine-tuning, jobs and adapters: one function each (see core/cli/commands.py)."""
+from __future__ import annotations
+
+import core.cli.render as render
+from core.cli.registry import EXIT_FAILED, SPLIT_ARGS, arg, command
+from core.schema import overrides_dataclass
+from core.training import TrainSettings
+
+
+# ---- training data ----------------------------------------------------------------------------------------------
+@command("dataset import", "import a Q&A file as a dataset",
+         args=[arg("path"), arg("--name", help="dataset name (default: the file name without extension)"),
+               arg("--replace", action="store_true", help="replace a dataset of the same name"), *SPLIT_ARGS],
+         text=render.dataset_summary)
+def dataset_import(lab, args, out):
+    return lab.datasets.import_file(args.path, args.name, args.replace, args.validation, args.test, args.seed)
+
+
+@command("dataset generate", "make Q&A pairs (or RAFT examples) from a knowledge base",
+         "Answers are fact sentences extracted from the knowledge base's chunks; questions are written by the base "
+         "model (with a template fallback). --raft adds the oracle chunk and distractor chunks to each prompt, as "
+         "the RAG variants see them.",
+         args=[arg("--kb", required=True), arg("--name", required=True, help="dataset name"),
+               arg("--count", type=int, default=50, help="how many examples (default: 50)"),
+               arg("--raft", action="store_true", help="RAFT examples: oracle + distractor passages"),
+               arg("--distractors", type=int, default=3, help="RAFT: distractor chunks per example (default: 3)"),
+               arg("--oracle-share", type=float, default=0.8,
+                   help="RAFT: share of examples that keep the oracle (default: 0.8)"),
+               arg("--no-model", action="store_true", help="template questions only (fast, deterministic)"),
+               arg("--replace", action="store_true"), *SPLIT_ARGS],
+         text=render.dataset_summary)
+def dataset_generate(lab, args, out):
+    return lab.datasets.generate(args.kb, args.name, args.count, args.raft, args.distractors, args.oracle_share,
+                                 not args.no_model, args.replace, args.validation, args.test, args.seed,
+                                 progress=out.progress)
+
+
+@command("dataset list", "list datasets", text=render.dataset_list)
+def dataset_list(lab, args, out):
+    return {"datasets": [lab.datasets.info(n).summary() for n in lab.datasets.names()]}
+
+
+@command("dataset show", "a dataset's split and its first examples as the model sees them",
+         args=[arg("name"), arg("--part", default="train", choices=["train", "validation", "test"]),
+               arg("--limit", type=int, default=3)], text=render.dataset_show)
+def dataset_show(lab, args, out):
+    return lab.datasets.show(args.name, args.part, args.limit)
+
+
+@command("dataset split", "split again into train / validation / test", args=[arg("name"), *SPLIT_ARGS],
+         text=render.dataset_summary)
+def dataset_split(lab, args, out):
+    return lab.datasets.split(args.name, args.validation, args.test, args.seed)
+
+
+@command("dataset delete", "delete a dataset", args=[arg("name")],
+         text=lambda payload, args: print(f"deleted dataset {payload['deleted']}"))
+def dataset_delete(lab, args, out):
+    lab.datasets.delete(args.name)
+    return {"deleted": args.name}
+
+
+# ---- training -----------------------------------------------------------------------------------------------------
+TrainOverrides = overrides_dataclass(TrainSettings)  # every CLI-offered training setting, None unless given
+
+
+@command("train", "fine-tune the base model on a dataset (LoRA on CPU, QLoRA on CUDA)",
+         "Fine-tune in a separate process; progress goes to stderr and the result to stdout. Presets: quick, "
+         "balanced, thorough; any setting can be overridden (unset ones come from the preset).",
+         args=[arg("--dataset", required=True),
+               arg("--preset", default="quick", help="quick, balanced or thorough (default: quick)"),
+               arg("--adapter", help="name for the trained adapter (default: DATASET-PRESET)"),
+               arg("--processes", type=int, default=1,
+                   help="data-parallel processes under accelerate launch (one per GPU; on CPU, workers)"),
+               arg("--estimate", action="store_true", help="only print the memory and time estimate"),
+               arg("--detach", action="store_true", help="start the job and return (see: jobs show ID)")],
+         settings=(TrainOverrides,), text=render.train)
+def train(lab, args, out):
+    from dataclasses import fields
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainOverrides)}
+    settings = lab.training.preset(args.preset, **overrides)
+    if args.estimate:
+        plan = lab.training.estimate(args.dataset, settings)
+        return plan, 0 if plan["fits"] else EXIT_FAILED
+    job = lab.training.start(args.dataset, settings, args.adapter, args.processes)
+    out.note(f"job {job['id']}: training adapter {job['adapter']} (cancel: python -m core jobs cancel {job['id']})")
+    if args.detach:
+        return {"job": job["id"], "adapter": job["adapter"]}
+    try:
+        final = lab.jobs.wait(job["id"], lambda status: out.note(f"  {render.job_line(status)}"))
+    except KeyboardInterrupt:  # Ctrl-C cancels the job (it keeps its last checkpoint), not just the watching
+        lab.jobs.cancel(job["id"])
+        out.note("cancelling; the last checkpoint is kept as an adapter")
+        final = lab.jobs.wait(job["id"])
+    summary = {k: final.get(k) for k in ("id", "state", "adapter", "error", "message", "result")}
+    return summary, 0 if final["state"] in ("completed", "cancelled") else EXIT_FAILED
+
+
+@command("jobs list", "list training jobs", text=render.jobs_list)
+def jobs_list(lab, args, out):
+    return {"jobs": [{k: j.get(k) for k in ("id", "state", "dataset", "adapter", "step", "total_steps")}
+                     for j in lab.jobs.list()]}
+
+
+@command("jobs show", "a job's status", args=[arg("id")], text=render.job)
+def jobs_show(lab, args, out):
+    return lab.jobs.get(args.id)
+
+
+@command("jobs cancel", "cancel a job (it keeps its last checkpoint)", args=[arg("id")], text=render.job)
+def jobs_cancel(lab, args, out):
+    return lab.jobs.cancel(args.id)
+
+
+@command("jobs resume", "resume a cancelled or failed job from its last checkpoint", args=[arg("id")],
+         text=render.job)
+def jobs_resume(lab, args, out):
+    return lab.jobs.get(lab.jobs.resume(args.id))
+
+
+# ---- adapters -------------------------------------------------------------------------------------------------------
+@command("adapters list", "list trained adapters", text=render.adapters_list)
+def adapters_list(lab, args, out):
+    adapters = lab.adapters.list()
+    for a in adapters:
+        a.pop("history", None)
+    return {"adapters": adapters}
+
+
+@command("adapters show", "what made an adapter", args=[arg("name")], text=lambda payload, args: render.print_json(payload))
+def adapters_show(lab, args, out):
+    return lab.adapters.info(args.name)
+
+
+@command("adapters delete", "delete an adapter", args=[arg("name")], text=render.key_values)
+def adapters_delete(lab, args, out):
+    lab.adapters.delete(args.name)
+    return {"deleted": args.name}
+
+
+@command("adapters rename", "rename an adapter", args=[arg("name"), arg("new_name")], text=render.key_values)
+def adapters_rename(lab, args, out):
+    return {"renamed": args.name, "to": lab.adapters.rename(args.name, args.new_name)}
+
+
+@command("adapters export", "write the adapter folder as a zip, or the merged model with --merged",
+         args=[arg("name"), arg("path", help="a .zip file or a folder (with --merged: a new, empty folder)"),
+               arg("--merged", action="store_true",
+                   help="save the base model with the adapter merged in (full precision, plain transformers)")],
+         text=render.key_values)
+def adapters_export(lab, args, out):
+    if args.merged:
+        return {"exported": args.name, "merged_model": str(lab.training.export_merged(args.name, args.path))}
+    return {"exported": args.name, "path": str(lab.adapters.export_zip(args.name, args.path))}
+
+

@@ -1,0 +1,78 @@
+"""Fine-tuning as a service: settings from a preset, the estimate before launch, starting a job in its own process
+(core/jobs.py runs it), and exporting an adapter merged into its base model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.adapters import AdapterStore
+from core.config import Settings
+from core.datasets import DatasetStore, render
+from core.errors import InputError
+from core.jobs import JobStore
+from core.limits import Quota
+from core.models import Models, resolve_base_model
+from core.training import TrainSettings, estimate
+
+
+class Training:
+    def __init__(self, settings: Settings, datasets: DatasetStore, adapters: AdapterStore, jobs: JobStore,
+                 models: Models, quota: Quota):
+        self.settings, self.datasets, self.adapters, self.jobs = settings, datasets, adapters, jobs
+        self.models, self.quota = models, quota
+
+    @staticmethod
+    def preset(name: str = "quick", **overrides) -> TrainSettings:
+        return TrainSettings.from_preset(name, **overrides)
+
+    def estimate(self, dataset: str, settings: TrainSettings) -> dict:
+        """Memory and time this fine-tune needs here, and whether it fits; computed before loading anything big."""
+        from transformers import AutoConfig
+
+        train = self.datasets.examples(dataset, "train")
+        tokenizer = self.models.generator.tokenizer
+        lengths = [min(r["prompt_tokens"] + r["answer_tokens"], settings.max_length)
+                   for r in (render(e, tokenizer) for e in train)]
+        config = AutoConfig.from_pretrained(resolve_base_model(self.settings.base_model, self.settings))
+        return estimate(config, sum(lengths), len(train), settings, self.settings.resolved_device, max(lengths))
+
+    def start(self, dataset: str, settings: TrainSettings, adapter: str | None = None, processes: int = 1) -> dict:
+        """Check, estimate, and launch a fine-tune in its own process; returns the job (poll jobs.get).
+        `processes` > 1 trains data-parallel under `accelerate launch` (one process per GPU, or CPU workers)."""
+        if not 1 <= processes <= 64:
+            raise InputError(f"processes must be between 1 and 64, got {processes}")
+        if not self.datasets.info(dataset).split.get("train"):
+            raise InputError("the dataset has no training examples", subject=dataset)
+        plan = self.estimate(dataset, settings)
+        self.quota.check_train_minutes(plan["minutes"], dataset)
+        self.quota.spend("train")
+        if not plan["fits"]:
+            raise InputError(
+                f"this fine-tune needs about {plan['memory_gb']} GB but {plan['available_gb']} GB is free; lower "
+                f"the batch size or max length, or use 4-bit", subject=dataset)
+        name = self.adapters.free_name(adapter or f"{dataset}-{settings.preset}")
+        job_id = self.jobs.start({"dataset": dataset, "settings": settings.to_dict(), "adapter": name,
+                                  "base_model": self.settings.base_model, "device": self.settings.device,
+                                  "estimate": plan, "processes": processes})
+        return self.jobs.get(job_id)
+
+    def export_merged(self, name: str, folder: str | Path) -> Path:
+        """The base model with the adapter merged in, saved as a full-precision model folder (loadable with plain
+        transformers, no peft). Refused for adapters trained on a 4-bit base: merging into quantized weights loses
+        what the adapter learned."""
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        info = self.adapters.info(name)
+        if info.get("quantized_4bit"):
+            raise InputError("trained on a 4-bit base model: export the adapter zip instead of a merged model",
+                             subject=name)
+        target = Path(folder)
+        if target.exists() and any(target.iterdir()):
+            raise InputError("the folder exists and is not empty", subject=str(target))
+        source = resolve_base_model(info["base_model"], self.settings)
+        base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)  # a fresh copy: the served one stays
+        merged = PeftModel.from_pretrained(base, str(self.adapters.path(name))).merge_and_unload()
+        merged.save_pretrained(str(target))
+        AutoTokenizer.from_pretrained(source).save_pretrained(str(target))
+        return target

@@ -1,0 +1,61 @@
+"""Training data as a service: import a Q&A file, generate Q&A or RAFT examples from a knowledge base, preview
+examples as the model sees them, split again. Storage and formats are core/datasets.py's."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.datasets import DatasetStore, parse_examples, render
+from core.errors import InputError
+from core.knowledge import KnowledgeBases
+from core.limits import Quota
+from core.models import Models
+from core.progress import ProgressFn, silent
+from core.qa_generation import generate_pairs, model_question_writer, raft_examples
+
+
+class Datasets(DatasetStore):
+    def __init__(self, data_dir: Path, kbs: KnowledgeBases, models: Models, quota: Quota):
+        super().__init__(data_dir)
+        self.kbs, self.models, self.quota = kbs, models, quota
+
+    def import_file(self, path: str | Path, name: str | None = None, replace: bool = False,
+                    validation: float = 0.1, test: float = 0.1, seed: int = 42) -> dict:
+        """Import a Q&A file (format detected) as a named dataset, split into train / validation / test."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError("no such file", subject=str(path))
+        examples, fmt = parse_examples(path)
+        info = self.save(name or Path(path.name).stem, examples, fmt, path.name, replace, validation, test, seed)
+        return info.summary()
+
+    def generate(self, kb: str, name: str, count: int = 50, raft: bool = False, distractors: int = 3,
+                 oracle_share: float = 0.8, use_model: bool = True, replace: bool = False,
+                 validation: float = 0.1, test: float = 0.1, seed: int = 42,
+                 progress: ProgressFn | None = None) -> dict:
+        """Q&A pairs grounded in a knowledge base's chunks (answers extracted, questions written by the model with
+        a template fallback), optionally as RAFT examples; saved as a dataset with its split."""
+        if not 1 <= count <= 5000:
+            raise InputError(f"count must be between 1 and 5000, got {count}")
+        self.quota.spend("dataset")
+        chunks = self.kbs.fact_chunks(kb)
+        report = progress or silent
+        report(0.05, f"Picking fact sentences from {len(chunks)} chunks")
+        writer = model_question_writer(self.models.generator, progress) if use_model else None
+        examples = generate_pairs(chunks, writer, count, seed)
+        if raft:
+            examples = raft_examples(examples, chunks, distractors, oracle_share, seed)
+        fmt = "raft" if raft else "generated-qa"
+        info = self.save(name, examples, fmt, f"knowledge base {kb}", replace, validation, test, seed)
+        report(1.0, "Done")
+        by_model = sum(e["source"]["question_by"] == "model" for e in examples)
+        return {**info.summary(), "questions_by_model": by_model, "questions_by_template": len(examples) - by_model}
+
+    def show(self, name: str, part: str = "train", limit: int = 3) -> dict:
+        """A dataset's summary and its first examples exactly as the model sees them, with token counts."""
+        info = self.info(name)
+        tokenizer = self.models.generator.tokenizer
+        shown = [render(e, tokenizer) for e in self.examples(name, part)[:limit]]
+        return {**info.summary(), "part": part, "preview": shown}
+
+    def split(self, name: str, validation: float = 0.1, test: float = 0.1, seed: int = 42) -> dict:
+        return self.resplit(name, validation, test, seed).summary()

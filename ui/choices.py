@@ -1,0 +1,29 @@
+"""What the tabs' dropdowns offer, read from the visitor's Lab (None: a page built before any Lab, as in demo mode)."""
+from __future__ import annotations
+
+from core.lab import Lab
+from core.names import DEFAULT_KB
+
+
+def kb_choices(lab: Lab | None) -> list[str]:
+    names = lab.kbs.names() if lab else []
+    return names if DEFAULT_KB in names else [DEFAULT_KB, *names]
+
+
+def dataset_choices(lab: Lab | None) -> list[str]:
+    return lab.datasets.names() if lab else []
+
+
+def adapter_choices(lab: Lab | None) -> list[str]:
+    return lab.adapters.names() if lab else []
+
+
+def job_choices(lab: Lab | None) -> list[tuple[str, str]]:
+    if lab is None:
+        return []
+    return [(f"{j['id']} · {j.get('adapter')} · {j['state']}", j["id"]) for j in lab.jobs.list()]
+
+
+def run_ids(lab: Lab | None) -> list[str]:
+    """Past evaluation runs, newest first."""
+    return list(reversed(lab.evals.ids())) if lab else []
