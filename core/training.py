@@ -42,6 +42,8 @@ class TrainSettings:
     alpha: int = setting(32, "LoRA alpha", "LoRA alpha: usually 2x the rank")
     dropout: float = setting(0.05, "Dropout", "LoRA dropout")
     learning_rate: float = setting(2e-3, "Learning rate", "learning rate")
+    weight_decay: float = setting(0.0, "Weight decay", "AdamW weight decay: pulls the adapter's weights towards "
+                                  "zero, against over-fitting (0: none)")
     epochs: float = setting(10, "Epochs", "passes over the training data", elem_id="ft-epochs")
     batch_size: int = setting(4, "Batch size", "examples per step")
     grad_accum: int = setting(1, "Gradient accumulation", "gradient accumulation steps")
@@ -74,6 +76,7 @@ class TrainSettings:
             (self.alpha > 0, "alpha must be positive"),
             (0 <= self.dropout < 1, "dropout must be at least 0 and below 1"),
             (0 < self.learning_rate < 1, "learning rate must be between 0 and 1 (e.g. 0.0002)"),
+            (0 <= self.weight_decay < 1, "weight decay must be at least 0 and below 1 (e.g. 0.01)"),
             (0 < self.epochs <= 100, "epochs must be between 0 and 100"),
             (1 <= self.batch_size <= 512, "batch size must be between 1 and 512"),
             (1 <= self.grad_accum <= 512, "gradient accumulation must be between 1 and 512"),
@@ -241,6 +244,7 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
         per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accum,
         learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay,
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps or -1,
         lr_scheduler_type="cosine",
