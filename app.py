@@ -21,7 +21,8 @@ def build_app(workspaces: Workspaces) -> gr.Blocks:
     from core.models import describe_model
 
     where = "a workspace of your own" if workspaces.demo else f"`{settings.data_dir}`"
-    with gr.Blocks(title="RAG & Fine-Tune Lab") as demo:
+    # Uploads and exports pile up in Gradio's cache; on a public Space, files older than 2 h go (checked hourly).
+    with gr.Blocks(title="RAG & Fine-Tune Lab", delete_cache=(3600, 7200) if workspaces.demo else None) as demo:
         gr.Markdown(
             "# RAG & Fine-Tune Lab\n"
             "For your documents: should you use **RAG**, **fine-tuning**, or both? Add documents, fine-tune on Q&A, compare answers, then evaluate.\n\n"
@@ -35,14 +36,16 @@ def build_app(workspaces: Workspaces) -> gr.Blocks:
                                          minutes=limits.max_train_minutes, questions=limits.max_eval_questions),
                         elem_id="demo-note")
         with gr.Tabs():
-            knowledge = knowledge_tab.build(lab_of)
-            finetune_tab.build(lab_of)
-            compare_tab.build(lab_of)
-            evaluate_tab.build(lab_of)
-        if workspaces.demo:
-            # A returning visitor's workspace may hold knowledge bases already: show them on load, not only after
-            # a tab switch (outside demo mode the page is built with them).
-            demo.load(*knowledge, api_visibility="private")
+            opened = [knowledge_tab.build(lab_of), finetune_tab.build(lab_of), compare_tab.build(lab_of),
+                      evaluate_tab.build(lab_of)]
+        # Each time a page opens, the tabs show the visitor's own data: the page is built once at start-up (in demo
+        # mode, empty), and knowledge bases made since (or a returning visitor's) should be there, the last used
+        # one picked.
+        ready = gr.HTML("", elem_id="page-ready", container=False, padding=False)
+        event = None
+        for fn, inputs, outputs in filter(None, opened):  # one after another, then the page says it is ready
+            event = (event.then if event else demo.load)(fn, inputs, outputs, api_visibility="private")
+        event.then(lambda: '<span data-ready="1"></span>', None, [ready], api_visibility="private")
     return demo
 
 

@@ -82,6 +82,13 @@ class Catalog:
         with self.db() as db:
             return [row[0] for row in db.execute("SELECT name FROM kbs ORDER BY name")]
 
+    def last_used_kb(self) -> str | None:
+        """The knowledge base a file was last added to (else the newest one), or None when there is none."""
+        with self.db() as db:
+            row = db.execute("SELECT kb FROM files ORDER BY added DESC LIMIT 1").fetchone()
+            row = row or db.execute("SELECT name FROM kbs ORDER BY created DESC LIMIT 1").fetchone()
+        return row[0] if row else None
+
     def has_kb(self, kb: str) -> bool:
         return self.collection(kb) is not None
 

@@ -27,6 +27,16 @@ def _env_number(name: str, default, cast=int):
         raise LabError(f"{name} must be {kind}, got {raw!r}") from None
 
 
+def demo_mode_from_env(environ=None) -> bool:
+    """LAB_DEMO_MODE=1 (true, yes, on) turns demo mode on; on a Hugging Face Space (SPACE_ID is set) it is on unless
+    LAB_DEMO_MODE=0. The one place this rule lives (the app and the CLI both read it through here)."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get("LAB_DEMO_MODE")
+    if raw not in (None, ""):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return bool(environ.get("SPACE_ID"))
+
+
 def pick_device(preference: str = "auto") -> str:
     """'auto' means CUDA when a GPU is usable, else CPU."""
     preference = (preference or "auto").lower()
@@ -55,6 +65,8 @@ class Settings:
     max_file_mb: int = 50
     # A Chroma server (e.g. http://127.0.0.1:8000) instead of the embedded on-disk store, to scale out.
     chroma_url: str | None = None
+    # Demo mode (a public Space): among other things, web pages are fetched only from public addresses (core.web).
+    demo_mode: bool = False
 
     @property
     def resolved_device(self) -> str:
@@ -80,5 +92,6 @@ def load_settings(**overrides) -> Settings:
         max_new_tokens=_env_number("LAB_MAX_NEW_TOKENS", 128),
         max_file_mb=_env_number("LAB_MAX_FILE_MB", 50),
         chroma_url=os.environ.get("LAB_CHROMA_URL") or None,
+        demo_mode=demo_mode_from_env(os.environ),
     )
     return settings.with_(**overrides) if overrides else settings

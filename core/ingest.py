@@ -132,9 +132,11 @@ def ingest_files(
     store: Store,
     embedder,
     progress: ProgressFn | None = None,
+    public_only: bool = False,
 ) -> list[IngestResult]:
     """Ingest each file independently: one bad file is reported and skipped, the others go in.
-    An item may be a web address (http:// or https://): the page or document is fetched, then read like a file."""
+    An item may be a web address (http:// or https://): the page or document is fetched, then read like a file;
+    with `public_only` (demo mode) only from public addresses (see core.web.fetch_url)."""
     splitter = make_splitter(chunking, embedder)
 
     def prepare() -> Iterator[_Prepared | _Note | tuple[int, IngestResult]]:
@@ -147,7 +149,8 @@ def ingest_files(
                 try:
                     if looks_like_url(raw_path):
                         yield _Note(f"Fetching {name}")
-                        path = fetch_url(raw_path, Path(fetch_dir) / str(index), max_file_mb)
+                        path = fetch_url(raw_path, Path(fetch_dir) / str(index), max_file_mb,
+                                         public_only=public_only)
                     else:
                         path = Path(raw_path)
                     name = display_name(path.name)

@@ -17,6 +17,7 @@ from core.names import DEFAULT_KB, check_kb_name
 from core.progress import ProgressFn
 from core.retrieval import Hit, Retriever
 from core.store import Store
+from core.web import looks_like_url
 
 MAX_QUESTION_CHARS = 4000
 
@@ -46,6 +47,10 @@ class KnowledgeBases:
 
     def exists(self, kb: str) -> bool:
         return self.store.has_kb(kb)
+
+    def last_used(self) -> str | None:
+        """The knowledge base a file was last added to (else the newest), for pickers to start on."""
+        return self.store.catalog.last_used_kb()
 
     def list(self) -> list[dict]:
         out = []
@@ -149,6 +154,7 @@ class KnowledgeBases:
         if not paths:
             raise InputError("no files given")
         self.quota.check_passages(lambda: sum(k["chunks"] for k in self.list()))
+        self.quota.check_web_pages(sum(map(looks_like_url, paths)))
         self.quota.spend("ingest")
         self.check_embedder(kb)  # a knowledge base that does not exist yet passes
         current = self.store.chunking(kb)
@@ -158,8 +164,9 @@ class KnowledgeBases:
                 f"it splits text into chunks of {current.size} tokens with {current.overlap} overlap; to change "
                 f"that, re-index it (Knowledge base tab, or: python -m core kb configure {kb} --chunk-size N "
                 f"--overlap N)", subject=kb)
+        # In demo mode web pages are fetched only from public addresses (core.web.fetch_url, public_only).
         results = ingest_files(paths, kb, chunking, self.settings.embed_model, self.settings.max_file_mb,
-                               self.store, self.models.embedder, progress)
+                               self.store, self.models.embedder, progress, public_only=self.settings.demo_mode)
         if any(r.status in ("added", "updated") for r in results):
             self._prepare_keyword_index(kb)
         return results

@@ -19,6 +19,7 @@ class DemoLimits:
     max_chunks: int = 3000  # all of a workspace's knowledge bases together
     max_train_minutes: float = 10.0  # the estimate made before launch
     max_eval_questions: int = 30
+    max_web_pages: int = 5  # web addresses in one Add (each fetch may take minutes, and one Add is one use)
     idle_minutes: float = 120.0  # a workspace unused this long is deleted
     # action -> (how many, per how many seconds)
     rates: dict = field(default_factory=lambda: {
@@ -67,6 +68,11 @@ class Quota:
         if self.limits and (held := count_held()) >= self.limits.max_chunks:
             raise InputError(f"this demo workspace holds {held} passages, its limit is {self.limits.max_chunks}; "
                              "delete a file or a knowledge base first")
+
+    def check_web_pages(self, count: int) -> None:
+        if self.limits and count > self.limits.max_web_pages:
+            raise InputError(f"{count} web addresses; this demo fetches at most {self.limits.max_web_pages} at a "
+                             "time")
 
     def check_train_minutes(self, minutes: float, subject: str) -> None:
         if self.limits and minutes > self.limits.max_train_minutes:

@@ -1,4 +1,5 @@
 """Fetch a web page or document by URL into a local file, or say exactly why not. Standard library only.
+In demo mode (public_only) only public addresses are fetched, on every redirect hop too (the end of this module).
 
 The file is then read like an upload (core.documents); its name comes from the URL, so citations show the source.
 """
@@ -64,11 +65,12 @@ def url_file_name(url: str, extension: str) -> str:
     return display_name(raw[: 200 - len(extension)] + extension)
 
 
-def fetch_url(url: str, dest_dir: Path, max_mb: int, timeout: float = 20) -> Path:
+def fetch_url(url: str, dest_dir: Path, max_mb: int, timeout: float = 20, public_only: bool = False) -> Path:
     """Download `url` into `dest_dir` (created if missing) and return the file's path.
 
     Only http and https; redirects are followed (to http/https only); the download stops as soon as it passes
     `max_mb`; the server's content-type decides how the file is read, and anything not readable is refused.
+    `public_only` (demo mode): every hop goes only to public addresses, without a proxy (see _public_opener).
     Every failure is an InputError naming the URL and the reason."""
     url = url.strip()
     subject = url if len(url) <= 300 else url[:297] + "..."
@@ -84,7 +86,7 @@ def fetch_url(url: str, dest_dir: Path, max_mb: int, timeout: float = 20) -> Pat
     if not parts.hostname:
         raise InputError("the address has no host name", subject=subject)
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": ACCEPT})
-    opener = urllib.request.build_opener(_ProxyHandler(), _RedirectHandler())
+    opener = _public_opener() if public_only else urllib.request.build_opener(_ProxyHandler(), _RedirectHandler())
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -216,3 +218,104 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
         return super().http_error_302(req, fp, code, msg, headers)
 
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+# ---- demo mode: public addresses only ------------------------------------------------------------------------------
+# A visitor of a public Space must not make the server fetch its own loopback, the private network or the cloud's
+# metadata address. The host is resolved once, every address it resolves to is checked, and the connection goes to
+# a checked address itself (so a second DNS answer cannot swap in a private one); each redirect hop is a new
+# connection and is checked the same way. No proxy is used: a proxy would resolve and connect on its own.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # ::, ::1, the deprecated ::a.b.c.d
+
+
+def is_public_address(address: str) -> bool:
+    """A globally routable unicast address: not loopback, private, link-local, shared, reserved or multicast, nor an
+    IPv6 form of one of those (IPv4-mapped ::ffff:a.b.c.d, NAT64, 6to4)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.version == 6:
+        if ip in _IPV4_COMPATIBLE:
+            return False
+        embedded = ip.ipv4_mapped or ip.sixtofour or (
+            ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None)
+        if embedded is not None and not is_public_address(str(embedded)):
+            return False
+    return ip.is_global and not ip.is_multicast
+
+
+def resolve_public(host: str, port: int) -> list[tuple]:
+    """getaddrinfo's answers for `host`, each one checked public; an InputError if any is not (a name that also
+    points inward is refused whole). A DNS failure is raised as socket.gaierror, as for any fetch."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not all(is_public_address(sockaddr[0]) for *_, sockaddr in infos):
+        # Which private address is not said: the message would map the server's own network for a visitor.
+        where = "is a private address" if _is_ip_literal(host) else "resolves to a private address"
+        raise InputError(f"this demo only fetches public web pages ({host} {where})")
+    return infos
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _connect_public(address, timeout, source_address=None) -> socket.socket:
+    """socket.create_connection, but to a checked address of the host only (tried in getaddrinfo's order)."""
+    host, port = address
+    error: OSError | None = None
+    for *_, sockaddr in resolve_public(host, port):
+        try:
+            return socket.create_connection((sockaddr[0], port), timeout, source_address)  # an IP: no DNS again
+        except OSError as exc:
+            error = exc
+    raise error or OSError(f"no address found for {host}")
+
+
+class _CheckedConnect:
+    """For http.client's connections: the socket is opened by _connect_public instead of socket.create_connection
+    (http.client opens it through the attribute _create_connection); the rest is http.client's own, so the Host
+    header and, for https, the TLS server name and the certificate check stay those of the host in the URL."""
+
+    def connect(self):
+        opened = []
+
+        def create_connection(*args):
+            opened.append(_connect_public(*args))
+            return opened[-1]
+
+        self._create_connection = create_connection
+        super().connect()
+        if not opened:  # a future http.client that opens its socket some other way: refused before the request
+            self.close()
+            raise InputError("this Python's http.client cannot be limited to public addresses; nothing is fetched")
+
+
+class _PublicHTTPConnection(_CheckedConnect, http.client.HTTPConnection):
+    pass
+
+
+class _PublicHTTPSConnection(_CheckedConnect, http.client.HTTPSConnection):
+    pass
+
+
+class _PublicHTTPHandler(urllib.request.HTTPHandler):
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_PublicHTTPConnection, req, **kwargs)
+
+
+class _PublicHTTPSHandler(urllib.request.HTTPSHandler):
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_PublicHTTPSConnection, req, **kwargs)
+
+
+def _public_opener() -> urllib.request.OpenerDirector:
+    """An opener for demo mode: no proxy (ProxyHandler({}) ignores the environment's), checked connections for
+    http and https, and the usual redirect rules; a redirect is opened by this same opener, so checked again."""
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), _PublicHTTPHandler(), _PublicHTTPSHandler(),
+                                       _RedirectHandler())

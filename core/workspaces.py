@@ -13,21 +13,15 @@ import shutil
 import threading
 import time
 
-from core.config import Settings, load_settings
+from core.config import Settings, demo_mode_from_env, load_settings
 from core.errors import LabError
 from core.lab import Lab
 from core.limits import DemoLimits
 
 # A visitor key comes from the browser (a cookie, or Gradio's session id): long, random, and never a path.
 VISITOR_KEY = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
-
-
-def demo_mode_from_env(environ) -> bool:
-    """LAB_DEMO_MODE=1 turns it on; on a Hugging Face Space (SPACE_ID is set) it is on unless LAB_DEMO_MODE=0."""
-    raw = environ.get("LAB_DEMO_MODE")
-    if raw not in (None, ""):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    return bool(environ.get("SPACE_ID"))
+# demo_mode_from_env (the rule for LAB_DEMO_MODE and SPACE_ID) lives in core.config; app.py imports it from here.
+__all__ = ["VISITOR_KEY", "Workspaces", "demo_mode_from_env"]
 
 
 class Workspaces:
@@ -58,8 +52,9 @@ class Workspaces:
             lab = self._labs.get(folder.name)
             if lab is None:
                 folder.mkdir(parents=True, exist_ok=True)
-                # model_cache_dir stays the shared one: model files are converted once for all visitors.
-                settings = self.settings.with_(data_dir=folder, max_file_mb=self.limits.max_file_mb)
+                # model_cache_dir stays the shared one: model files are converted once for all visitors. A
+                # visitor's Lab is in demo mode whatever the environment says (e.g. web pages: public ones only).
+                settings = self.settings.with_(data_dir=folder, max_file_mb=self.limits.max_file_mb, demo_mode=True)
                 lab = Lab(settings, background_indexing=self.background_indexing, limits=self.limits,
                           device_lock_dir=self.root)
                 self._labs[folder.name] = lab

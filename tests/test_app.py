@@ -116,8 +116,8 @@ def set_max_tokens(page, value: int) -> None:
     set_number(page, box, str(value))
 
 
-def pick_kb(page, name: str) -> None:
-    box = page.locator("#compare-kb input")
+def pick_kb(page, name: str, elem_id: str = "compare-kb") -> None:
+    box = page.locator(f"#{elem_id} input")
     box.fill(name)
     box.press("Enter")
 
@@ -186,6 +186,8 @@ def open_app(page, url: str) -> None:
     page.goto(url)
     page.wait_for_selector("#kb-add", timeout=UI_TIMEOUT_MS)
     page.get_by_role("tab", name="1 · Knowledge base").wait_for(timeout=UI_TIMEOUT_MS)
+    # The tabs fill in the visitor's own data when a page opens; acting before that could be undone by it.
+    page.wait_for_selector("#page-ready [data-ready]", state="attached", timeout=UI_TIMEOUT_MS)
 
 
 # ---- fixtures ----------------------------------------------------------------------------------------------
@@ -270,6 +272,7 @@ def test_browser_upload_pdf_then_compare(app_server, client, page, tmp_path):
     before = stored_files(app_server)
     assert pdf.name not in before, "this test adds the file itself; the shared server must not have it yet"
     open_app(page, url)
+    pick_kb(page, "default", "kb-select")  # a page starts on the knowledge base last written, maybe another test's
 
     upload(page, [pdf])
     page.locator("#kb-add").click()
@@ -320,6 +323,7 @@ def test_browser_bad_files_are_reported_and_not_added(app_server, client, page, 
     before = stored_files(app_server)
 
     open_app(page, url)
+    pick_kb(page, "default", "kb-select")  # a page starts on the knowledge base last written, maybe another test's
     wait_for_files(page, before)  # the tab refreshes its table on load; start from what the server holds
 
     upload(page, [empty, scanned])
@@ -473,6 +477,36 @@ def test_browser_fine_tune_survives_a_page_refresh_and_feeds_compare(app_server,
         assert "tokens/s" in page.locator(f"#stats-{slot}").inner_text(), slot
     for slot in (2, 3):
         assert page.locator(f"#sources-{slot} li").count() >= 1, slot
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_browser_a_new_page_starts_on_the_last_used_knowledge_base_and_adds_fine_tuned_columns_with_an_adapter(
+        app_server, client, page, tmp_path):
+    """A page opened after documents went into a new knowledge base shows that one in every tab (not an empty
+    'default'); the fine-tuned columns wait until an adapter is picked; the empty per-question table is labelled."""
+    url, _ = app_server
+    notes = tmp_path / "kilns.txt"
+    notes.write_text("The Ashgrove kiln fires stoneware at 1280 degrees every Thursday.")
+    client.predict([handle_file(str(notes))], "last-used", api_name="/add_files")
+    open_app(page, url)
+    assert page.locator("#kb-select input").input_value() == "last-used"
+    assert dom_file_names(page) == ["kilns.txt"]
+    page.get_by_role("tab", name="3 · Compare").click()
+    assert page.locator("#compare-kb input").input_value() == "last-used"
+    assert not page.get_by_label("Fine-tuned", exact=True).is_checked()
+    assert not page.get_by_label("Fine-tuned + RAG").is_checked()
+    assert slot_titles(page) == ["Base model", "RAG", "", ""]
+    page.locator("#compare-adapter input").fill("some-adapter")
+    page.locator("#compare-adapter input").press("Enter")
+    page.wait_for_function("() => document.querySelectorAll('#columns input:checked').length === 4",
+                           timeout=UI_TIMEOUT_MS)
+    page.wait_for_function("() => document.getElementById('header-3').offsetParent !== null", timeout=UI_TIMEOUT_MS)
+    assert slot_titles(page) == ["Base model", "Fine-tuned", "RAG", "Fine-tuned + RAG"]
+    page.get_by_role("tab", name="4 · Evaluate").click()
+    assert page.locator("#ev-kb input").input_value() == "last-used"
+    headers = page.locator("#ev-questions").inner_text()
+    assert "Question" in headers and "Gold answer" in headers, headers
 
 
 @pytest.mark.browser
@@ -645,10 +679,9 @@ def test_demo_mode_gives_each_visitor_their_own_workspace(demo_server, browser, 
         wait_for_files(alice, ["handbook.md"])
 
         bob.reload()
-        open_app(bob, url)
+        open_app(bob, url)  # waits until the page has been filled with Bob's own workspace
         bob.get_by_role("tab", name="1 · Knowledge base").click()
-        bob.wait_for_timeout(1000)
-        assert dom_file_names(bob) == []
+        assert dom_file_names(bob) == []  # where Alice's page, opened the same way, lists her file (below)
         alice.reload()  # the cookie brings Alice back to her workspace
         open_app(alice, url)
         wait_for_files(alice, ["handbook.md"])

@@ -10,6 +10,12 @@ def kb_choices(lab: Lab | None) -> list[str]:
     return names if DEFAULT_KB in names else [DEFAULT_KB, *names]
 
 
+def kb_to_show(lab: Lab | None) -> str:
+    """The knowledge base a page starts on: the one files were last added to (else the newest), else the default
+    name, where the first files go."""
+    return (lab.kbs.last_used() if lab else None) or DEFAULT_KB
+
+
 def dataset_choices(lab: Lab | None) -> list[str]:
     return lab.datasets.names() if lab else []
 

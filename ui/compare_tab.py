@@ -12,14 +12,15 @@ import gradio as gr
 from core.arena import COLUMN_ORDER, ArenaSession
 from core.generation import GenerationConfig
 from core.lab import Lab
-from core.names import DEFAULT_KB
 from core.variants import VARIANTS
 from core.votes import ALL_BAD, TIE
-from ui.choices import adapter_choices, kb_choices
+from ui.choices import adapter_choices, kb_choices, kb_to_show
 from ui.formatting import escape, sources_html, timing_line, user_errors
 from ui.workspace import LabOf
 
 SLOTS = len(COLUMN_ORDER)
+# The fine-tuned columns need an adapter: they are switched on when one is picked, not before.
+FIRST_COLUMNS = [v for v in COLUMN_ORDER if not VARIANTS[v].uses_adapter]
 COLUMN_CHOICES = [(VARIANTS[v].label, v) for v in COLUMN_ORDER]
 LEADERBOARD_HEADERS = ["Variant", "Win rate", "Wins", "Ties", "All bad", "Votes"]
 SETTING_HINTS = {
@@ -137,6 +138,20 @@ class CompareHandlers:
         state.clear()
         return self.rearrange(state, chosen, is_blind)
 
+    def adapter_picked(self, state: ArenaSession, chosen, is_blind, adapter_name):
+        """Picking an adapter switches the two fine-tuned columns on (they need one)."""
+        chosen = list(chosen or [])
+        if adapter_name:
+            chosen = [v for v in COLUMN_ORDER if v in chosen or VARIANTS[v].uses_adapter]
+        return (gr.update(value=chosen), *self.rearrange(state, chosen, is_blind))
+
+    def opened(self, request: gr.Request):
+        """A page opened (or refreshed): start on the knowledge base last used."""
+        lab = self.lab_of(request)
+        shown = kb_to_show(lab)
+        return (gr.update(choices=kb_choices(lab), value=shown), gr.update(choices=lab.adapters.names()),
+                leaderboard_rows(lab, shown))
+
     def rearrange(self, state: ArenaSession, chosen, is_blind):
         """Show the switched-on columns now (in blind mode: shuffled, named A-D)."""
         if not chosen:
@@ -185,7 +200,7 @@ class ColumnHandlers:
         return self.handlers.vote_best(self.slot, state, note, kb_name, request)
 
 
-def build(lab_of: LabOf) -> None:
+def build(lab_of: LabOf):
     first, defaults = lab_of.initial, lab_of.workspaces.settings
     handlers = CompareHandlers(lab_of)
     with gr.Tab("3 · Compare", id="compare") as tab:
@@ -201,12 +216,13 @@ def build(lab_of: LabOf) -> None:
         with gr.Row():
             # allow_custom_value: knowledge bases and adapters made after start-up (or by API clients) must be
             # accepted; the engine reports an unknown name clearly.
-            kb = gr.Dropdown(choices=kb_choices(first), value=DEFAULT_KB, label="Knowledge base (for RAG)",
+            kb = gr.Dropdown(choices=kb_choices(first), value=kb_to_show(first), label="Knowledge base (for RAG)",
                              allow_custom_value=True, elem_id="compare-kb", scale=2)
             adapter = gr.Dropdown(choices=adapter_choices(first), value=None, label="Fine-tuned adapter",
-                                  info="Needed by the two fine-tuned columns.", allow_custom_value=True,
+                                  info="Picking one switches on the two fine-tuned columns.",
+                                  allow_custom_value=True,
                                   elem_id="compare-adapter", scale=2)
-            columns = gr.CheckboxGroup(COLUMN_CHOICES, value=list(COLUMN_ORDER), label="Columns",
+            columns = gr.CheckboxGroup(COLUMN_CHOICES, value=FIRST_COLUMNS, label="Columns",
                                        info="Switch off what you do not want to compare.", elem_id="columns", scale=3)
             blind = gr.Checkbox(value=False, label="Blind mode",
                                 info="Shuffled columns named A-D; the names show after you vote.",
@@ -230,8 +246,8 @@ def build(lab_of: LabOf) -> None:
         slots = []
         with gr.Row(equal_height=False):
             for i in range(SLOTS):
-                with gr.Column(min_width=280) as column:
-                    variant = VARIANTS[COLUMN_ORDER[i]]
+                with gr.Column(min_width=280, visible=i < len(FIRST_COLUMNS)) as column:
+                    variant = VARIANTS[FIRST_COLUMNS[i if i < len(FIRST_COLUMNS) else 0]]
                     header = gr.Markdown(f"### {variant.label}\n*{variant.description}*", elem_id=f"header-{i}")
                     chat = gr.Chatbot(elem_id=f"chat-{i}", height=360, show_label=False, feedback_options=None,
                                       buttons=["copy_all"], placeholder="Answers appear here.")
@@ -250,7 +266,7 @@ def build(lab_of: LabOf) -> None:
         vote_status = gr.Markdown(elem_id="vote-status")
 
         with gr.Accordion("Leaderboard and exports", open=False):
-            leaderboard = gr.Dataframe(headers=LEADERBOARD_HEADERS, value=leaderboard_rows(first, DEFAULT_KB),
+            leaderboard = gr.Dataframe(headers=LEADERBOARD_HEADERS, value=leaderboard_rows(first, kb_to_show(first)),
                                        interactive=False, elem_id="leaderboard",
                                        label="Votes on this knowledge base (win rate: wins / votes it was in)")
             with gr.Row():
@@ -280,6 +296,8 @@ def build(lab_of: LabOf) -> None:
     clear.click(handlers.clear_all, [session, columns, blind], outputs, api_name="clear")
     columns.input(handlers.rearrange, [session, columns, blind], outputs, api_visibility="private")
     blind.input(handlers.rearrange, [session, columns, blind], outputs, api_visibility="private")
+    adapter.input(handlers.adapter_picked, [session, columns, blind, adapter], [columns, *outputs],
+                  api_visibility="private")
 
     export_votes.click(handlers.write_votes, [kb], [export_file], api_name="export_votes")
     export_md.click(handlers.write_markdown, [session], [export_file], api_name="export_md")
@@ -287,3 +305,4 @@ def build(lab_of: LabOf) -> None:
 
     kb.change(handlers.board, [kb], [leaderboard], api_visibility="private")
     tab.select(handlers.refresh, [kb], [kb, adapter, leaderboard], api_visibility="private")
+    return handlers.opened, None, [kb, adapter, leaderboard]

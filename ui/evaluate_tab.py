@@ -13,10 +13,9 @@ import gradio as gr
 from core.advisor import QUESTIONS, Situation
 from core.eval_store import export
 from core.lab import Lab
-from core.names import DEFAULT_KB
 from core.variants import VARIANTS
 from core.verdict import headline_metric, verdict
-from ui.choices import adapter_choices, dataset_choices, kb_choices, run_ids
+from ui.choices import adapter_choices, dataset_choices, kb_choices, kb_to_show, run_ids
 from ui.formatting import escape_plain, user_errors
 from ui.workspace import LabOf
 
@@ -55,9 +54,12 @@ def chart_data(run: dict):
     return pd.DataFrame(rows) if rows else None
 
 
+QUESTION_HEADERS = ["#", "Question", "Gold answer"]  # then a column per variant
+
+
 def question_rows(run: dict) -> tuple[list[str], list[list]]:
     variants = run.get("variants", [])
-    headers = ["#", "Question", "Gold answer"] + [VARIANTS[v].label for v in variants]
+    headers = QUESTION_HEADERS + [VARIANTS[v].label for v in variants]
     metric = headline_metric(run)
     rows = []
     for r in run.get("results", []):
@@ -175,6 +177,11 @@ class EvaluateHandlers:
             path = export(lab.evals.load(run_id), Path(tempfile.mkdtemp(prefix="lab-eval-")) / f"{run_id}{suffix}")
         return str(path)
 
+    def opened(self, request: gr.Request):
+        """A page opened (or refreshed): start on the knowledge base last used."""
+        lab = self.lab_of(request)
+        return gr.update(choices=kb_choices(lab), value=kb_to_show(lab))
+
     def refresh(self, current, request: gr.Request):
         lab = self.lab_of(request)
         return (gr.update(choices=lab.datasets.names()), gr.update(choices=kb_choices(lab)),
@@ -191,7 +198,7 @@ def build_advisor(handlers: EvaluateHandlers) -> None:
     button.click(handlers.advise, answers, [out], api_name="advise")
 
 
-def build(lab_of: LabOf) -> None:
+def build(lab_of: LabOf):
     first = lab_of.initial
     handlers = EvaluateHandlers(lab_of)
     with gr.Tab("4 · Evaluate", id="evaluate") as tab:
@@ -213,7 +220,7 @@ def build(lab_of: LabOf) -> None:
                               info="Each question takes a few seconds per variant on a CPU.", elem_id="ev-limit")
         with gr.Row():
             variants = gr.CheckboxGroup(VARIANT_CHOICES, value=["base", "rag"], label="Variants", elem_id="ev-variants")
-            kb = gr.Dropdown(choices=kb_choices(first), value=DEFAULT_KB, label="Knowledge base (for RAG)",
+            kb = gr.Dropdown(choices=kb_choices(first), value=kb_to_show(first), label="Knowledge base (for RAG)",
                              allow_custom_value=True, elem_id="ev-kb")
             adapter = gr.Dropdown(choices=adapter_choices(first), value=None, label="Adapter (for fine-tuned)",
                                   allow_custom_value=True, elem_id="ev-adapter")
@@ -227,7 +234,8 @@ def build(lab_of: LabOf) -> None:
         gr.Markdown(METRIC_NOTE)
         chart = gr.BarPlot(x="variant", y="score", y_lim=[0, 1], title="Score by variant (higher is better)",
                            elem_id="ev-chart")
-        questions = gr.Dataframe(interactive=False, wrap=True, elem_id="ev-questions", label="Every question")
+        questions = gr.Dataframe(headers=QUESTION_HEADERS, interactive=False, wrap=True, elem_id="ev-questions",
+                                 label="Every question")
         with gr.Row():
             past = gr.Dropdown(choices=run_ids(first), label="Past runs", elem_id="ev-past",
                                allow_custom_value=True)
@@ -245,3 +253,4 @@ def build(lab_of: LabOf) -> None:
     export_csv.click(handlers.write_csv, [past], [export_file], api_name="export_evaluation_csv")
     export_json.click(handlers.write_json, [past], [export_file], api_visibility="private")
     tab.select(handlers.refresh, [kb], [dataset, kb, adapter, past], api_visibility="private")
+    return handlers.opened, None, [kb]

@@ -6,9 +6,8 @@ import gradio as gr
 from core.demo import load_demo
 from core.lab import Lab
 from core.catalog import Chunking
-from core.names import DEFAULT_KB
 from core.web import as_url
-from ui.choices import kb_choices
+from ui.choices import kb_choices, kb_to_show
 from ui.formatting import STATUS_LABEL, escape_plain, user_errors
 from ui.workspace import LabOf
 
@@ -49,6 +48,12 @@ class KnowledgeHandlers:
 
     def __init__(self, lab_of: LabOf):
         self.lab_of = lab_of
+
+    def opened(self, request: gr.Request):
+        """A page opened (or refreshed): start on the knowledge base last used."""
+        lab = self.lab_of(request)
+        shown = kb_to_show(lab)
+        return (*kb_view(lab, shown), *chunk_fields(lab, shown))
 
     def refresh(self, kb_name, request: gr.Request):
         return kb_view(self.lab_of(request), kb_name)
@@ -130,8 +135,9 @@ class KnowledgeHandlers:
             raise gr.Error(f"To delete the knowledge base, type its name ({kb_name}) in the box first.")
         with user_errors():
             lab.kbs.delete(kb_name)
+        shown = kb_to_show(lab)
         return (f"**Deleted** · the knowledge base {escape_plain(kb_name)} and all its files.",
-                *kb_view(lab, DEFAULT_KB), "", *chunk_fields(lab, DEFAULT_KB))
+                *kb_view(lab, shown), "", *chunk_fields(lab, shown))
 
     def rename_kb(self, kb_name, wanted, request: gr.Request):
         lab = self.lab_of(request)
@@ -142,6 +148,7 @@ class KnowledgeHandlers:
 
 def build(lab_of: LabOf):
     first = lab_of.initial
+    first_kb = kb_to_show(first)
     handlers = KnowledgeHandlers(lab_of)
     with gr.Tab("1 · Knowledge base", id="kb") as tab:
         gr.Markdown(
@@ -157,7 +164,7 @@ def build(lab_of: LabOf):
                                      scale=2, elem_id="demo-train")
         with gr.Row():
             kb = gr.Dropdown(
-                choices=kb_choices(first), value=DEFAULT_KB, label="Knowledge base", allow_custom_value=True, elem_id="kb-select",
+                choices=kb_choices(first), value=first_kb, label="Knowledge base", allow_custom_value=True, elem_id="kb-select",
                 info="Pick one, or type a new name to create it when you add files.", scale=2,
             )
         uploads = gr.File(label="Documents to add", file_count="multiple", type="filepath", elem_id="kb-upload")
@@ -168,7 +175,7 @@ def build(lab_of: LabOf):
         # Progress is drawn here only (not over every output), so the area keeps some height.
         status = gr.Markdown("Choose files or enter web addresses above, then press **Add to knowledge base**.",
                              elem_id="kb-status", min_height=60)
-        first_rows = file_rows(first, DEFAULT_KB)
+        first_rows = file_rows(first, first_kb)
         table = gr.Dataframe(
             headers=FILE_HEADERS, value=first_rows, interactive=False,
             label="Stored in this knowledge base", elem_id="kb-files",
@@ -182,7 +189,7 @@ def build(lab_of: LabOf):
                                      label="What the model reads from this file: its chunks, in order",
                                      elem_id="kb-preview")
         defaults = lab_of.workspaces.settings
-        chunking = first.kbs.chunking(DEFAULT_KB) if first else Chunking(defaults.chunk_size, defaults.chunk_overlap)
+        chunking = first.kbs.chunking(first_kb) if first else Chunking(defaults.chunk_size, defaults.chunk_overlap)
         with gr.Accordion("Chunk settings", open=False):
             gr.Markdown(
                 "Documents are cut into **chunks** of about this many tokens; RAG gives the model the best few. "
@@ -229,4 +236,4 @@ def build(lab_of: LabOf):
         kb.change(handlers.files_of, [kb], [table, to_delete], api_visibility="private")
         kb.input(handlers.picked, [kb], [chunk_size, chunk_overlap, preview_table], api_visibility="private")
         tab.select(handlers.refresh, [kb], [kb, table, to_delete], api_visibility="private")
-    return handlers.refresh, [kb], [kb, table, to_delete]
+    return handlers.opened, None, [kb, table, to_delete, chunk_size, chunk_overlap]
