@@ -11,7 +11,7 @@ from core.errors import InputError
 from core.jobs import JobStore
 from core.limits import Quota
 from core.models import Models, resolve_base_model
-from core.training import TrainSettings, estimate
+from core.training import TrainSettings, estimate, memory_advice
 
 
 class Training:
@@ -47,8 +47,9 @@ class Training:
         self.quota.spend("train")
         if not plan["fits"]:
             raise InputError(
-                f"this fine-tune needs about {plan['memory_gb']} GB but {plan['available_gb']} GB is free; lower "
-                f"the batch size or max length, or use 4-bit", subject=dataset)
+                f"this fine-tune needs about {plan['memory_gb']} GB but {plan['available_gb']} GB is free "
+                f"({' + '.join(f'{k} {v} GB' for k, v in plan['memory_parts_gb'].items())}): "
+                f"{memory_advice(settings, plan['quantized_4bit'], plan['memory_parts_gb'])}", subject=dataset)
         name = self.adapters.free_name(adapter or f"{dataset}-{settings.preset}")
         job_id = self.jobs.start({"dataset": dataset, "settings": settings.to_dict(), "adapter": name,
                                   "base_model": self.settings.base_model, "device": self.settings.device,

@@ -214,8 +214,9 @@ def run_job(folder: Path) -> int:
             "base_model": job["base_model"], "dataset": job["dataset"],
             "dataset_sha256": data.info(job["dataset"]).sha256, "settings": job["settings"],
             "job": job["id"], "created": time.time(), "complete": not cancelled,
-            **{k: result[k] for k in ("train_loss", "eval_loss", "steps", "total_steps", "seconds",
-                                      "tokens_per_s", "device", "quantized_4bit", "packing", "history")},
+            **{k: result.get(k) for k in ("train_loss", "eval_loss", "steps", "total_steps", "seconds",
+                                          "tokens_per_s", "device", "quantized_4bit", "packing", "optimizer",
+                                          "trainer", "peak_gpu_memory_gb", "history")},
         }
         name = job["adapter"]
         if name in adapters.names() and adapters.info(name).get("job") == job["id"]:
@@ -227,11 +228,29 @@ def run_job(folder: Path) -> int:
         return 0
     except Exception as exc:  # noqa: BLE001 - any failure ends this job only, with its reason shown
         traceback.print_exc()
-        report({"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        report({"state": "failed", "error": failure_message(exc, job)})
         return 1
     finally:
         holder.unlink(missing_ok=True)
         lock.release()
+
+
+def failure_message(exc: BaseException, job: dict) -> str:
+    """A failed job's error line. Running out of memory says which setting to lower, from the job's settings and
+    its estimate (the same advice as the refusal before a run that would not fit)."""
+    import torch
+
+    from core.config import pick_device
+    from core.training import TrainSettings, memory_advice, use_4bit
+
+    gpu = isinstance(exc, torch.OutOfMemoryError)
+    if not (gpu or isinstance(exc, MemoryError) or "can't allocate memory" in str(exc)):
+        return f"{type(exc).__name__}: {exc}"
+    settings = TrainSettings(**job["settings"])
+    quantized = use_4bit(settings, pick_device(job.get("device") or "auto"))
+    advice = memory_advice(settings, quantized, (job.get("estimate") or {}).get("memory_parts_gb"))
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return f"out of {'GPU ' if gpu else ''}memory while training: {advice} ({detail})"
 
 
 if __name__ == "__main__":  # core/__init__ has already set the offline environment

@@ -1,9 +1,11 @@
-"""Fine-tuning: LoRA on CPU, QLoRA (4-bit NF4) on CUDA, built on TRL's SFTTrainer (completion-only loss).
+"""Fine-tuning: LoRA on CPU, QLoRA (4-bit NF4) on CUDA (or on a CPU when asked), built on TRL's SFTTrainer
+(completion-only loss).
 
 This module runs inside the training job's own process (see core/jobs.py); nothing here touches the UI.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import time
@@ -111,45 +113,74 @@ def to_prompt_completion(example: dict) -> dict:
 def estimate(model_config, train_tokens: int, examples: int, settings: TrainSettings, device: str,
              longest: int) -> dict:
     """Memory and time for this model, data and device, before anything is loaded. Rough by design (within ~2x):
-    its job is to refuse what cannot fit and to say minutes vs hours."""
+    its job is to refuse what cannot fit (and say which setting to lower) and to say minutes vs hours."""
     import psutil
     import torch
 
-    hidden = model_config.hidden_size
-    layers = model_config.num_hidden_layers
-    vocab = model_config.vocab_size
+    cuda = device.startswith("cuda")
+    hidden, layers, vocab = model_config.hidden_size, model_config.num_hidden_layers, model_config.vocab_size
     params = _parameter_count(model_config)
     quantized = use_4bit(settings, device)
-    weight_bytes = params * (0.56 if quantized else (2 if device.startswith("cuda") else 4))
-    # LoRA on all linear layers of a transformer block: ~ rank * (in + out) per matrix, 7 matrices per block.
-    lora_params = layers * settings.rank * (hidden * 4 * 2 + (hidden + model_config.intermediate_size) * 3)
-    lora_bytes = lora_params * (4 + 4 + 8)  # fp32 weights, grads, Adam moments
+    embeddings = vocab * hidden * (1 if getattr(model_config, "tie_word_embeddings", False) else 2)
+    # 4-bit: the linear layers in NF4 with double-quantized scales (~0.52 bytes a weight); the embeddings and an
+    # untied LM head are not quantized, and prepare_model_for_kbit_training upcasts them to fp32.
+    weights = (params - embeddings) * 0.52 + embeddings * 4 if quantized else params * (2 if cuda else 4)
+    heads = model_config.num_attention_heads
+    kv = (getattr(model_config, "num_key_value_heads", heads) or heads) * (getattr(model_config, "head_dim", None)
+                                                                         or hidden // heads)
+    # LoRA on all linear layers of a block: rank * (in + out) for q, k, v, o and the three MLP matrices
+    mlp = model_config.intermediate_size
+    lora_params = layers * settings.rank * (hidden * 4 + (hidden + kv) * 2 + (hidden + mlp) * 3)
+    # LoRA weights and gradients in fp32, and AdamW's two moments: fp32, or 8-bit (optimizer_for)
+    lora = lora_params * (8 + (2 if "8bit" in optimizer_for(device, quantized) else 8))
     seq = min(longest, settings.max_length)
-    act_dtype = 2 if device.startswith("cuda") else 4
-    # Activations per token and layer ~ 16 hidden-sized tensors without checkpointing, ~2 with it (GPU);
-    # logits over the vocabulary are the other big term for small models.
-    per_layer = 2 if device.startswith("cuda") else 16
-    activations = settings.batch_size * seq * (layers * hidden * per_layer + vocab * 2) * act_dtype
-    need = weight_bytes + lora_bytes + activations + 0.5e9  # + framework overhead
-    if device.startswith("cuda"):
-        free, _total = torch.cuda.mem_get_info()
-        available = free
-    else:
-        available = psutil.virtual_memory().available
+    if cuda:  # gradient checkpointing: one bf16 hidden state per layer kept, one layer recomputed at a time;
+        # the logits over the vocabulary in bf16, their fp32 copy for the loss and its gradient
+        per_token = (layers * hidden + 16 * hidden + 4 * mlp) * 2 + vocab * 10
+    else:  # ~16 hidden-sized fp32 tensors per layer kept for the backward pass, and the logits
+        per_token = (layers * hidden * 16 + vocab * 2) * 4
+    parts = {"weights": weights, "lora": lora, "activations": settings.batch_size * seq * per_token}
+    need = sum(parts.values()) + (1.0e9 if cuda else 0.5e9)  # + framework overhead (on CUDA, the job's context)
+    available = torch.cuda.mem_get_info()[0] if cuda else psutil.virtual_memory().available
     epochs_tokens = train_tokens * settings.epochs
     steps = math.ceil(examples / (settings.batch_size * settings.grad_accum)) * math.ceil(settings.epochs)
     if settings.max_steps:
         steps = min(steps, settings.max_steps)
         epochs_tokens = min(epochs_tokens, train_tokens / max(examples, 1) * settings.batch_size * settings.grad_accum
                             * settings.max_steps)
-    flops = 6 * params * epochs_tokens  # forward + backward, the usual rule of thumb
-    rate = _measured_flops(device) * (0.35 if device.startswith("cuda") else 0.25)
+    flops = (8 if cuda else 6) * params * epochs_tokens  # forward + backward (+ the checkpointed recompute)
+    rate = _measured_flops(device) * (0.35 if cuda else 0.25)
     return {
         "parameters": params, "lora_parameters": lora_params, "quantized_4bit": quantized,
         "memory_gb": round(need / 1e9, 2), "available_gb": round(available / 1e9, 2),
+        "memory_parts_gb": {k: round(v / 1e9, 2) for k, v in parts.items()},
         "fits": need < available * 0.9, "steps": steps, "train_tokens": int(epochs_tokens),
         "minutes": round(flops / rate / 60, 1),
     }
+
+
+def memory_advice(settings: TrainSettings, quantized: bool, parts: dict | None = None) -> str:
+    """The setting to change when a fine-tune does not fit, for the biggest memory term first (activations unless
+    the estimate's `parts` say otherwise): the refusal before a run and an out-of-memory error in one say the same."""
+    smaller = [f"the batch size (now {settings.batch_size}; more gradient accumulation keeps the effective batch)"
+               ] if settings.batch_size > 1 else []
+    smaller = "lower " + " or ".join(smaller + [f"the max length (now {settings.max_length} tokens)"])
+    four_bit = None if quantized else "use 4-bit (QLoRA, quantize=4bit)"
+    biggest = max(parts, key=parts.get) if parts else "activations"
+    if biggest == "weights":
+        first = four_bit or "choose a smaller base model (its 4-bit weights alone are most of it)"
+        return f"{first}, or {smaller}"
+    if biggest == "lora":
+        return f"lower the LoRA rank (now {settings.rank}), or {smaller}"
+    return smaller + (f", or {four_bit}" if four_bit else "")
+
+
+def optimizer_for(device: str, quantized: bool) -> str:
+    """QLoRA's paged 8-bit AdamW on CUDA. Paging needs CUDA's unified memory, so a 4-bit run on a CPU gets the same
+    8-bit AdamW (bitsandbytes' CPU kernels) without it; a full-precision CPU run keeps torch's AdamW."""
+    if device.startswith("cuda"):
+        return "paged_adamw_8bit"
+    return "adamw_bnb_8bit" if quantized else "adamw_torch"
 
 
 def _parameter_count(config) -> int:
@@ -192,11 +223,13 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
     `should_stop()` is polled every step (cancel). The adapter is saved into job_dir/adapter either way."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, TrainerCallback
+    from peft import LoraConfig, prepare_model_for_kbit_training
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, EarlyStoppingCallback,
+                              TrainerCallback)
     from trl import SFTConfig, SFTTrainer
 
     from core.config import load_settings
+    from core.sft import CpuSFTTrainer
     from core.datasets import DatasetStore
     from core.models import _quiet_transformers, resolve_base_model
 
@@ -211,19 +244,29 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    cuda = device.startswith("cuda")
+    cuda, quantized = device.startswith("cuda"), use_4bit(settings, device)
+    if cuda and "LOCAL_RANK" in os.environ:  # each data-parallel worker (accelerate launch) on its own GPU
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
     compute_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else (torch.float16 if cuda else torch.float32)
-    load_kwargs: dict = {"dtype": compute_dtype}
-    if use_4bit(settings, device):
-        from transformers import BitsAndBytesConfig
-
+    flash = cuda and importlib.util.find_spec("flash_attn") is not None
+    load_kwargs: dict = {"dtype": compute_dtype, **({"attn_implementation": "flash_attention_2"} if flash else {})}
+    if quantized:
         # QLoRA as published: NF4, double quantization, bf16 compute. bitsandbytes' own defaults differ (fp4, no
-        # double quantization, fp32 compute), so every field is set.
+        # double quantization, fp32 compute), so every field is set. A 4-bit model cannot be moved once loaded: it
+        # is quantized straight onto this worker's device.
         load_kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_storage=compute_dtype)
+        load_kwargs["device_map"] = {"": (torch.device(device).index or 0) if cuda else "cpu"}
     model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
-    if not use_4bit(settings, device):
+    if quantized:  # base frozen, norms and embeddings in fp32, input gradients on for gradient checkpointing
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cuda)
+        # On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit layer for inference the first time it runs in eval
+        # mode without gradients (the CPU trainer's start-up check, validation) and from then on passes no gradient
+        # through it (gemv_4bit has no backward): training keeps the layout it can backpropagate through.
+        for layer in (m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")):
+            layer.support_avx512bf16_for_cpu = False
+    else:
         model.to(device)
     targets = settings.target_modules
     lora = LoraConfig(
@@ -236,7 +279,6 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
     # for keeping the best), which cost ~10% of the time when it happened every step.
     eval_every = settings.eval_every or max(5, total_steps // 10)
     has_eval = bool(eval_rows)
-    flash = cuda and _has_flash_attention()
     lean = not cuda  # core/sft.py: padding-free batches, answer-only LM head, cheaper LoRA dropout (measured on CPU)
     config = SFTConfig(
         output_dir=str(job_dir / "checkpoints"),
@@ -255,7 +297,7 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
         # grouped by length so padding stays small. On CPU every batch is padding-free (core/sft.py).
         packing=flash,
         train_sampling_strategy="random" if flash or lean else "group_by_length",
-        optim="paged_adamw_8bit" if cuda else "adamw_torch",
+        optim=optimizer_for(device, quantized),
         gradient_checkpointing=cuda,
         bf16=compute_dtype == torch.bfloat16,
         fp16=compute_dtype == torch.float16,
@@ -278,8 +320,6 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
         # tokens/s counts real tokens, not padding (the lean trainer counts them itself)
         include_num_input_tokens_seen="no" if lean else "non_padding",
     )
-    if flash:
-        model.config._attn_implementation = "flash_attention_2"
 
     started = time.time()
     history: dict = {"train": [], "eval": []}
@@ -314,14 +354,13 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
     callbacks = [Status()]
     if has_eval and settings.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
-    if lean:
-        from core.sft import CpuSFTTrainer as trainer_class
-    else:
-        trainer_class = SFTTrainer
-    trainer = trainer_class(
+    trainer = (CpuSFTTrainer if lean else SFTTrainer)(
         model=model, args=config, processing_class=tokenizer, peft_config=lora, callbacks=callbacks,
         train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows) if has_eval else None,
     )
+    if quantized and compute_dtype == torch.float32:  # TRL casts QLoRA's adapter to bf16, for bf16 compute only
+        for param in (p for p in trainer.model.parameters() if p.requires_grad):
+            param.data = param.data.float()
     resume = _last_checkpoint(job_dir / "checkpoints")
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     training_s = time.time() - loop_started[0]
@@ -337,8 +376,10 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
         "train_loss": history["train"][-1][1] if history["train"] else round(float(result.training_loss), 4),
         "eval_loss": final_eval, "history": history, "seconds": round(time.time() - started, 1),
         "tokens_per_s": round(tokens / training_s, 1) if tokens else None,
-        "device": device, "quantized_4bit": use_4bit(settings, device), "packing": flash,
-        "processes": trainer.args.world_size,
+        "device": device, "quantized_4bit": quantized, "packing": flash, "processes": trainer.args.world_size,
+        "optimizer": trainer.args.optim.value, "trainer": type(trainer).__name__,
+        "padding_free": getattr(trainer, "flat_collator", None) is trainer.data_collator or flash,
+        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 2) if cuda else None,
         "stopped_early": trainer.state.global_step < total_steps,
     }
 
@@ -348,12 +389,6 @@ def _last_checkpoint(folder: Path) -> Path | None:
         return None
     found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return found[-1] if found else None
-
-
-def _has_flash_attention() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("flash_attn") is not None
 
 
 def describe_presets() -> list[dict]:
