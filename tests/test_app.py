@@ -490,7 +490,8 @@ def test_browser_a_new_page_starts_on_the_last_used_knowledge_base_and_adds_fine
     notes.write_text("The Ashgrove kiln fires stoneware at 1280 degrees every Thursday.")
     client.predict([handle_file(str(notes))], "last-used", api_name="/add_files")
     open_app(page, url)
-    assert page.locator("#kb-select input").input_value() == "last-used"
+    page.wait_for_function("() => document.querySelector('#kb-select input').value === 'last-used'",
+                           timeout=UI_TIMEOUT_MS)
     assert dom_file_names(page) == ["kilns.txt"]
     page.get_by_role("tab", name="3 · Compare").click()
     assert page.locator("#compare-kb input").input_value() == "last-used"
