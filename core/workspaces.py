@@ -15,6 +15,7 @@ import time
 
 from core.config import Settings, demo_mode_from_env, load_settings
 from core.errors import LabError
+from core.jobs import ACTIVE, JobStore
 from core.lab import Lab
 from core.limits import DemoLimits
 
@@ -81,7 +82,10 @@ class Workspaces:
                 continue
             with self._lock:
                 lab = self._labs.get(folder.name)
-                if lab is not None and any(j["state"] in ("queued", "running") for j in lab.jobs.list()):
+                # The job records on disk, not only this process's Labs: after an app restart a workspace's job
+                # may still run (its process outlives the app) while no Lab for it exists yet.
+                jobs = lab.jobs if lab is not None else JobStore(folder)
+                if any(j["state"] in ACTIVE for j in jobs.list()):
                     continue
                 self._labs.pop(folder.name, None)
             if lab is not None:

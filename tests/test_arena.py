@@ -13,10 +13,30 @@ from core.votes import ALL_BAD, TIE, VoteStore
 SHORT = GenerationConfig(max_new_tokens=16)
 
 
+# On CUDA the served model is 16-bit, and a batch of other shapes rounds differently from a row alone: greedy decoding
+# may then pick the other of two tokens whose logits are this close, and go its own way from there.
+NEAR_TIE_LOGITS = 1.0
+
+
+def parts_only_at_a_near_tie(generator, joint: str, alone_ids, scores) -> bool:
+    """Whether the joint answer follows the row-alone greedy tokens up to a step where the alone run's two best
+    logits were within NEAR_TIE_LOGITS (or all the way)."""
+    decode = generator.tokenizer.decode
+    step = len(alone_ids) - 1
+    for k in range(len(alone_ids)):
+        if not joint.startswith(decode(alone_ids[: k + 1], skip_special_tokens=True)):
+            step = k
+            break
+    best, second = scores[step][0].float().topk(2).values.tolist()
+    return best - second <= NEAR_TIE_LOGITS
+
+
 def test_joint_decode_gives_what_separate_generate_calls_give(lab):
     """Rows of very different lengths are prefilled apart and decoded together; greedy answers must be exactly
-    what a plain `generate` gives for each row alone, including a row that stops early."""
+    what a plain `generate` gives for each row alone (in fp32 on CPU), including a row that stops early. On CUDA
+    (16-bit) a row may part from its alone answer only at a near-tie of the two best tokens."""
     generator = lab.models.generator
+    exact = generator.device == "cpu"
     conversations = [
         [{"role": "user", "content": "What is the capital of France? Answer in three words."}],
         [{"role": "user", "content": "Summarise this in one line: " + "the river floods every spring. " * 40}],
@@ -26,11 +46,18 @@ def test_joint_decode_gives_what_separate_generate_calls_give(lab):
                 if isinstance(e, RowDone)}
     for row, conversation in enumerate(conversations):
         encoded = generator.tokenizer.apply_chat_template(conversation, add_generation_prompt=True,
-                                                          return_tensors="pt", return_dict=True)
-        output = generator.model.generate(**encoded, max_new_tokens=20, do_sample=False)
-        alone = generator.tokenizer.decode(output[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
-        assert together[row].text == alone, row
-    assert together[0].stats.new_tokens < 20  # stopped by its end token, the others went on without it
+                                                          return_tensors="pt", return_dict=True).to(generator.device)
+        output = generator.model.generate(**encoded, max_new_tokens=20, do_sample=False, output_scores=not exact,
+                                          return_dict_in_generate=True)
+        alone_ids = output.sequences[0, encoded["input_ids"].shape[1]:]
+        alone = generator.tokenizer.decode(alone_ids, skip_special_tokens=True)
+        if exact:
+            assert together[row].text == alone, row
+        elif together[row].text != alone:
+            assert parts_only_at_a_near_tie(generator, together[row].text, alone_ids, output.scores), \
+                (row, together[row].text, alone)
+    if exact:
+        assert together[0].stats.new_tokens < 20  # stopped by its end token, the others went on without it
     assert together[1].stats.prompt_tokens > 5 * together[0].stats.prompt_tokens
 
 

@@ -64,7 +64,15 @@ def test_a_run_scores_saves_and_exports(lab, handbook, handbook_items, tmp_path)
     assert rag["latency_ms"] > 0 and rag["errors"] == 0
     assert "On these 2 questions: RAG" in verdict(run)
     costs = run["costs"]  # cost beside quality: weights in memory, the index, the search model
-    assert 400 < costs["model_mb"] < 700 and 50 < costs["embedder_mb"] < 150  # 135M and 22M parameters in fp32
+    # 135M parameters served in fp32 on CPU, in 16-bit on CUDA (core/models.py load_generator); 22M in the embedder
+    import torch
+
+    generator = lab.models.generator
+    if generator.device == "cpu":
+        assert generator.model.dtype == torch.float32 and 400 < costs["model_mb"] < 700
+    else:
+        assert generator.model.dtype in (torch.bfloat16, torch.float16) and 200 < costs["model_mb"] < 350
+    assert 50 < costs["embedder_mb"] < 150
     assert costs["index"]["chunks"] == lab.kbs.show("default")["chunks"] and 0 < costs["index"]["mb"] < 1
     assert "Costs: the model's weights take" in verdict(run) and "passages" in verdict(run)
 
@@ -155,3 +163,27 @@ def test_questions_generated_from_a_knowledge_base_with_the_overlap_warned(lab, 
     assert done.returncode == 0, done.stderr
     run = json.loads(done.stdout)
     assert run["testset"] == "generated from default" and run["kb"] == "default" and run["questions"] == 1
+
+
+def test_test_questions_seen_in_training_are_counted_in_a_warning(lab):
+    """The warning a run with an adapter carries: how many test questions are in the training part of the adapter's
+    dataset (compared as normalised text), and none for questions held out of it."""
+    from conftest import ROOT
+    from core.evaluation import example_to_item
+
+    facts = ROOT / "tests" / "data" / "zorblat_facts.jsonl"
+    lab.datasets.import_file(facts, "facts", validation=0, test=0)
+    items = [{"question": "who founded the Zorblat institute", "answer": "Quanz"},  # other case, no question mark
+             {"question": "Which river runs past Vettelborg?", "answer": "Oda"},
+             {"question": "What colour is the roof of the Vettelborg town hall?", "answer": "green"}]
+    assert overlap_warnings(lab.datasets, items, "facts") == [
+        "2 of 3 test questions are in the adapter's training data (facts): the fine-tuned scores on them measure "
+        "recall, not generalisation"]
+    assert overlap_warnings(lab.datasets, items[2:], "facts") == []
+    assert overlap_warnings(lab.datasets, items, "no-such-dataset") == []
+    lab.datasets.import_file(facts, "held-out", validation=0, test=0.25)
+    test_part = [example_to_item(e) for e in lab.datasets.examples("held-out", "test")]
+    train_part = [example_to_item(e) for e in lab.datasets.examples("held-out", "train")]
+    assert len(test_part) == 3 and overlap_warnings(lab.datasets, test_part, "held-out") == []
+    assert overlap_warnings(lab.datasets, train_part[:4] + test_part, "held-out")[0].startswith(
+        "4 of 7 test questions are in the adapter's training data (held-out)")

@@ -1,6 +1,7 @@
 """Fine-tuning for real on CPU: training data import and split, a LoRA job in its own process, the adapter registry,
 and the fine-tuned variants answering what the base model cannot."""
 import json
+import math
 import os
 import re
 import time
@@ -71,11 +72,28 @@ def test_adapter_records_what_made_it_and_exports(trained, tmp_path):
 
 
 def test_merged_export_answers_like_the_adapter_without_peft(trained, tmp_path):
-    """The merged full-precision model loads with plain transformers and knows the facts."""
+    """The merged full-precision model loads with plain transformers and knows the facts. On CUDA the Quick preset
+    trains on a 4-bit base (quantize "auto"), and a merged export of such an adapter is refused instead."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    lab, _ = trained
+    lab, result = trained
+    quantized = lab.settings.resolved_device.startswith("cuda")
+    assert lab.adapters.info("facts-lora")["quantized_4bit"] is result["result"]["quantized_4bit"] is quantized
+    # The refusal, on any device: an adapter recorded as trained on a 4-bit base.
+    meta = json.loads((lab.adapters.path("facts-lora") / "lab_adapter.json").read_text())
+    lab.adapters.add("facts-4bit", lab.adapters.path("facts-lora"), {**meta, "quantized_4bit": True})
+    try:
+        with pytest.raises(InputError, match="trained on a 4-bit base model: export the adapter zip"):
+            lab.training.export_merged("facts-4bit", tmp_path / "refused")
+        assert not (tmp_path / "refused").exists()
+    finally:
+        lab.adapters.delete("facts-4bit")
+    if quantized:
+        refused = cli_here(["adapters", "export", "facts-lora", str(tmp_path / "merged"), "--merged", "--json"],
+                           lab.settings.data_dir)
+        assert refused.returncode == 1 and "4-bit" in json.loads(refused.stdout)["error"]
+        return
     folder = lab.training.export_merged("facts-lora", tmp_path / "merged")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -105,7 +123,11 @@ def test_one_batch_serves_all_four_columns(trained, tmp_path):
     assert "Oda" in together["finetuned"].answer and "Oda" not in together["base"].answer
     for variant, answer in together.items():
         alone = lab.answers.ask(question, variant, kb="towns", adapter="facts-lora", config=short)
-        assert answer.answer == alone.answer, variant
+        if lab.models.generator.device == "cpu":  # fp32: a batch of four rounds like each row alone
+            assert answer.answer == alone.answer, variant
+        else:  # 16-bit on CUDA: other batch shapes round differently, and greedy may part at a near-tie (the decode
+            # batch's agreement up to near-ties is test_arena.py's); here each column only has to answer both ways
+            assert answer.answer and alone.answer and not answer.error and not alone.error, variant
     assert together["finetuned+rag"].sources and together["base"].sources == []
     assert len(lab.models.generator.adapters) == 1  # one attached adapter, no second copy of the model
 
@@ -158,6 +180,90 @@ def test_an_adapter_for_another_base_model_is_refused(trained):
     assert "trained on meta-llama/Llama-3.2-1B-Instruct" in answer.error
 
 
+def test_adapters_are_renamed_and_deleted_with_clear_errors(trained):
+    lab, _ = trained
+    before = lab.adapters.names()
+    meta = json.loads((lab.adapters.path("facts-lora") / "lab_adapter.json").read_text())
+    lab.adapters.add("spare", lab.adapters.path("facts-lora"), meta)
+    assert lab.adapters.rename("spare", "spare-renamed") == "spare-renamed"
+    assert sorted(lab.adapters.names()) == sorted(before + ["spare-renamed"])
+    assert lab.adapters.info("spare-renamed") == {**meta, "name": "spare-renamed"}  # what made it goes with it
+    with pytest.raises(InputError, match=r"spare: no such adapter \(existing: .*facts-lora"):
+        lab.adapters.info("spare")
+    with pytest.raises(InputError, match="already exists"):
+        lab.adapters.rename("spare-renamed", "facts-lora")
+    with pytest.raises(InputError, match="adapter name is 1-62 letters"):
+        lab.adapters.rename("spare-renamed", "../escape")
+    with pytest.raises(InputError, match="no such adapter"):
+        lab.adapters.rename("spare", "anything")
+    # The renamed folder is a whole adapter: it loads and knows the facts.
+    answer = lab.answers.ask("Who designed the Quorvin Bridge?", "finetuned", adapter="spare-renamed",
+                             config=GenerationConfig(max_new_tokens=16))
+    assert "Brandt" in answer.answer, answer.answer
+
+    data_dir = lab.settings.data_dir
+    renamed = cli_here(["adapters", "rename", "spare-renamed", "spare-cli", "--json"], data_dir)
+    assert renamed.returncode == 0, renamed.stderr
+    assert json.loads(renamed.stdout) == {"renamed": "spare-renamed", "to": "spare-cli"}
+    deleted = cli_here(["adapters", "delete", "spare-cli", "--json"], data_dir)
+    assert deleted.returncode == 0 and json.loads(deleted.stdout) == {"deleted": "spare-cli"}, deleted.stderr
+    assert sorted(lab.adapters.names()) == sorted(before)
+    assert not [p for p in lab.adapters.root.iterdir() if p.name.startswith(("spare", ".spare"))]  # nothing left
+    for args in (["adapters", "delete", "spare-cli"], ["adapters", "rename", "spare-cli", "other"]):
+        missing = cli_here([*args, "--json"], data_dir)
+        assert missing.returncode == 1, missing.stdout
+        error = json.loads(missing.stdout)["error"]
+        assert error.startswith("spare-cli: no such adapter (existing: ") and "facts-lora" in error
+    with pytest.raises(InputError, match="no such adapter"):
+        lab.adapters.delete("spare-cli")
+    assert sorted(lab.adapters.names()) == sorted(before)
+
+
+def test_evaluating_the_fine_tuned_variants_warns_of_questions_it_trained_on(trained):
+    lab, _ = trained
+    trained_on = [row for row in facts() if row["gold"] in ("Brandt", "Oda")]
+    items = [{"question": r["messages"][0]["content"], "answer": r["gold"]} for r in trained_on]
+    items.append({"question": "What colour is the roof of the Vettelborg town hall?", "answer": "green"})
+    run = lab.evaluation.run(items, "facts+1", ["base", "finetuned"], adapter="facts-lora",
+                             config=GenerationConfig(max_new_tokens=16))
+    assert run["state"] == "completed" and run["adapter"] == "facts-lora" and len(trained_on) == 2
+    assert run["adapter_info"] == {"dataset": "facts", "steps": 30,
+                                   "seconds": lab.adapters.info("facts-lora")["seconds"]}
+    assert run["warnings"] == ["2 of 3 test questions are in the adapter's training data (facts): the fine-tuned "
+                               "scores on them measure recall, not generalisation"]
+    summary = run["summary"]
+    assert set(summary) == {"base", "finetuned"} and summary["finetuned"]["errors"] == summary["base"]["errors"] == 0
+    assert summary["finetuned"]["contains"]["mean"] >= 2 / 3 > summary["base"]["contains"]["mean"]
+    assert run["costs"]["adapter_mb"] > 0
+    results = lab.evals.load(run["id"])  # saved with it, for a restart or an export
+    assert results["warnings"] == run["warnings"] and results["adapter_info"] == run["adapter_info"]
+    assert [r["answers"]["finetuned"]["answer"] for r in results["results"]] == \
+        [r["answers"]["finetuned"]["answer"] for r in run["results"]]
+
+
+def test_a_run_whose_validation_loss_stops_improving_stops_early(lab):
+    """Validation after every step with a patience of 2: a learning rate this high wrecks the model after its first
+    (warm-up) step, the validation loss never gets back to where it started, and the run ends two checks later
+    with the best checkpoint, long before its 30 steps."""
+    lab.datasets.import_file(FACTS, "facts", validation=0.25, test=0)  # 9 to train on, 3 to validate
+    settings = lab.training.preset("quick", learning_rate=0.5, batch_size=3, rank=4, eval_every=1,
+                                   early_stopping_patience=2)
+    job = lab.training.start("facts", settings, adapter="stopped-early")
+    final = lab.jobs.wait(job["id"])
+    assert final["state"] == "completed", (final.get("error"), final["log_tail"])
+    result = final["result"]
+    assert result["stopped_early"] is True and result["total_steps"] == 30 and result["steps"] < 30, result
+    # One validation check per step, then one more of the adapter kept: the best checkpoint, reloaded at the end.
+    *checks, (last_step, kept) = result["history"]["eval"]
+    losses = [loss for _, loss in checks]
+    best = losses.index(min(losses))
+    assert [step for step, _ in checks] == list(range(1, result["steps"] + 1)) and last_step == result["steps"]
+    assert len(losses) == best + 1 + settings.early_stopping_patience  # `patience` checks without gain, then stop
+    assert kept == pytest.approx(losses[best], abs=1e-3) and result["eval_loss"] == pytest.approx(kept, abs=1e-3)
+    info = lab.adapters.info("stopped-early")
+    assert info["complete"] is True and info["steps"] == result["steps"]
+
+
 def test_cancel_keeps_a_usable_adapter_and_resume_finishes(lab):
     lab.datasets.import_file(FACTS, "facts", validation=0.2, test=0)
     settings = lab.training.preset("quick", max_steps=14, batch_size=2, eval_every=4)
@@ -198,13 +304,29 @@ def test_a_failing_job_fails_alone_with_its_reason(lab):
     assert lab.adapters.names() == []
 
 
-def test_estimate_refuses_what_cannot_fit(lab):
+def test_estimate_refuses_what_cannot_fit(lab, tmp_path):
+    """A fine-tune that needs clearly more memory than this machine has (measured by the estimate itself, so a large
+    GPU or a big server gets a bigger one) is refused before any job starts, with both numbers."""
     lab.datasets.import_file(FACTS, "facts", validation=0, test=0)
     small = lab.training.estimate("facts", lab.training.preset("quick"))
     assert small["fits"] and 0 < small["memory_gb"] < 4 and small["steps"] == 30
-    huge = lab.training.preset("quick", batch_size=512, max_length=32768)
-    with pytest.raises(InputError, match="GB is free"):
-        lab.training.start("facts", huge)
+    # Long examples (about 30,000 tokens each), so that the batch size alone can ask for any amount of memory.
+    long = tmp_path / "long.jsonl"
+    long.write_text("".join(json.dumps({"instruction": f"Recite list {i}.", "output": "word" + " word" * 30000}) + "\n"
+                            for i in range(4)))
+    lab.datasets.import_file(long, "long", validation=0, test=0)
+    one = lab.training.estimate("long", lab.training.preset("quick", batch_size=1, max_length=32768))
+    two = lab.training.estimate("long", lab.training.preset("quick", batch_size=2, max_length=32768))
+    per_example = two["memory_gb"] - one["memory_gb"]
+    assert per_example > 0
+    wanted = 3 * one["available_gb"]  # clearly more than what is free here
+    batch = min(512, max(1, math.ceil((wanted - one["memory_gb"]) / per_example) + 1))
+    huge = lab.training.preset("quick", batch_size=batch, max_length=32768)
+    plan = lab.training.estimate("long", huge)
+    assert plan["memory_gb"] > 2 * plan["available_gb"] and not plan["fits"], plan
+    with pytest.raises(InputError, match=r"needs about [\d.]+ GB but [\d.]+ GB is free"):
+        lab.training.start("long", huge)
+    assert lab.jobs.names() == []  # refused before any job was written
 
 
 # ---- training data -------------------------------------------------------------------------------------------
@@ -252,15 +374,26 @@ def test_bad_training_data_names_the_line_and_the_problem(tmp_path, name, body, 
 def test_split_is_fixed_by_its_seed_and_keeps_the_test_part_apart(lab, tmp_path):
     rows = tmp_path / "many.csv"
     rows.write_text("question,answer\n" + "".join(f"Q{i}?,A{i}.\n" for i in range(50)))
+
+    def parts(name):
+        return {p: sorted(e["messages"][0]["content"] for e in lab.datasets.examples(name, p))
+                for p in ("train", "validation", "test")}
+
     info = lab.datasets.import_file(rows, "many", validation=0.1, test=0.2, seed=7)
     assert info["split"] == {"train": 35, "validation": 5, "test": 10}
-    parts = {p: {e["messages"][0]["content"] for e in lab.datasets.examples("many", p)} for p in ("train", "validation", "test")}
-    assert not parts["train"] & parts["test"] and not parts["validation"] & parts["test"]
-    again = lab.datasets.import_file(rows, "many", replace=True, validation=0.1, test=0.2, seed=7)
-    assert lab.datasets.info("many").split == lab.datasets.info("many").split and again["split"] == info["split"]
-    first_test = parts["test"]
-    lab.datasets.split("many", 0.1, 0.2, seed=8)
-    assert {e["messages"][0]["content"] for e in lab.datasets.examples("many", "test")} != first_test
+    many = parts("many")
+    assert not set(many["train"]) & set(many["test"]) and not set(many["validation"]) & set(many["test"])
+    assert sorted(many["train"] + many["validation"] + many["test"]) == sorted(f"Q{i}?" for i in range(50))
+    # Two imports made apart with the same seed split alike; another seed splits otherwise.
+    assert lab.datasets.import_file(rows, "twin", validation=0.1, test=0.2, seed=7)["split"] == info["split"]
+    assert parts("twin") == many
+    lab.datasets.import_file(rows, "other", validation=0.1, test=0.2, seed=8)
+    assert parts("other")["test"] != many["test"]
+    # Splitting again is the same function of the seed.
+    lab.datasets.split("twin", 0.1, 0.2, seed=8)
+    assert parts("twin") == parts("other")
+    lab.datasets.split("twin", 0.1, 0.2, seed=7)
+    assert parts("twin") == many
     with pytest.raises(InputError, match="already exists"):
         lab.datasets.import_file(rows, "many")
 
@@ -275,7 +408,12 @@ def test_preview_shows_the_chat_template_and_token_counts(lab):
 
 
 def test_the_same_trainer_runs_data_parallel_under_accelerate(lab):
-    """Two CPU processes under `accelerate launch` (gloo): what several GPUs do, at CI's scale."""
+    """Two CPU processes under `accelerate launch` (gloo): what several GPUs do, at CI's scale. On CUDA each rank
+    takes a GPU of its own, so two ranks need two GPUs."""
+    import torch
+
+    if lab.settings.resolved_device.startswith("cuda") and torch.cuda.device_count() < 2:
+        pytest.skip(f"two data-parallel ranks need two GPUs (one each); this machine has {torch.cuda.device_count()}")
     lab.datasets.import_file(FACTS, "facts", validation=0, test=0)
     job = lab.training.start("facts", lab.training.preset("quick", max_steps=3, batch_size=2), "parallel", processes=2)
     final = lab.jobs.wait(job["id"])
@@ -292,7 +430,7 @@ def test_attached_adapters_stay_off_for_direct_calls(trained):
     lab, _ = trained
     lab.answers.ask("Which river runs past Vettelborg?", "finetuned", adapter="facts-lora", config=GenerationConfig(max_new_tokens=4))
     model, tokenizer = lab.models.generator.model, lab.models.generator.tokenizer
-    inputs = tokenizer("Which river runs past Vettelborg?", return_tensors="pt")
+    inputs = tokenizer("Which river runs past Vettelborg?", return_tensors="pt").to(lab.models.generator.device)
     with torch.inference_mode():
         direct = model(**inputs).logits
         with model.disable_adapter():

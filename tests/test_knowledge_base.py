@@ -153,6 +153,34 @@ def _squash(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+ATLAS_PAGES = [  # one fictional town per page, each page long enough for several chunks
+    " ".join(f"{town} fact {n}: the {thing} of {town} is {colour} and was built in {1800 + 13 * n + page}."
+             for n, (thing, colour) in enumerate(zip(["bridge", "mill", "school", "harbour", "chapel", "market",
+                                                      "library", "bakery", "tower", "station"],
+                                                     ["red", "grey", "blue", "white", "green", "ochre", "black",
+                                                      "pink", "brown", "silver"])))
+    for page, town in enumerate(["Vettelborg", "Lindqvar", "Marnholt", "Hollowmere"])
+]
+
+
+def test_citations_point_to_the_right_page(lab, tmp_path):
+    """In a multi-page PDF (wrapped lines, several chunks a page) every passage found is on the page it cites."""
+    from core.documents import read_pages
+
+    pdf = write_pdf(tmp_path / "atlas.pdf", ATLAS_PAGES)
+    [result] = lab.kbs.ingest([pdf], chunk_size=48, chunk_overlap=8)
+    assert result.pages == 4 and result.chunks >= 8
+    page_text = {p.label: _squash(p.text) for p in read_pages(pdf, pdf.name, 50)}
+    for page, town in enumerate(["Vettelborg", "Lindqvar", "Marnholt", "Hollowmere"], start=1):
+        hits, _ = lab.kbs.search(f"When was the library of {town} built?", top_k=4)
+        found = [h for h in hits if f"library of {town.lower()}" in _squash(h.text)]
+        assert found and all(h.page == str(page) for h in found), hits
+        for hit in hits:  # each cited page really holds the passage (its middle, clear of overlap edges)
+            words = _squash(hit.text).split()
+            middle = " ".join(words[len(words) // 3: len(words) // 3 + 8])
+            assert middle in page_text[hit.page], (hit.page, middle)
+
+
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is not beside this checkout")
 def test_real_pdf_citations_point_to_the_right_page(lab):
     from core.documents import read_pages

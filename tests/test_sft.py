@@ -17,8 +17,9 @@ from core.sft import PER_EXAMPLE, CheapDropout, CpuSFTTrainer
 FACTS = ROOT / "tests" / "data" / "zorblat_facts.jsonl"
 
 
-@pytest.fixture(scope="module")
-def trainer():
+def make_trainer(trainer_class, dropout: float, examples: int = 12, long_answer: bool = True, **config):
+    """A trainer on the first `examples` facts (with `long_answer`, the second answer six times longer, so that
+    padding matters more) with a fresh copy of the base model and a LoRA adapter on every linear layer."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -31,13 +32,22 @@ def trainer():
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     rows = [to_prompt_completion(json.loads(line)) for line in FACTS.read_text().splitlines()]
-    # Answers of very different lengths, so that padding matters.
-    rows[1]["completion"][0]["content"] *= 6
+    if long_answer:
+        rows[1]["completion"][0]["content"] *= 6
+    rows = rows[:examples]
+    # fp32 and no gradient checkpointing, as core/training.py sets them on CPU (TRL's defaults are bf16 autocast and
+    # checkpointing).
     config = SFTConfig(output_dir=tempfile.mkdtemp(), max_length=384, completion_only_loss=True, use_cpu=True,
-                       report_to=[], disable_tqdm=True, include_num_input_tokens_seen="no", max_steps=1)
-    return CpuSFTTrainer(model=model, args=config, processing_class=tokenizer, train_dataset=Dataset.from_list(rows),
-                         peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules="all-linear",
+                       bf16=False, gradient_checkpointing=False, report_to=[], disable_tqdm=True,
+                       include_num_input_tokens_seen="no", **{"max_steps": 1, **config})
+    return trainer_class(model=model, args=config, processing_class=tokenizer, train_dataset=Dataset.from_list(rows),
+                         peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear",
                                                 task_type="CAUSAL_LM"))
+
+
+@pytest.fixture(scope="module")
+def trainer():
+    return make_trainer(CpuSFTTrainer, dropout=0.1)
 
 
 def test_both_layouts_give_trl_s_own_loss(trainer):
@@ -60,19 +70,62 @@ def test_both_layouts_give_trl_s_own_loss(trainer):
     assert ours_flat == pytest.approx(reference, rel=1e-4)
 
 
-def test_a_training_step_learns_and_counts_every_real_token(trainer):
-    trainer.model.train()
-    before = trainer.state.num_input_tokens_seen
+def lora_gradients(trainer, inputs) -> dict:
+    trainer.model.zero_grad()
+    trainer.compute_loss(trainer.model, dict(inputs)).backward()
+    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.model.zero_grad()
+    return grads
+
+
+def test_a_training_step_gets_the_padded_batch_s_gradients_and_counts_every_real_token(trainer):
     examples = [trainer.train_dataset[i] for i in range(4)]
     real = sum(len(e["input_ids"]) for e in examples)
-    inputs = trainer.data_collator(examples)
-    loss = trainer.compute_loss(trainer.model, inputs)
-    loss.backward()
-    grads = [p.grad for n, p in trainer.model.named_parameters() if "lora_B" in n]
-    assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    assert trainer.data_collator is trainer.flat_collator
+    trainer.model.train()
+    dropouts = [m for m in trainer.model.modules() if isinstance(m, CheapDropout)]
+    for dropout in dropouts:
+        dropout.eval()  # a training step without dropout: the two layouts must then give the same gradients
+    try:
+        padded = lora_gradients(trainer, trainer.padded_collator(examples))
+        before = trainer.state.num_input_tokens_seen
+        flat = lora_gradients(trainer, trainer.data_collator(examples))
+        counted = trainer.state.num_input_tokens_seen - before
+    finally:
+        for dropout in dropouts:
+            dropout.train()
+    assert padded.keys() == flat.keys() and len(padded) == 2 * 7 * trainer.model.config.num_hidden_layers
+    assert any(g.abs().sum() > 0 for n, g in padded.items() if "lora_B" in n)  # B starts at zero, A gets none yet
+    for name, grad in padded.items():
+        scale = grad.abs().max().item()
+        assert torch.allclose(flat[name], grad, rtol=1e-3, atol=1e-4 * scale + 1e-12), name
+    everything = lambda grads: torch.cat([g.flatten() for g in grads.values()])  # noqa: E731
+    assert torch.nn.functional.cosine_similarity(everything(padded), everything(flat), dim=0) > 0.99999
     # The end-of-turn token is also the pad token here: a count of non-pad tokens would miss it.
-    assert trainer.state.num_input_tokens_seen - before == real
-    trainer.model.zero_grad()
+    assert counted == real
+
+
+def test_training_tracks_stock_trl_step_by_step():
+    """The same data, seed and settings through TRL's own SFTTrainer (padded batches, its fused LM head) and through
+    CpuSFTTrainer (one padding-free row, the answer-only head): the loss of every step agrees, and both learn. LoRA
+    dropout is 0 here: the CPU trainer's dropout draws its masks differently by design (tested on its own below)."""
+    from trl import SFTTrainer
+
+    # 4 examples of different lengths at batch 2: two epochs in 4 steps, so the second sees the same examples.
+    settings = dict(examples=4, long_answer=False, max_steps=4, per_device_train_batch_size=2, learning_rate=2e-3,
+                    lr_scheduler_type="constant", logging_steps=1, seed=3, data_seed=3, save_strategy="no")
+    losses = {}
+    for trainer_class in (SFTTrainer, CpuSFTTrainer):
+        run = make_trainer(trainer_class, dropout=0.0, **settings)
+        if trainer_class is CpuSFTTrainer:
+            assert run.data_collator is run.flat_collator  # the padding-free layout is the one compared
+        run.train()
+        losses[trainer_class.__name__] = [log["loss"] for log in run.state.log_history if "loss" in log]
+    stock, ours = losses["SFTTrainer"], losses["CpuSFTTrainer"]
+    print("losses per step: stock", stock, "CPU", ours)
+    assert len(stock) == len(ours) == 4
+    assert ours == pytest.approx(stock, rel=1e-4)  # measured: within 1e-5 (fp32 on both sides)
+    assert sum(ours[2:]) < 0.75 * sum(ours[:2])  # the second pass over the same examples costs clearly less
 
 
 def test_the_start_up_check_catches_a_flat_row_whose_examples_see_each_other(trainer):

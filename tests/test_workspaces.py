@@ -1,14 +1,20 @@
 """Demo mode's workspaces in the engine: each visitor's data apart, caps and rate limits with clear messages, idle
 workspaces cleaned up. (The two-browser isolation test through the real app is in test_app.py.)"""
+import contextlib
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
 from core.config import load_settings
 from core.errors import InputError, LabError
 from core.limits import DemoLimits, RateLimiter
 from core.workspaces import Workspaces, demo_mode_from_env
+
+FACTS = ROOT / "tests" / "data" / "zorblat_facts.jsonl"
 
 
 @pytest.fixture
@@ -73,3 +79,53 @@ def test_demo_mode_setting(tmp_path):
     assert demo_mode_from_env({"LAB_DEMO_MODE": "1"}) is True and demo_mode_from_env({}) is False
     shared = Workspaces(load_settings(data_dir=tmp_path / "data"), demo=False)
     assert shared.lab(None) is shared.lab("anyone-0123456789") is shared.shared
+
+
+@pytest.fixture
+def queued_job(workspaces):
+    """A visitor whose real training job is queued: the device lock the demo's jobs share is held here, so the job's
+    own process waits for it, alive, for as long as the test needs. Cancelled and released after."""
+    from core.fileio import file_lock
+
+    lab = workspaces.lab("trainer-0123456789")
+    lab.datasets.import_file(FACTS, "facts", validation=0, test=0)
+    device = lab.settings.resolved_device.replace(":", "-")
+    lock = file_lock(workspaces.root / f"device-{device}.lock", timeout=0)
+    lock.acquire()
+    job = lab.training.start("facts", lab.training.preset("quick", max_steps=1))
+    pid = int((lab.jobs.path(job["id"]) / "pid").read_text())
+    try:
+        deadline = time.time() + 120
+        while lab.jobs.get(job["id"]).get("waiting_for") is None:  # its process is up and waiting for the device
+            assert time.time() < deadline and lab.jobs.get(job["id"])["state"] == "queued", lab.jobs.get(job["id"])
+            time.sleep(0.2)
+        yield lab, job["id"]
+    finally:
+        if lab.settings.data_dir.exists():
+            lab.jobs.cancel(job["id"])
+            assert lab.jobs.wait(job["id"], poll_s=0.2)["state"] == "cancelled"
+        else:  # its folder was swept away under it: stop the process the test started
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        lock.release()
+
+
+def _idle(workspaces, lab) -> None:
+    os.utime(lab.settings.data_dir / ".last_used", (0, workspaces.clock_state["now"] - 61 * 60))
+
+
+def test_an_idle_workspace_whose_job_waits_is_kept(workspaces, queued_job):
+    lab, job_id = queued_job
+    _idle(workspaces, lab)
+    assert workspaces.sweep() == []
+    assert lab.settings.data_dir.exists() and lab.jobs.get(job_id)["state"] == "queued"
+
+
+def test_an_idle_workspace_whose_job_waits_is_kept_after_a_restart(workspaces, queued_job):
+    lab, job_id = queued_job
+    _idle(workspaces, lab)
+    restarted = Workspaces(workspaces.settings, demo=True, limits=workspaces.limits, clock=workspaces.clock)
+    assert restarted.sweep() == []
+    assert lab.settings.data_dir.exists() and lab.jobs.get(job_id)["state"] == "queued"
