@@ -236,17 +236,17 @@ def _few_rows_by_columns(model) -> None:
 
 
 def load_embedder(settings: Settings):
-    """Load (once per process) the sentence-transformers embedding model."""
+    """Load (once per process) the sentence-transformers embedding model (core/embedder.py says how)."""
     device = settings.resolved_device
     key = (settings.embed_model, device)
     with _load_lock:
         if key not in _embedders:
-            from sentence_transformers import SentenceTransformer
+            from core import embedder
 
             _quiet_transformers()
             source = resolve_embed_model(settings.embed_model)
             try:
-                _embedders[key] = SentenceTransformer(source, device=device)
+                _embedders[key] = embedder.load(source, device)
             except (OSError, ValueError) as exc:
                 raise ModelError(f"Could not load the embedding model {settings.embed_model!r}: {exc}") from exc
         return _embedders[key]

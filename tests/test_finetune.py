@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli_here, run_cli
+from conftest import ROOT, cli_here
 from core.config import load_settings
 from core.datasets import parse_examples
 from core.errors import InputError
@@ -24,25 +24,28 @@ def facts() -> list[dict]:
     return [json.loads(line) for line in FACTS.read_text().splitlines()]
 
 
-def correct(lab: Lab, variant: str, adapter: str | None = None) -> int:
-    right = 0
+def correct(lab: Lab, adapter: str) -> dict[str, int]:
+    """How many of the 12 facts the base model and the fine-tuned one answer: both columns in one Compare batch."""
+    right = {"base": 0, "finetuned": 0}
     for row in facts():
         question = row["messages"][0]["content"]
-        answer = lab.answers.ask(question, variant, adapter=adapter, config=GenerationConfig(max_new_tokens=24))
-        right += row["gold"].lower() in answer.answer.lower()
+        for answer in lab.answers.compare(question, ["base", "finetuned"], adapter=adapter,
+                                          config=GenerationConfig(max_new_tokens=24)):
+            right[answer.variant] += row["gold"].lower() in answer.answer.lower()
     return right
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One adapter trained on the facts through the CLI (its own process), shared by the tests below."""
+    """One adapter trained on the facts through the CLI's main() (the job runs in its own process), shared by the
+    tests below. (`python -m core train` as its own process is in the Ctrl-C test.)"""
     data_dir = tmp_path_factory.mktemp("finetune") / "data"
-    imported = run_cli(["dataset", "import", str(FACTS), "--name", "facts", "--validation", "0", "--test", "0",
+    imported = cli_here(["dataset", "import", str(FACTS), "--name", "facts", "--validation", "0", "--test", "0",
                         "--json"], data_dir)
     assert imported.returncode == 0, imported.stderr
     # The Quick preset as a user gets it (12 examples at batch 4 for 10 epochs: 30 steps, about a minute here).
-    done = run_cli(["train", "--dataset", "facts", "--preset", "quick", "--adapter", "facts-lora", "--json"],
-                   data_dir, timeout=900)
+    done = cli_here(["train", "--dataset", "facts", "--preset", "quick", "--adapter", "facts-lora", "--json"],
+                    data_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["state"] == "completed" and result["adapter"] == "facts-lora"
@@ -54,7 +57,8 @@ def trained(tmp_path_factory):
 def test_fine_tuned_model_answers_facts_the_base_model_does_not_know(trained):
     lab, result = trained
     assert result["result"]["train_loss"] < 0.5, result["result"]
-    base, tuned = correct(lab, "base"), correct(lab, "finetuned", "facts-lora")
+    right = correct(lab, "facts-lora")
+    base, tuned = right["base"], right["finetuned"]
     print(f"facts answered: base {base}/12, fine-tuned {tuned}/12")
     assert base <= 1 and tuned >= 10
 
@@ -264,36 +268,6 @@ def test_a_run_whose_validation_loss_stops_improving_stops_early(lab):
     assert info["complete"] is True and info["steps"] == result["steps"]
 
 
-def test_cancel_keeps_a_usable_adapter_and_resume_finishes(lab):
-    lab.datasets.import_file(FACTS, "facts", validation=0.2, test=0)
-    settings = lab.training.preset("quick", max_steps=14, batch_size=2, eval_every=4)
-    first = lab.training.start("facts", settings, adapter="cut-short")
-    second = lab.training.start("facts", settings, adapter="waits")
-    # One job per device: the second waits, visibly, for the first.
-    deadline = time.time() + 300
-    while lab.jobs.get(second["id"]).get("waiting_for") != first["id"]:
-        assert time.time() < deadline and lab.jobs.get(second["id"])["state"] == "queued"
-        time.sleep(0.5)
-    assert lab.jobs.cancel(second["id"]) and lab.jobs.wait(second["id"])["state"] == "cancelled"
-    while (lab.jobs.get(first["id"]).get("step") or 0) < 3:
-        assert time.time() < deadline and lab.jobs.get(first["id"])["state"] in ("queued", "running")
-        time.sleep(0.5)
-    lab.jobs.cancel(first["id"])
-    stopped = lab.jobs.wait(first["id"])
-    assert stopped["state"] == "cancelled" and stopped["adapter"] == "cut-short", stopped.get("error")
-    info = lab.adapters.info("cut-short")
-    assert info["complete"] is False and 3 <= info["steps"] < 14
-    assert lab.answers.ask("Who founded the Zorblat Institute?", "finetuned", adapter="cut-short",
-                   config=GenerationConfig(max_new_tokens=8)).answer  # the checkpoint loads and answers
-    lab.jobs.resume(first["id"])
-    finished = lab.jobs.wait(first["id"])
-    assert finished["state"] == "completed", finished.get("error")
-    assert lab.adapters.names() == ["cut-short"]  # the resumed run replaced its own earlier adapter
-    info = lab.adapters.info("cut-short")
-    assert info["complete"] is True and info["steps"] == 14
-    assert info["history"]["train"][0][0] > 3  # continued from the checkpoint, not from step 1
-
-
 def test_a_failing_job_fails_alone_with_its_reason(lab):
     lab.datasets.import_file(FACTS, "facts", validation=0, test=0)
     settings = lab.training.preset("quick", max_steps=2, target_modules="no_such_proj")
@@ -438,26 +412,51 @@ def test_attached_adapters_stay_off_for_direct_calls(trained):
     assert torch.allclose(direct, base, atol=1e-5)
 
 
-def test_ctrl_c_on_the_cli_cancels_the_job_and_keeps_a_checkpoint(lab):
-    """Ctrl-C stops the training (not just the watching); the job keeps its last step as an adapter."""
+def test_ctrl_c_cancels_the_job_which_keeps_a_usable_adapter_and_resume_finishes(lab):
+    """Ctrl-C on `python -m core train` (its own process, as a user runs it) stops the training, not just the
+    watching, and the job keeps its last checkpoint as an adapter that loads and answers. Meanwhile a second job
+    waits for the device, visibly, and is cancelled the way the app's Cancel button does it. Resuming the first
+    continues from its checkpoint and finishes."""
     import signal
     import subprocess
     import sys
 
     from conftest import subprocess_env
 
-    lab.datasets.import_file(FACTS, "facts", validation=0, test=0)
+    lab.datasets.import_file(FACTS, "facts", validation=0.2, test=0)
     process = subprocess.Popen(
-        [sys.executable, "-m", "core", "train", "--dataset", "facts", "--max-steps", "40", "--adapter", "stopped"],
+        [sys.executable, "-m", "core", "train", "--dataset", "facts", "--max-steps", "14", "--batch-size", "2",
+         "--eval-every", "4", "--adapter", "cut-short"],
         cwd=ROOT, env=subprocess_env(lab.settings.data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while not any((j.get("step") or 0) >= 2 for j in lab.jobs.list()):
+    while not lab.jobs.names():
+        assert time.time() < deadline and process.poll() is None, process.stderr.read() if process.poll() else ""
+        time.sleep(0.2)
+    [first] = lab.jobs.names()
+    settings = lab.training.preset("quick", max_steps=14, batch_size=2, eval_every=4)
+    second = lab.training.start("facts", settings, adapter="waits")
+    # One job per device: the second waits, visibly, for the first.
+    while lab.jobs.get(second["id"]).get("waiting_for") != first:
+        assert time.time() < deadline and lab.jobs.get(second["id"])["state"] == "queued"
+        time.sleep(0.5)
+    assert lab.jobs.cancel(second["id"]) and lab.jobs.wait(second["id"])["state"] == "cancelled"
+    while (lab.jobs.get(first).get("step") or 0) < 3:
         assert time.time() < deadline and process.poll() is None, process.stderr.read() if process.poll() else ""
         time.sleep(0.5)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err[-2000:]
-    assert "cancelling" in err and out.startswith("cancelled: adapter stopped")
-    [job] = lab.jobs.list()
-    assert job["state"] == "cancelled"
-    assert 2 <= lab.adapters.info("stopped")["steps"] < 40 and lab.adapters.info("stopped")["complete"] is False
+    assert "cancelling" in err and out.startswith("cancelled: adapter cut-short")
+    stopped = lab.jobs.get(first)
+    assert stopped["state"] == "cancelled" and stopped["adapter"] == "cut-short", stopped.get("error")
+    info = lab.adapters.info("cut-short")
+    assert info["complete"] is False and 3 <= info["steps"] < 14
+    assert lab.answers.ask("Who founded the Zorblat Institute?", "finetuned", adapter="cut-short",
+                           config=GenerationConfig(max_new_tokens=8)).answer  # the checkpoint loads and answers
+    lab.jobs.resume(first)
+    finished = lab.jobs.wait(first)
+    assert finished["state"] == "completed", finished.get("error")
+    assert lab.adapters.names() == ["cut-short"]  # the resumed run replaced its own earlier adapter
+    info = lab.adapters.info("cut-short")
+    assert info["complete"] is True and info["steps"] == 14
+    assert info["history"]["train"][0][0] > 3  # continued from the checkpoint, not from step 1

@@ -105,3 +105,38 @@ def test_core_never_imports_gradio():
     code = "import core.lab, core.cli, core.ingest, core.generation, sys; print('gradio' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_the_embedder_gives_the_library_s_vectors(lab, tmp_path):
+    """core/embedder.py runs the bundled model on transformers directly: the vectors sentence-transformers gives (so a
+    store filled by either is searched by the other), and a layout it does not know goes to the library."""
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    from core.embedder import TransformerEmbedder, load
+
+    texts = ["Who founded the Zorblat Institute?", "  padded with spaces  ", "x", "Leave " * 400, "", "日本語の文"]
+    ours = lab.models.embedder
+    assert isinstance(ours, TransformerEmbedder) and ours.max_seq_length == 256
+    library = SentenceTransformer(str(bundled_embedder_dir()), device="cpu")
+    for batch_size in (2, 32):
+        got = ours.encode(texts, batch_size=batch_size, normalize_embeddings=True)
+        expected = library.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+        assert got.shape == expected.shape == (6, 384) and abs(got - expected).max() < 1e-5
+    assert ours.encode("one").shape == (384,)
+
+    # A model that lowercases in sentence-transformers' own step is not the plain layout: the library runs it.
+    other = tmp_path / "lowercasing"
+    shutil.copytree(bundled_embedder_dir(), other)
+    (other / "sentence_bert_config.json").write_text('{"max_seq_length": 128, "do_lower_case": true}')
+    fallback = load(str(other), "cpu")
+    assert isinstance(fallback, SentenceTransformer) and fallback.max_seq_length == 128
+
+
+def test_searching_from_the_cli_does_not_import_sentence_transformers(tmp_path):
+    code = ("import sys; from core.config import load_settings; from core.models import load_embedder; "
+            "load_embedder(load_settings()).encode(['x']); print('sentence_transformers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "LAB_DATA_DIR": str(tmp_path)})
+    assert done.stdout.strip() == "False", done.stderr[-2000:]
