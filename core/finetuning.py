@@ -33,7 +33,11 @@ class Training:
         lengths = [min(r["prompt_tokens"] + r["answer_tokens"], settings.max_length)
                    for r in (render(e, tokenizer) for e in train)]
         config = AutoConfig.from_pretrained(resolve_base_model(self.settings.base_model, self.settings))
-        return estimate(config, sum(lengths), len(train), settings, self.settings.resolved_device, max(lengths))
+        plan = estimate(config, sum(lengths), len(train), settings, self.settings.resolved_device, max(lengths))
+        # What to change when it does not fit: the same words before a run (here and in start) and on an OOM.
+        plan["advice"] = None if plan["fits"] else memory_advice(settings, plan["quantized_4bit"],
+                                                                 plan["memory_parts_gb"])
+        return plan
 
     def start(self, dataset: str, settings: TrainSettings, adapter: str | None = None, processes: int = 1) -> dict:
         """Check, estimate, and launch a fine-tune in its own process; returns the job (poll jobs.get).
@@ -49,7 +53,7 @@ class Training:
             raise InputError(
                 f"this fine-tune needs about {plan['memory_gb']} GB but {plan['available_gb']} GB is free "
                 f"({' + '.join(f'{k} {v} GB' for k, v in plan['memory_parts_gb'].items())}): "
-                f"{memory_advice(settings, plan['quantized_4bit'], plan['memory_parts_gb'])}", subject=dataset)
+                f"{plan['advice']}", subject=dataset)
         name = self.adapters.free_name(adapter or f"{dataset}-{settings.preset}")
         job_id = self.jobs.start({"dataset": dataset, "settings": settings.to_dict(), "adapter": name,
                                   "base_model": self.settings.base_model, "device": self.settings.device,
@@ -58,16 +62,17 @@ class Training:
 
     def export_merged(self, name: str, folder: str | Path) -> Path:
         """The base model with the adapter merged in, saved as a full-precision model folder (loadable with plain
-        transformers, no peft). Refused for adapters trained on a 4-bit base: merging into quantized weights loses
-        what the adapter learned."""
+        transformers, no peft). Refused for adapters trained on a 4-bit base: they learned to correct the 4-bit
+        weights, so merged into the full-precision ones they would answer differently from what was evaluated."""
         import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         info = self.adapters.info(name)
         if info.get("quantized_4bit"):
-            raise InputError("trained on a 4-bit base model: export the adapter zip instead of a merged model",
-                             subject=name)
+            raise InputError("trained on a 4-bit base model: it learned to correct the 4-bit weights, so merged "
+                             "into the full-precision model it would answer differently from what you evaluated; "
+                             "export the adapter zip instead and load it on the 4-bit base", subject=name)
         target = Path(folder)
         if target.exists() and any(target.iterdir()):
             raise InputError("the folder exists and is not empty", subject=str(target))

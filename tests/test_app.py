@@ -444,7 +444,7 @@ def test_browser_fine_tune_survives_a_page_refresh_and_feeds_compare(app_server,
     page.get_by_text("Advanced").click()
     set_number(page, "#ft-epochs input", "2")
     page.locator("#ft-estimate").click()
-    wait_for_text(page, "ft-plan", "min for", "fits")
+    wait_for_text(page, "ft-plan", "min for", "fits", "weights", "activations")  # the memory it adds up
     page.locator("#ft-adapter-name textarea, #ft-adapter-name input").first.fill("ui-lora")
     page.locator("#ft-start").click()
     wait_for_text(page, "ft-job-status", "ui-lora")

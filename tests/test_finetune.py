@@ -88,7 +88,8 @@ def test_merged_export_answers_like_the_adapter_without_peft(trained, tmp_path):
     meta = json.loads((lab.adapters.path("facts-lora") / "lab_adapter.json").read_text())
     lab.adapters.add("facts-4bit", lab.adapters.path("facts-lora"), {**meta, "quantized_4bit": True})
     try:
-        with pytest.raises(InputError, match="trained on a 4-bit base model: export the adapter zip"):
+        with pytest.raises(InputError, match="trained on a 4-bit base model: .*answer differently .*export the "
+                                             "adapter zip instead"):
             lab.training.export_merged("facts-4bit", tmp_path / "refused")
         assert not (tmp_path / "refused").exists()
     finally:
@@ -298,6 +299,11 @@ def test_estimate_refuses_what_cannot_fit(lab, tmp_path):
     huge = lab.training.preset("quick", batch_size=batch, max_length=32768)
     plan = lab.training.estimate("long", huge)
     assert plan["memory_gb"] > 2 * plan["available_gb"] and not plan["fits"], plan
+    assert small["advice"] is None and "lower the batch size (now" in plan["advice"]  # activations dominate
+    shown = cli_here(["train", "--dataset", "long", "--batch-size", str(batch), "--max-length", "32768", "--estimate"],
+                     lab.settings.data_dir)
+    assert shown.returncode == 1 and "does NOT fit: lower the batch size" in shown.stdout, shown.stdout
+    assert "activations" in shown.stdout and "weights" in shown.stdout  # the memory it adds up
     with pytest.raises(InputError, match=r"needs about [\d.]+ GB but [\d.]+ GB is free"):
         lab.training.start("long", huge)
     assert lab.jobs.names() == []  # refused before any job was written

@@ -151,9 +151,10 @@ class FineTuneHandlers:
             raise gr.Error("Import or pick a dataset first.")
         with user_errors():
             result = lab.training.estimate(name, self.settings_from(preset_name, values))
-        verdict = "fits" if result["fits"] else "**does not fit**"
+        verdict = "fits" if result["fits"] else f"**does not fit**: {result['advice']}"
+        parts = " + ".join(f"{part} {gb} GB" for part, gb in result["memory_parts_gb"].items())
         return (f"About **{result['minutes']} min** for {result['steps']} steps; needs ~{result['memory_gb']} GB "
-                f"of {result['available_gb']} GB free ({verdict}); "
+                f"({parts}) of {result['available_gb']} GB free ({verdict}); "
                 f"{'4-bit QLoRA' if result['quantized_4bit'] else 'full-precision LoRA'}, "
                 f"{result['lora_parameters'] / 1e6:.1f}M trainable parameters.")
 
