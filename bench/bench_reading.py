@@ -1,0 +1,241 @@
+"""Answer quality on reading sets with known answers: does RAG read what it retrieved?
+
+    .venv/bin/python bench/bench_reading.py [--set shared_pdfs,demo] [--split tune|heldout|all]
+                                            [--configs app,oracle,k1,...] [--limit N] [--data-dir DIR]
+
+For each answerable question it records where retrieval put the passage holding the answer, then has the bundled
+model answer under each configuration, questions batched through the engine's own decoder (core.generation):
+  app      what the app does today: its retrieval, its prompt (core.variants), its settings' top_k and answer length
+  oracle   the ceiling: the same prompt with only the passage that holds the answer (the best-ranked one)
+  base     no passages
+  and the candidate configurations in CONFIGS (number and order of passages, prompt, stopping, repetition).
+Printed per set and configuration: the answer rate (the gold span in the answer), the rate where the answer's
+passage was among those shown, the ratio to the oracle there, answer length, how often the answer ran to the token
+limit or looped, seconds per answer, and for the unanswerable questions how often the answer says so (refusals).
+
+Sets: bench/reading_sets/*.jsonl (questions written from ../shared/data/pdfs, with answerable and unanswerable
+items, split into `tune` and `heldout`; tune on `tune` only) and `demo` (assets/demo, 16 questions).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("LAB_MODEL_CACHE", str(ROOT / ".cache" / "models"))
+
+import core  # noqa: E402,F401
+from core.config import load_settings  # noqa: E402
+from core.generation import GenerationConfig, RowDone, stream_chat  # noqa: E402
+from core.lab import Lab  # noqa: E402
+from core.metrics import contains, normalise  # noqa: E402
+from core.retrieval import relevant  # noqa: E402
+from core.variants import VARIANTS  # noqa: E402
+
+SETS = ROOT / "bench" / "reading_sets"
+PDFS = ROOT.parent / "shared" / "data" / "pdfs"
+BATCH = 8  # questions decoded together
+
+
+@dataclass(frozen=True)
+class Config:
+    """How the model is shown the passages and asked. `passages`: how many retrieved passages (0: none; None: the
+    app's relevant() filter over its top_k); `oracle`: only the passage that holds the answer."""
+    name: str
+    passages: int | None = None
+    oracle: bool = False
+    best_last: bool = False  # the best passage nearest the question
+    system: str | None = None  # None: the app's RAG prompt
+    generation: dict = field(default_factory=dict)
+
+
+CONFIGS = {c.name: c for c in [
+    Config("app"),
+    Config("oracle", oracle=True),
+    Config("base", passages=0),
+    Config("k1", passages=1),
+    Config("k2", passages=2),
+    Config("k2-best-last", passages=2, best_last=True),
+    Config("k4-best-last", passages=4, best_last=True),
+]}
+
+
+@dataclass
+class Item:
+    set: str
+    id: str
+    question: str
+    answer: str
+    files: list[Path]
+    answerable: bool = True
+    split: str = "tune"
+
+
+def load_sets(names: list[str], split: str) -> dict[str, list[Item]]:
+    out: dict[str, list[Item]] = {}
+    for name in names:
+        if name == "demo":
+            demo = ROOT / "assets" / "demo"
+            with open(demo / "qa.csv", newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            docs = sorted(p for p in demo.glob("*.md") if p.name != "README.md")
+            items = [Item("demo", f"demo-{i}", r["question"], r["answer"], docs,
+                          split="tune" if i % 2 == 0 else "heldout") for i, r in enumerate(rows)]
+        else:
+            path = SETS / f"{name}.jsonl"
+            if not PDFS.exists():
+                print(f"skipping {name}: {PDFS} is not there")
+                continue
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            files = sorted({PDFS / r["file"] for r in rows if r.get("file")})
+            items = [Item(name, r["id"], r["question"], r["answer"], files, r.get("kind", "answer") == "answer",
+                          r.get("split", "tune")) for r in rows]
+        out[name] = [i for i in items if split == "all" or i.split == split]
+    return out
+
+
+def holds(text: str, answer: str) -> bool:
+    return bool(answer) and normalise(answer) in normalise(text)
+
+
+def refuses(answer: str) -> bool:
+    """An answer that says the passages or documents do not hold it."""
+    return bool(re.search(r"(do(es)?n[o']?t|not) (contain|mention|say|provide|include|specify|state)|"
+                          r"no (information|mention)|not (found|available|in the (passages|documents))|"
+                          r"(cannot|can't|unable to) (find|answer|determine)|I don'?t know", answer, re.I))
+
+
+def loops(text: str, n: int = 4, times: int = 3) -> bool:
+    """The same n words three times or more: the model went round in circles."""
+    words = text.lower().split()
+    seen: dict[tuple, int] = {}
+    for i in range(len(words) - n + 1):
+        gram = tuple(words[i:i + n])
+        seen[gram] = seen.get(gram, 0) + 1
+        if seen[gram] >= times:
+            return True
+    return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--set", default="shared_pdfs,demo")
+    parser.add_argument("--split", default="tune", choices=["tune", "heldout", "all"])
+    parser.add_argument("--configs", default="app,oracle,base,k1,k2")
+    parser.add_argument("--limit", type=int, default=0, help="the first N questions of each set")
+    parser.add_argument("--max-new-tokens", type=int, default=0, help="override every config's answer length")
+    parser.add_argument("--data-dir", type=Path, default=None, help="reuse a data folder (its ingested documents)")
+    parser.add_argument("--out", type=Path, default=None, help="write every answer here (JSON lines)")
+    args = parser.parse_args()
+
+    settings = load_settings(data_dir=args.data_dir or Path(tempfile.mkdtemp(prefix="reading-")))
+    lab = Lab(settings)
+    generator = lab.models.generator
+    configs = [CONFIGS[name] for name in args.configs.split(",")]
+    sets = load_sets(args.set.split(","), args.split)
+    print(f"model {settings.base_model} on {settings.resolved_device}; top_k {settings.top_k}, "
+          f"min_score {settings.min_score}, max_new_tokens {settings.max_new_tokens}")
+    out = open(args.out, "w") if args.out else None
+    rows = []
+    for set_name, items in sets.items():
+        if args.limit:
+            items = items[:args.limit]
+        kb = f"reading-{set_name}".replace("_", "-")
+        if kb not in lab.kbs.names():
+            lab.kbs.ingest(items[0].files, kb)
+        searched = {i.id: lab.kbs.search(i.question, kb, 20)[0] for i in items}
+        for config in configs:
+            rows.append(run_config(lab, generator, set_name, kb, items, searched, config, args, out))
+    if out:
+        out.close()
+    print_table(rows)
+
+
+def passages_for(item: Item, hits: list, config: Config, top_k: int, min_score: float) -> list:
+    if config.oracle:
+        holding = [h for h in hits if holds(h.text, item.answer)]
+        return holding[:1]
+    if config.passages == 0:
+        return []
+    shown = relevant(hits[:top_k], min_score) if config.passages is None else hits[:config.passages]
+    return list(reversed(shown)) if config.best_last else shown
+
+
+def run_config(lab, generator, set_name, kb, items, searched, config: Config, args, out) -> dict:
+    settings = lab.settings
+    generation = GenerationConfig(max_new_tokens=args.max_new_tokens or settings.max_new_tokens)
+    generation = replace(generation, **config.generation)
+    variant = VARIANTS["base" if config.passages == 0 else "rag"]
+    todo = []
+    for item in items:
+        hits = searched[item.id]
+        shown = passages_for(item, hits, config, settings.top_k, settings.min_score)
+        if config.oracle and not shown:
+            continue  # no passage holds the answer: no ceiling to measure
+        todo.append((item, shown, variant.messages(item.question, shown, config.system)))
+    answers: dict[str, tuple[str, object]] = {}
+    started = time.perf_counter()
+    for start in range(0, len(todo), BATCH):
+        batch = todo[start:start + BATCH]
+        for event in stream_chat(generator, [m for _, _, m in batch], generation):
+            if isinstance(event, RowDone):
+                answers[batch[event.row][0].id] = (event.text.strip(), event.stats)
+    seconds = time.perf_counter() - started
+    right, right_shown, shown_count, refused, refused_wrongly, lengths, at_limit, looped = ([] for _ in range(8))
+    for item, shown, _ in todo:
+        text, stats = answers[item.id]
+        lengths.append(stats.new_tokens)
+        at_limit.append(stats.new_tokens >= generation.max_new_tokens)
+        looped.append(loops(text))
+        if item.answerable:
+            ok = contains(text, item.answer) > 0
+            right.append(ok)
+            if any(holds(h.text, item.answer) for h in shown):
+                right_shown.append(ok)
+            refused_wrongly.append(refuses(text))
+        else:
+            refused.append(refuses(text))
+        if out:
+            out.write(json.dumps({"set": set_name, "config": config.name, "id": item.id, "question": item.question,
+                                  "gold": item.answer, "answer": text, "tokens": stats.new_tokens,
+                                  "shown": [h.chunk_id for h in shown]}) + "\n")
+    return {"set": set_name, "config": config.name, "answered": _rate(right), "n": len(right),
+            "when_shown": _rate(right_shown), "n_shown": len(right_shown),
+            "tokens": statistics.mean(lengths) if lengths else 0.0, "at_limit": _rate(at_limit),
+            "looped": _rate(looped), "s_per_answer": seconds / max(1, len(todo)),
+            "refused_unanswerable": _rate(refused), "n_unanswerable": len(refused),
+            "refused_answerable": _rate(refused_wrongly)}
+
+
+def _rate(values: list) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def print_table(rows: list[dict]) -> None:
+    def pct(value):
+        return "   -" if value is None else f"{100 * value:4.0f}%"
+
+    oracle = {r["set"]: r["when_shown"] for r in rows if r["config"] == "oracle"}
+    print(f"\n{'set':12} {'config':14} {'answered':>12} {'when shown':>12} {'/oracle':>7} {'tokens':>6} "
+          f"{'at limit':>8} {'looped':>6} {'s/ans':>6} {'refused: no answer':>19} {'with answer':>11}")
+    for r in rows:
+        ceiling = oracle.get(r["set"])
+        ratio = f"{r['when_shown'] / ceiling:7.2f}" if ceiling and r["when_shown"] is not None else "      -"
+        print(f"{r['set']:12} {r['config']:14} {pct(r['answered'])} of {r['n']:3d} {pct(r['when_shown'])} of "
+              f"{r['n_shown']:3d} {ratio} {r['tokens']:6.1f} {pct(r['at_limit']):>8} {pct(r['looped']):>6} "
+              f"{r['s_per_answer']:6.2f} {pct(r['refused_unanswerable']):>12} of {r['n_unanswerable']:3d} "
+              f"{pct(r['refused_answerable']):>11}")
+
+
+if __name__ == "__main__":
+    main()
