@@ -20,6 +20,14 @@ def dataset_choices(lab: Lab | None) -> list[str]:
     return lab.datasets.names() if lab else []
 
 
+def dataset_to_show(lab: Lab | None, shown: str | None = None) -> str | None:
+    """The dataset a page shows: the one shown if it still exists, else the newest made."""
+    names = dataset_choices(lab)
+    if shown in names:
+        return shown
+    return max(names, key=lambda name: lab.datasets.info(name).created) if names else None
+
+
 def adapter_choices(lab: Lab | None) -> list[str]:
     return lab.adapters.names() if lab else []
 

@@ -10,7 +10,7 @@ import gradio as gr
 from core.errors import LabError
 from core.lab import Lab
 from core.training import PRESETS, TrainSettings
-from ui.choices import adapter_choices, dataset_choices, job_choices
+from ui.choices import adapter_choices, dataset_choices, dataset_to_show, job_choices
 from ui.formatting import escape_plain, user_errors
 from ui.settings_form import settings_fields, values_of
 from ui.workspace import LabOf
@@ -210,16 +210,17 @@ class FineTuneHandlers:
             lab.adapters.delete(name)
         return adapters_after(lab, f"**Deleted** · {escape_plain(name)}.")
 
-    def reattach(self, current, request: gr.Request):
+    def reattach(self, current, shown_dataset, request: gr.Request):
         """A page opened (or refreshed) mid-training re-attaches: the newest active job, else the one shown, else
-        the newest; the timer runs again while that job is active."""
+        the newest; the timer runs again while that job is active. The dataset shown stays, else the newest."""
         lab = self.lab_of(request)
+        datasets, dataset = dataset_choices(lab), dataset_to_show(lab, shown_dataset)
         listed = lab.jobs.list()
         active = [j["id"] for j in listed if j["state"] in ACTIVE]
         known = [j["id"] for j in listed]
         chosen = (active or [current if current in known else None] or [None])[0] or (known or [None])[0]
         return (gr.update(choices=job_choices(lab), value=chosen), *job_updates(lab, chosen)[:4],
-                gr.update(choices=dataset_choices(lab)), adapter_rows(lab), gr.update(choices=adapter_choices(lab)),
+                gr.update(choices=datasets, value=dataset), adapter_rows(lab), gr.update(choices=adapter_choices(lab)),
                 gr.update(choices=lab.kbs.names()))
 
 
@@ -270,8 +271,7 @@ def build(lab_of: LabOf) -> None:
                     gen_share = gr.Number(0.8, label="RAFT share with the answering passage", minimum=0, maximum=1)
                 generate_button = gr.Button("Generate", elem_id="ft-generate")
             data_status = gr.Markdown(elem_id="ft-data-status")
-            datasets = dataset_choices(first)
-            dataset = gr.Dropdown(choices=datasets, value=(datasets or [None])[-1],
+            dataset = gr.Dropdown(choices=dataset_choices(first), value=dataset_to_show(first),
                                   label="Dataset", elem_id="ft-dataset", allow_custom_value=True)
             preview = gr.Markdown(elem_id="ft-preview")
         with gr.Accordion("2. Settings", open=True):
@@ -334,6 +334,6 @@ def build(lab_of: LabOf) -> None:
         rename_button.click(handlers.rename_adapter, adapter_inputs, adapter_outputs, api_name="rename_adapter")
         export_button.click(handlers.export_adapter, adapter_inputs, adapter_outputs, api_name="export_adapter")
         delete_button.click(handlers.delete_adapter, adapter_inputs, adapter_outputs, api_name="delete_adapter")
-        tab.select(handlers.reattach, [job], [job, job_status, loss_chart, log_tail, timer, dataset, adapters_table,
+        tab.select(handlers.reattach, [job, dataset], [job, job_status, loss_chart, log_tail, timer, dataset, adapters_table,
                                               adapter_pick, gen_kb],
                    api_visibility="private")
