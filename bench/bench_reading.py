@@ -59,14 +59,23 @@ class Config:
     generation: dict = field(default_factory=dict)
 
 
+# A candidate reading prompt: the answer first and briefly, and a plain sentence when the passages lack it.
+BRIEF = ("Answer the question from the passages of the user's documents. Reply with one short sentence that starts "
+         "with the answer. If the passages do not contain the answer, reply: The documents do not say.")
+
 CONFIGS = {c.name: c for c in [
     Config("app"),
+    Config("app-no-loop-stop", generation={"stop_loops": False}),
     Config("oracle", oracle=True),
     Config("base", passages=0),
     Config("k1", passages=1),
     Config("k2", passages=2),
     Config("k2-best-last", passages=2, best_last=True),
     Config("k4-best-last", passages=4, best_last=True),
+    Config("oracle-brief", oracle=True, system=BRIEF),
+    Config("k1-brief", passages=1, system=BRIEF),
+    Config("k2-best-last-brief", passages=2, best_last=True, system=BRIEF),
+    Config("k3-best-last-brief", passages=3, best_last=True, system=BRIEF),
 ]}
 
 
@@ -154,6 +163,7 @@ def main() -> None:
         if kb not in lab.kbs.names():
             lab.kbs.ingest(items[0].files, kb)
         searched = {i.id: lab.kbs.search(i.question, kb, 20)[0] for i in items}
+        print_retrieval(set_name, items, searched, settings.top_k)
         for config in configs:
             rows.append(run_config(lab, generator, set_name, kb, items, searched, config, args, out))
     if out:
@@ -215,6 +225,28 @@ def run_config(lab, generator, set_name, kb, items, searched, config: Config, ar
             "looped": _rate(looped), "s_per_answer": seconds / max(1, len(todo)),
             "refused_unanswerable": _rate(refused), "n_unanswerable": len(refused),
             "refused_answerable": _rate(refused_wrongly)}
+
+
+def print_retrieval(set_name: str, items: list[Item], searched: dict, top_k: int) -> None:
+    """Where the answer's passage ranked, and how the best passage's similarity separates questions the documents
+    answer from those they do not (what a "not in your documents" threshold would get right and wrong)."""
+    ranks = []
+    for item in (i for i in items if i.answerable):
+        hits = searched[item.id]
+        ranks.append(next((n for n, h in enumerate(hits, 1) if holds(h.text, item.answer)), None))
+    found = lambda k: sum(r is not None and r <= k for r in ranks)  # noqa: E731
+    print(f"\n{set_name}: the answer's passage is retrieved first for {found(1)}/{len(ranks)}, in the top 2 for "
+          f"{found(2)}, top {top_k} for {found(top_k)}, top 20 for {found(20)}")
+    best = {True: [], False: []}
+    for item in items:
+        hits = searched[item.id]
+        best[item.answerable].append(max((h.score for h in hits), default=0.0))
+    if best[False]:
+        print("  threshold on the best similarity: answerable questions refused / unanswerable ones refused")
+        for threshold in (0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6):
+            wrong = sum(b < threshold for b in best[True]) / max(1, len(best[True]))
+            right = sum(b < threshold for b in best[False]) / max(1, len(best[False]))
+            print(f"  {threshold:.2f}: {100 * wrong:4.0f}% / {100 * right:4.0f}%")
 
 
 def _rate(values: list) -> float | None:

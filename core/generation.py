@@ -18,6 +18,10 @@ class GenerationConfig:
     top_p: float = 0.9
     repetition_penalty: float = 1.0  # >1 made the small model paraphrase away from the passages
     min_new_tokens: int = 0  # benchmarks set it to compare answers of equal length
+    # A small model can go round in circles ("a stereoisomer of the ring that is a stereoisomer of the ring ...")
+    # until the token limit: stop a row when its newest LOOP_NGRAM tokens occur for the LOOP_TIMES-th time, and
+    # keep the answer up to where the repetition began. 0 turns it off (benchmarks of equal length).
+    stop_loops: bool = True
     seed: int | None = None  # with temperature > 0: the same seed gives the same sample
 
     def checked(self) -> "GenerationConfig":
@@ -220,6 +224,11 @@ class _Decoder:
         stats.new_tokens += 1
         if stats.ttft_s is None:
             stats.ttft_s = now
+        if self.config.stop_loops and stats.new_tokens >= self.config.min_new_tokens and \
+                (cut := loop_start(self.ids[row])) is not None:
+            del self.ids[row][cut:]
+            yield self._finish(row, now, looped=True)
+            return
         text = self.tokenizer.decode(self.ids[row], skip_special_tokens=True)
         if not text.endswith("\ufffd") and len(text) > len(self.texts[row]):  # not half a multi-byte character
             delta, self.texts[row] = text[len(self.texts[row]):], text
@@ -227,11 +236,29 @@ class _Decoder:
         if stats.new_tokens >= self.config.max_new_tokens:
             yield self._finish(row, now)
 
-    def _finish(self, row: int, when: float) -> RowDone:
+    def _finish(self, row: int, when: float, looped: bool = False) -> RowDone:
         stats = self.stats[row]
         stats.total_s, stats.done = when, True
-        self.texts[row] = self.tokenizer.decode(self.ids[row], skip_special_tokens=True)  # incl. a held-back tail
-        return RowDone(row, self.texts[row], stats)
+        text = self.tokenizer.decode(self.ids[row], skip_special_tokens=True)  # incl. a held-back tail
+        if looped:  # end on the last whole line or sentence, where one ends in the second half
+            text = text.rstrip()
+            end = max(text.rfind("\n"), text.rfind(". ") + 1 if ". " in text else -1)
+            text = text[:end].rstrip() if end > len(text) // 2 else text
+        self.texts[row] = text
+        return RowDone(row, text, stats)
+
+
+LOOP_NGRAM, LOOP_TIMES = 6, 3
+
+
+def loop_start(ids: list[int], n: int = LOOP_NGRAM, times: int = LOOP_TIMES) -> int | None:
+    """Where to cut a reply whose newest n tokens occur for the `times`-th time: at its second occurrence (the
+    first copy and what led to it stay). None while the reply is not looping."""
+    if len(ids) < n * times:
+        return None
+    gram = ids[-n:]
+    starts = [i for i in range(len(ids) - n + 1) if ids[i:i + n] == gram]
+    return starts[1] if len(starts) >= times else None
 
 
 class _TokenPicker:

@@ -2,7 +2,7 @@
 import pytest
 
 from core.errors import InputError, LabError
-from core.generation import GenerationConfig
+from core.generation import GenerationConfig, RowDone, loop_start, stream_chat
 
 SHORT = GenerationConfig(max_new_tokens=40)
 
@@ -97,3 +97,28 @@ def test_closing_a_stream_stops_generation_and_frees_the_model(lab):
     stream.close()  # what Gradio does when a user cancels or leaves
     next_answer = lab.answers.ask("Hi", "base", config=GenerationConfig(max_new_tokens=4))
     assert next_answer.answer and time.perf_counter() - t0 < 10  # not ~40 s of the abandoned 400 tokens
+
+
+def test_loop_start_cuts_at_the_second_copy_of_a_thrice_repeated_run():
+    assert loop_start(list(range(40))) is None
+    assert loop_start([1, 2, 3, 4, 5, 6] * 2) is None  # twice is not yet a loop
+    assert loop_start([1, 2, 3, 4, 5, 6, 9] * 2 + [1, 2, 3, 4, 5, 6]) == 7  # the first copy and its tail stay
+
+
+def test_an_answer_that_goes_round_in_circles_stops_where_the_loop_began(lab):
+    """The bundled model lists the same made-up compound over and over until the token limit; with the loop stop
+    (the default) it ends after the first copy, on a whole line, having spent fewer tokens."""
+    generator = lab.models.generator
+    conversation = [[{"role": "user", "content": "List the chemical stereoisomers of the ring."}]]
+
+    def reply(stop_loops: bool) -> RowDone:
+        config = GenerationConfig(max_new_tokens=96, stop_loops=stop_loops)
+        return next(e for e in stream_chat(generator, conversation, config) if isinstance(e, RowDone))
+
+    plain, stopped = reply(False), reply(True)
+    if loop_start(generator.tokenizer(plain.text, add_special_tokens=False)["input_ids"]) is None:
+        pytest.skip(f"on {generator.device} this prompt does not loop: {plain.text!r}")  # measured: it does on CPU
+    assert GenerationConfig().stop_loops is True
+    assert stopped.stats.new_tokens < plain.stats.new_tokens == 96
+    assert plain.text.startswith(stopped.text) and plain.text[len(stopped.text)] == "\n", stopped.text
+    assert loop_start(generator.tokenizer(stopped.text, add_special_tokens=False)["input_ids"]) is None

@@ -42,8 +42,8 @@ def test_joint_decode_gives_what_separate_generate_calls_give(lab):
         [{"role": "user", "content": "Summarise this in one line: " + "the river floods every spring. " * 40}],
         [{"role": "user", "content": "Name three colours."}],
     ]
-    together = {e.row: e for e in stream_chat(generator, conversations, GenerationConfig(max_new_tokens=20))
-                if isinstance(e, RowDone)}
+    plain = GenerationConfig(max_new_tokens=20, stop_loops=False)  # `generate` has no loop stop
+    together = {e.row: e for e in stream_chat(generator, conversations, plain) if isinstance(e, RowDone)}
     for row, conversation in enumerate(conversations):
         encoded = generator.tokenizer.apply_chat_template(conversation, add_generation_prompt=True,
                                                           return_tensors="pt", return_dict=True).to(generator.device)

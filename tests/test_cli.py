@@ -31,6 +31,9 @@ def test_ingest_ask_kb_roundtrip(handbook, data_dir, tmp_path):
     assert answer["variant"] == "rag" and "Quanz" in answer["answer"]
     assert answer["sources"][0]["file"] == "handbook.md" and {"page", "score", "text"} <= set(answer["sources"][0])
     assert {"retrieval_ms", "ttft_ms", "tokens_per_s"} <= set(answer["timings"])
+    looping = cli_here(["ask", "List the chemical stereoisomers of the ring.", "--variant", "base", "--no-loop-stop",
+                        "--max-new-tokens", "60", "--json"], data_dir)
+    assert looping.returncode == 0 and json.loads(looping.stdout)["timings"]["new_tokens"] == 60  # ran to the limit
 
     listed = json.loads(cli_here(["kb", "list", "--json"], data_dir).stdout)
     assert listed["knowledge_bases"][0]["name"] == "default" and listed["knowledge_bases"][0]["files"] == 1

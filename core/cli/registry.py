@@ -89,6 +89,8 @@ GENERATION_ARGS = [
     arg("--top-p", type=float, default=0.9, help="with temperature > 0: sample from this share of the probability "
                                                  "(default: 0.9)"),
     arg("--seed", type=int, default=None, help="with temperature > 0: repeatable samples"),
+    arg("--no-loop-stop", action="store_true", help="let an answer that repeats itself run on to the length limit "
+                                                    "(by default it stops where the repetition began)"),
     arg("--system-prompt", default=None, help="instructions for every variant (RAG has its own default)"),
 ]
 SPLIT_ARGS = [
@@ -103,7 +105,8 @@ def generation_config(lab, args):
     from core.generation import GenerationConfig
 
     return GenerationConfig(max_new_tokens=args.max_new_tokens or lab.settings.max_new_tokens,
-                            temperature=args.temperature, top_p=args.top_p, seed=args.seed).checked()
+                            temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                            stop_loops=not args.no_loop_stop).checked()
 
 
 def variant_list(text: str) -> list[str]:
