@@ -71,6 +71,7 @@ CONFIGS = {c.name: c for c in [
     Config("k1", passages=1),
     Config("k2", passages=2),
     Config("k2-best-last", passages=2, best_last=True),
+    Config("k3", passages=3),
     Config("k4-best-last", passages=4, best_last=True),
     Config("oracle-brief", oracle=True, system=BRIEF),
     Config("k1-brief", passages=1, system=BRIEF),
