@@ -14,6 +14,11 @@ from core.models import Models, resolve_base_model
 from core.training import TrainSettings, estimate, memory_advice
 
 
+def memory_parts_text(parts_gb: dict) -> str:
+    """The estimate's memory terms as one line, e.g. "weights 0.54 GB + lora 0.03 GB + activations 1.2 GB"."""
+    return " + ".join(f"{part} {gb} GB" for part, gb in parts_gb.items())
+
+
 class Training:
     def __init__(self, settings: Settings, datasets: DatasetStore, adapters: AdapterStore, jobs: JobStore,
                  models: Models, quota: Quota):
@@ -52,7 +57,7 @@ class Training:
         if not plan["fits"]:
             raise InputError(
                 f"this fine-tune needs about {plan['memory_gb']} GB but {plan['available_gb']} GB is free "
-                f"({' + '.join(f'{k} {v} GB' for k, v in plan['memory_parts_gb'].items())}): "
+                f"({memory_parts_text(plan['memory_parts_gb'])}): "
                 f"{plan['advice']}", subject=dataset)
         name = self.adapters.free_name(adapter or f"{dataset}-{settings.preset}")
         job_id = self.jobs.start({"dataset": dataset, "settings": settings.to_dict(), "adapter": name,

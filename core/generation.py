@@ -20,7 +20,7 @@ class GenerationConfig:
     min_new_tokens: int = 0  # benchmarks set it to compare answers of equal length
     # A small model can go round in circles ("a stereoisomer of the ring that is a stereoisomer of the ring ...")
     # until the token limit: stop a row when its newest LOOP_NGRAM tokens occur for the LOOP_TIMES-th time, and
-    # keep the answer up to where the repetition began. 0 turns it off (benchmarks of equal length).
+    # keep the answer up to where the repetition began. False turns it off (benchmarks of equal length).
     stop_loops: bool = True
     seed: int | None = None  # with temperature > 0: the same seed gives the same sample
 

@@ -9,6 +9,7 @@ import gradio as gr
 
 from core.errors import LabError
 from core.lab import Lab
+from core.finetuning import memory_parts_text
 from core.training import PRESETS, TrainSettings
 from ui.choices import adapter_choices, dataset_choices, dataset_to_show, job_choices
 from ui.formatting import escape_plain, user_errors
@@ -152,9 +153,8 @@ class FineTuneHandlers:
         with user_errors():
             result = lab.training.estimate(name, self.settings_from(preset_name, values))
         verdict = "fits" if result["fits"] else f"**does not fit**: {result['advice']}"
-        parts = " + ".join(f"{part} {gb} GB" for part, gb in result["memory_parts_gb"].items())
         return (f"About **{result['minutes']} min** for {result['steps']} steps; needs ~{result['memory_gb']} GB "
-                f"({parts}) of {result['available_gb']} GB free ({verdict}); "
+                f"({memory_parts_text(result['memory_parts_gb'])}) of {result['available_gb']} GB free ({verdict}); "
                 f"{'4-bit QLoRA' if result['quantized_4bit'] else 'full-precision LoRA'}, "
                 f"{result['lora_parameters'] / 1e6:.1f}M trainable parameters.")
 
@@ -334,6 +334,6 @@ def build(lab_of: LabOf) -> None:
         rename_button.click(handlers.rename_adapter, adapter_inputs, adapter_outputs, api_name="rename_adapter")
         export_button.click(handlers.export_adapter, adapter_inputs, adapter_outputs, api_name="export_adapter")
         delete_button.click(handlers.delete_adapter, adapter_inputs, adapter_outputs, api_name="delete_adapter")
-        tab.select(handlers.reattach, [job, dataset], [job, job_status, loss_chart, log_tail, timer, dataset, adapters_table,
-                                              adapter_pick, gen_kb],
+        tab.select(handlers.reattach, [job, dataset], [job, job_status, loss_chart, log_tail, timer, dataset,
+                                                       adapters_table, adapter_pick, gen_kb],
                    api_visibility="private")

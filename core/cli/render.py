@@ -227,9 +227,10 @@ def jobs_list(payload: dict, args) -> None:
 
 def train(out: dict, args) -> None:
     if args.estimate:
-        parts = " + ".join(f"{part} {gb} GB" for part, gb in out["memory_parts_gb"].items())
-        print(f"about {out['minutes']} min, {out['memory_gb']} GB ({parts}) of {out['available_gb']} GB free, "
-              f"{out['steps']} steps; {'fits' if out['fits'] else 'does NOT fit: ' + out['advice']}")
+        from core.finetuning import memory_parts_text
+
+        print(f"about {out['minutes']} min, {out['memory_gb']} GB ({memory_parts_text(out['memory_parts_gb'])}) "
+              f"of {out['available_gb']} GB free, {out['steps']} steps; {'fits' if out['fits'] else 'does NOT fit: ' + out['advice']}")
     elif args.detach:
         print(out["job"])
     elif out["state"] == "failed":
