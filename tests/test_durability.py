@@ -5,6 +5,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from conftest import ROOT, subprocess_env
 from core.store import Store
@@ -20,6 +21,35 @@ def chunk_counts_by_ingest(store: Store, kb: str) -> dict[str, int]:
 
 def kill_when(proc: subprocess.Popen, marker: str, delay: float, timeout: float = 300) -> bool:
     """SIGKILL the process `delay` seconds after `marker` shows in its progress output. False if it ended first."""
+    if not read_until(proc, marker, timeout):
+        return False
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+def kill_mid_write(proc: subprocess.Popen, marker: str, catalog: Path, timeout: float = 300) -> bool:
+    """SIGKILL the process as soon as, after `marker`, the catalog holds a pending (half-written) file. Watching the
+    catalog instead of a clock catches the write on a busy machine too (fixed delays missed it 10 times in CI)."""
+    if not read_until(proc, marker, timeout):
+        return False
+    os.set_blocking(proc.stderr.fileno(), False)  # keep draining progress so the writer never blocks on the pipe
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        with sqlite3.connect(catalog, timeout=60) as db:
+            if db.execute("SELECT COUNT(*) FROM pending").fetchone()[0]:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return True
+        try:
+            os.read(proc.stderr.fileno(), 65536)
+        except BlockingIOError:
+            pass
+    return False
+
+
+def read_until(proc: subprocess.Popen, marker: str, timeout: float) -> bool:
     seen, deadline = "", time.time() + timeout
     fd = proc.stderr.fileno()
     while marker not in seen:
@@ -27,44 +57,41 @@ def kill_when(proc: subprocess.Popen, marker: str, delay: float, timeout: float 
         if not chunk or time.time() > deadline:
             return False
         seen += chunk
-    time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
     return True
 
 
 def test_kill_9_mid_ingest_leaves_a_consistent_store(data_dir, tmp_path, handbook):
+    # Big enough that storing it takes a while (~250 chunks), so the catalog watch below sees it half written.
     big = tmp_path / "big.txt"
     big.write_text("\n\n".join(f"Section {i}. " + "The archive keeps records of river trade and harbour fees. " * 12
-                               for i in range(150)))
+                               for i in range(250)))
     command = [sys.executable, "-m", "core", "ingest", str(handbook), str(big)]
     outcomes = []
-    # Where a kill lands depends on this machine's load, so the delays vary until one has caught a file half
-    # written (the case that matters) and at least three kills were checked. Writing big.txt takes ~0.1 s here
-    # (measured: kills 0.15 s and 0.4 s after the marker found it listed, 0.0 s found nothing written yet), so the
-    # likeliest delays come first.
-    for delay in (0.05, 0.1, 0.02, 0.0, 0.15, 0.4, 0.03, 0.07, 0.25, 0.6):
-        if len(outcomes) >= 3 and any(half for _, half, _ in outcomes):
-            break
+    # Kills mid-write (the case that matters), and one just as the write starts.
+    for when in ("mid-write", 0.0, "mid-write"):
         proc = subprocess.Popen(command, cwd=ROOT, env=subprocess_env(data_dir), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
-        killed = kill_when(proc, "Writing big.txt", delay)
+        if when == "mid-write":
+            killed = kill_mid_write(proc, "Writing big.txt", data_dir / "catalog.sqlite")
+        else:
+            killed = kill_when(proc, "Writing big.txt", when)
         with sqlite3.connect(data_dir / "catalog.sqlite") as db:  # read before the reopen below recovers
             half_written = db.execute("SELECT COUNT(*) FROM pending").fetchone()[0]
         store = Store(data_dir)  # a fresh open, as the next start of the app: runs recovery
         listed = {f.name: f.chunks for f in store.files("default")}
         by_ingest = chunk_counts_by_ingest(store, "default")
         expected = {f.ingest_id: f.chunks for f in store.files("default")}
-        assert by_ingest == expected, f"kill after {delay}s: chunks {by_ingest} vs catalog {expected}"
+        assert by_ingest == expected, f"kill at {when}: chunks {by_ingest} vs catalog {expected}"
         with store.catalog.db() as db:
             assert db.execute("SELECT COUNT(*) FROM pending").fetchone()[0] == 0
         assert "handbook.md" in listed  # written before the kill, and kept
-        outcomes.append((killed, half_written, "big.txt" in listed))
+        outcomes.append((when, killed, half_written, "big.txt" in listed))
         store.delete_file("default", "big.txt") if "big.txt" in listed else None
-    print("kill outcomes (killed, half written, listed):", outcomes)
-    # The kills landed while big.txt was being written or listed, and the store was consistent every time.
-    assert all(killed for killed, _, _ in outcomes), outcomes
-    assert any(half_written for _, half_written, _ in outcomes), f"no kill caught a half-written file: {outcomes}"
+    print("kill outcomes (when, killed, half written, listed):", outcomes)
+    # Every kill landed while big.txt was being written or listed, and the store was consistent every time.
+    assert all(killed for _, killed, _, _ in outcomes), outcomes
+    mid = [half for when, _, half, listed in outcomes if when == "mid-write"]
+    assert all(mid), f"a mid-write kill found no half-written file: {outcomes}"
 
 
 def test_opening_the_store_never_touches_a_live_writers_chunks(lab, handbook, data_dir):
