@@ -2,6 +2,7 @@
 streamed), with the passages RAG read and the timings; and the record of a side-by-side turn."""
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
@@ -11,9 +12,10 @@ from core.config import Settings
 from core.errors import InputError, LabError
 from core.generation import Delta, GenerationConfig, RowDone, stream_chat
 from core.knowledge import KnowledgeBases, check_question
-from core.models import Models, attach_adapter, describe_model, load_embedder, load_generator
+from core.models import Models, attach_adapter, describe_model, load_embedder, load_generator, parameter_count
+from core.reading import NOT_IN_DOCUMENTS, Reading, passages_to_read, read
 from core.names import DEFAULT_KB
-from core.retrieval import Hit, hit_to_source, relevant
+from core.retrieval import hit_to_source, relevant
 from core.variants import Variant, get_variant
 
 
@@ -40,9 +42,17 @@ class AnswerEvent:
     answer: Answer | None = None
 
 
+def search_query(question: str, history: list[dict] | None) -> str:
+    """What to retrieve for: the question, and in a conversation also the previous question, since a follow-up
+    ("In which year?") rarely names what it is about."""
+    earlier = [m["content"] for m in history or [] if m.get("role") == "user"]
+    return f"{earlier[-1]}\n{question}" if earlier else question
+
+
 class Answers:
     def __init__(self, settings: Settings, kbs: KnowledgeBases, adapters: AdapterStore, models: Models):
         self.settings, self.kbs, self.adapters, self.models = settings, kbs, adapters, models
+        self._parameters: int | None = None
 
     def use_adapter(self, name: str) -> str:
         """Attach a registered adapter to the served model (once); refuse one trained on another base model.
@@ -56,9 +66,11 @@ class Answers:
 
     def ask_stream(self, question: str, variants: list[str] = ("base", "rag"), kb: str = DEFAULT_KB,
                    top_k: int | None = None, config: GenerationConfig | None = None, system_prompt: str | None = None,
-                   adapter: str | None = None, history: dict[str, list[dict]] | None = None) -> Iterator[AnswerEvent]:
+                   adapter: str | None = None, history: dict[str, list[dict]] | None = None,
+                   read_passages: int | None = None, min_relevance: float | None = None) -> Iterator[AnswerEvent]:
         """Answer one question with several variants at once (one decode batch), streaming every column.
-        `history` maps a variant to its own earlier turns (user/assistant messages) for a multi-turn chat."""
+        `history` maps a variant to its own earlier turns (user/assistant messages) for a multi-turn chat.
+        `read_passages` and `min_relevance` override the settings of the same name for this question."""
         question = check_question(question)
         config = config or GenerationConfig(max_new_tokens=self.settings.max_new_tokens)
         chosen: list[Variant] = [get_variant(name) for name in dict.fromkeys(variants)]
@@ -67,20 +79,30 @@ class Answers:
         answers = {v.name: Answer(v.name, question) for v in chosen}
         generator = self.models.generator  # load before any timing starts
         runnable, conversations, row_adapters = [], [], []
-        search: list = []  # (hits, ms) once retrieved: the RAG columns share one search
+        search: list = []  # (Reading, ms) once retrieved: the RAG columns share one search
         for variant in chosen:
             answer = answers[variant.name]
             try:
                 adapter_key = self._adapter_for(variant, adapter)
-                passages = self._passages_for(variant, question, kb, top_k, search)
+                query = search_query(question, (history or {}).get(variant.name))
+                reading = self._reading_for(variant, query, kb, top_k, read_passages, min_relevance, search)
             except LabError as exc:
                 answer.error = str(exc)
                 yield AnswerEvent("error", variant.name, str(exc), answer)
                 continue
-            if variant.uses_retrieval:
-                answer.sources = [hit_to_source(h, question) for h in passages]
+            passages = reading.shown if reading else []
+            if reading:
+                answer.sources = ([{**hit_to_source(h, query), "read": reading.covered} for h in reading.shown] +
+                                  [{**hit_to_source(h, query), "read": False} for h in reading.others])
                 answer.timings["retrieval_ms"] = round(search[0][1], 1)
                 yield AnswerEvent("sources", variant.name, answer=answer)
+                if not reading.covered:  # said plainly, not generated from passages that do not answer
+                    answer.answer = NOT_IN_DOCUMENTS
+                    spent = answer.timings["retrieval_ms"]
+                    answer.timings.update(ttft_ms=spent, total_ms=spent, prompt_tokens=0, new_tokens=0,
+                                          tokens_per_s=0.0)
+                    yield AnswerEvent("done", variant.name, answer.answer, answer)
+                    continue
             runnable.append(variant)
             row_adapters.append(adapter_key)
             conversations.append(variant.messages(question, passages, system_prompt, (history or {}).get(variant.name)))
@@ -94,14 +116,28 @@ class Answers:
             raise InputError("choose a fine-tuned adapter for this variant (train one first)")
         return self.use_adapter(adapter)
 
-    def _passages_for(self, variant: Variant, question: str, kb: str, top_k: int | None, search: list) -> list[Hit]:
+    def _reading_for(self, variant: Variant, question: str, kb: str, top_k: int | None, read_passages: int | None,
+                     min_relevance: float | None, search: list) -> Reading | None:
+        """What this variant reads (None: it does not retrieve). Searched and ranked once for all RAG columns."""
         if not variant.uses_retrieval:
-            return []
+            return None
         if not search:
-            search.append(self.kbs.search(question, kb, top_k))
-        if not search[0][0]:
-            raise InputError(f"knowledge base {kb!r} has no documents yet; add some first")
-        return relevant(search[0][0], self.settings.min_score)
+            hits, ms = self.kbs.search(question, kb, top_k)
+            if not hits:
+                raise InputError(f"knowledge base {kb!r} has no documents yet; add some first")
+            settings = self.settings
+            count = passages_to_read(self._model_parameters(),
+                                     settings.read_passages if read_passages is None else read_passages)
+            started = time.perf_counter()
+            reading = read(question, relevant(hits, settings.min_score), self.models.encode, count,
+                           settings.min_relevance if min_relevance is None else min_relevance, self.models.reranker)
+            search.append((reading, ms + 1000 * (time.perf_counter() - started)))
+        return search[0][0]
+
+    def _model_parameters(self) -> int:
+        if self._parameters is None:
+            self._parameters = parameter_count(self.models.generator.model)
+        return self._parameters
 
     @staticmethod
     def _decode(generator, runnable: list[Variant], conversations, row_adapters, config: GenerationConfig,

@@ -77,7 +77,8 @@ class ArenaSession:
     # ---- asking ---------------------------------------------------------------------------------------------
     def ask(self, answerer: Answers, quota: Quota, question: str, variants: list[str], config: GenerationConfig, kb: str,
             adapter: str | None = None, top_k: int | None = None, system_prompt: str | None = None,
-            blind: bool = False) -> Iterator[AnswerEvent]:
+            blind: bool = False, read_passages: int | None = None,
+            min_relevance: float | None = None) -> Iterator[AnswerEvent]:
         """Ask every switched-on column; the columns update as the events stream."""
         question = check_question(question)
         config = config.checked()
@@ -97,10 +98,14 @@ class ArenaSession:
             else:
                 runnable.append(variant)
         settings = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
-                    "top_p": config.top_p, "top_k": top_k or answerer.settings.top_k, "system_prompt": system_prompt or None}
+                    "top_p": config.top_p, "top_k": top_k or answerer.settings.top_k, "system_prompt": system_prompt or None,
+                    "read_passages": answerer.settings.read_passages if read_passages is None else read_passages,
+                    "min_relevance": answerer.settings.min_relevance if min_relevance is None else min_relevance,
+                    "stop_loops": config.stop_loops}
         if runnable:
             for event in answerer.ask_stream(question, runnable, kb=kb, top_k=top_k, config=config,
-                                        system_prompt=system_prompt or None, adapter=adapter, history=self.before):
+                                             system_prompt=system_prompt or None, adapter=adapter, history=self.before,
+                                             read_passages=read_passages, min_relevance=min_relevance):
                 answers[event.variant] = event.answer
                 self._apply(event)
                 yield event
@@ -108,7 +113,8 @@ class ArenaSession:
                                    settings=settings, history=self.before).to_dict()
 
     def ask_again(self, answerer: Answers, quota: Quota, variant: str, config: GenerationConfig, kb: str, adapter: str | None = None,
-                  top_k: int | None = None, system_prompt: str | None = None) -> Iterator[AnswerEvent]:
+                  top_k: int | None = None, system_prompt: str | None = None, read_passages: int | None = None,
+                  min_relevance: float | None = None) -> Iterator[AnswerEvent]:
         """Regenerate one column's latest answer (the others stay); a new vote can then be cast."""
         if not self.turn or variant not in self.order:
             raise InputError("ask a question first")
@@ -129,8 +135,9 @@ class ArenaSession:
             self._failed(variant, NEEDS_ADAPTER, {variant: answer})
         else:
             for event in answerer.ask_stream(question, [variant], kb=kb, top_k=top_k, config=config,
-                                        system_prompt=system_prompt or None, adapter=adapter,
-                                        history={variant: self.before.get(variant, [])}):
+                                             system_prompt=system_prompt or None, adapter=adapter,
+                                             history={variant: self.before.get(variant, [])},
+                                             read_passages=read_passages, min_relevance=min_relevance):
                 answer = event.answer
                 self._apply(event)
                 yield event

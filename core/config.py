@@ -61,6 +61,13 @@ class Settings:
     # Passages below this cosine similarity are left out of the prompt (the best one always stays):
     # small models copy from whatever they are shown, relevant or not.
     min_score: float = 0.2
+    # How many of those passages the model reads, best first; 0: as suits the model's size (core.reading).
+    read_passages: int = 0
+    # Below this similarity between the question and the best sentence retrieved, RAG says the documents do not
+    # seem to answer instead of answering from weak passages; 0 turns that off (measured in docs/EVALUATION.md).
+    min_relevance: float = 0.45
+    # A sentence-transformers cross-encoder (Hub id or folder) to rank the retrieved passages; none by default.
+    rerank_model: str | None = None
     max_new_tokens: int = 128
     max_file_mb: int = 50
     # A Chroma server (e.g. http://127.0.0.1:8000) instead of the embedded on-disk store, to scale out.
@@ -89,6 +96,9 @@ def load_settings(**overrides) -> Settings:
         chunk_overlap=_env_number("LAB_CHUNK_OVERLAP", 30),
         top_k=_env_number("LAB_TOP_K", 4),
         min_score=_env_number("LAB_MIN_SCORE", 0.2, float),
+        read_passages=_env_number("LAB_READ_PASSAGES", 0),
+        min_relevance=_env_number("LAB_MIN_RELEVANCE", 0.45, float),
+        rerank_model=os.environ.get("LAB_RERANK_MODEL") or None,
         max_new_tokens=_env_number("LAB_MAX_NEW_TOKENS", 128),
         max_file_mb=_env_number("LAB_MAX_FILE_MB", 50),
         chroma_url=os.environ.get("LAB_CHROMA_URL") or None,

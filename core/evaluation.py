@@ -95,17 +95,20 @@ class Evaluation:
     # ---- runs -------------------------------------------------------------------------------------------------
     def run(self, items: list[dict], testset: str, variants: list[str], kb: str | None = None,
             adapter: str | None = None, config: GenerationConfig | None = None, top_k: int | None = None,
-            progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
+            progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None,
+            read_passages: int | None = None, min_relevance: float | None = None) -> dict:
         """Answer every item with every variant (the variants of one question share one decode batch), score and
         save each as it comes; returns the finished (or cancelled) run with its summary and results."""
         run = None
-        for run in self.steps(items, testset, variants, kb, adapter, config, top_k, progress, should_stop):
+        for run in self.steps(items, testset, variants, kb, adapter, config, top_k, progress, should_stop,
+                              read_passages, min_relevance):
             pass
         return run
 
     def steps(self, items: list[dict], testset: str, variants: list[str], kb: str | None = None,
               adapter: str | None = None, config: GenerationConfig | None = None, top_k: int | None = None,
-              progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> Iterator[dict]:
+              progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None,
+              read_passages: int | None = None, min_relevance: float | None = None) -> Iterator[dict]:
         """`run` one question at a time: yields the run after each question (its `done` counts them) and last the
         finished run with its results. Closing the iterator early cancels the run: what was answered is kept."""
         if adapter:
@@ -120,7 +123,10 @@ class Evaluation:
             "adapter": adapter, "model": self.settings.base_model, "classify": classify,
             "instruction": CLASSIFY_INSTRUCTION if classify else None,
             "settings": {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
-                         "top_k": top_k or self.settings.top_k},
+                         "top_k": top_k or self.settings.top_k,
+                         "read_passages": self.settings.read_passages if read_passages is None else read_passages,
+                         "min_relevance": self.settings.min_relevance if min_relevance is None else min_relevance,
+                         "stop_loops": config.stop_loops},
             "state": "running", "started": time.time(), "done": 0,
         }
         run["costs"] = self.costs(kb if any(VARIANTS[v].uses_retrieval for v in variants) else None, adapter)
@@ -136,7 +142,8 @@ class Evaluation:
                 if should_stop and should_stop():
                     break
                 question = item["question"] + (f"\n{CLASSIFY_INSTRUCTION}" if classify else "")
-                answers = self.answers.compare(question, variants, kb=kb, adapter=adapter, config=config, top_k=top_k)
+                answers = self.answers.compare(question, variants, kb=kb, adapter=adapter, config=config, top_k=top_k,
+                                               read_passages=read_passages, min_relevance=min_relevance)
                 result = scored(index, item, {a.variant: a for a in answers}, variants, classify)
                 self.runs.append_result(run["id"], result)
                 results.append(result)

@@ -252,6 +252,36 @@ def load_embedder(settings: Settings):
         return _embedders[key]
 
 
+_rerankers: dict = {}
+
+
+def load_reranker(settings: Settings):
+    """The cross-encoder named by settings.rerank_model (loaded once per process), or None when none is set."""
+    if not settings.rerank_model:
+        return None
+    device = settings.resolved_device
+    key = (settings.rerank_model, device)
+    with _load_lock:
+        if key not in _rerankers:
+            from sentence_transformers import CrossEncoder
+
+            _quiet_transformers()
+            try:
+                _rerankers[key] = CrossEncoder(settings.rerank_model, device=device)
+            except (OSError, ValueError) as exc:
+                raise ModelError(f"Could not load the reranking model {settings.rerank_model!r}: {exc}") from exc
+        return _rerankers[key]
+
+
+def parameter_count(model) -> int:
+    """Parameters of a model, 4-bit ones counted by their unpacked shape."""
+    total = 0
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        total += state.shape.numel() if state is not None else p.numel()
+    return total
+
+
 class Models:
     """The models one data folder's services use, loaded on first use (once per process, shared by every Lab)."""
 
@@ -265,3 +295,15 @@ class Models:
     @property
     def embedder(self):
         return load_embedder(self.settings)
+
+    @property
+    def reranker(self):
+        """A function (question, texts) -> scores from the cross-encoder in settings.rerank_model, or None."""
+        model = load_reranker(self.settings)
+        if model is None:
+            return None
+        return lambda question, texts: model.predict([(question, text) for text in texts], show_progress_bar=False)
+
+    def encode(self, texts: list[str]):
+        """Unit-length vectors from the embedding model."""
+        return self.embedder.encode(texts, normalize_embeddings=True, convert_to_numpy=True)

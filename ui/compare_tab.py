@@ -28,6 +28,11 @@ SETTING_HINTS = {
                    "Higher values give more varied (and more often wrong) answers.",
     "top_p": "Only used when temperature is above 0: sample only from the likeliest words that together "
              "make up this share of the probability.",
+    "read_passages": "Of the passages retrieved, how many the model is shown, best first (ranked by their "
+                     "sentence nearest the question). 0: as suits the model (one for models under 1B parameters, "
+                     "which read one passage better than several).",
+    "min_relevance": "When no retrieved sentence is at least this similar to the question, the RAG columns say "
+                     "your documents do not seem to answer it instead of guessing. 0 turns this off.",
     "system_prompt": "Optional instructions given to every column. Empty: RAG uses its own (answer from the "
                      "passages and cite them).",
 }
@@ -45,8 +50,15 @@ def _export_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="lab-export-"))
 
 
-def generation_settings(k, max_new, temp, p) -> tuple[GenerationConfig, int]:
-    return GenerationConfig(max_new_tokens=int(max_new), temperature=float(temp), top_p=float(p)), int(k)
+def generation_settings(k, max_new, temp, p, loop_stop=True) -> tuple[GenerationConfig, int]:
+    return GenerationConfig(max_new_tokens=int(max_new), temperature=float(temp), top_p=float(p),
+                            stop_loops=bool(loop_stop)), int(k)
+
+
+def reading_settings(read, relevance) -> dict:
+    """The Compare tab's reading knobs as Answers.ask_stream's overrides (None: the settings' default)."""
+    return {"read_passages": None if read is None else int(read),
+            "min_relevance": None if relevance is None else float(relevance)}
 
 
 def view(state: ArenaSession, status: str = ""):
@@ -92,12 +104,13 @@ class CompareHandlers:
         self.lab_of = lab_of
 
     def answer(self, state: ArenaSession, q, kb_name, adapter_name, chosen, is_blind, k, max_new, temp, p, system,
-               request: gr.Request):
-        config, k = generation_settings(k, max_new, temp, p)
+               read=None, relevance=None, loop_stop=True, request: gr.Request = None):
+        config, k = generation_settings(k, max_new, temp, p, loop_stop)
         with user_errors():
             lab = self.lab_of(request)
             events = state.ask(lab.answers, lab.quota, q, list(chosen or []), config, kb=kb_name,
-                               adapter=adapter_name or None, top_k=k, system_prompt=system, blind=bool(is_blind))
+                               adapter=adapter_name or None, top_k=k, system_prompt=system, blind=bool(is_blind),
+                               **reading_settings(read, relevance))
             yield view(state, "Answering…")
             for _ in events:
                 yield view(state, "Answering…")
@@ -105,15 +118,16 @@ class CompareHandlers:
         yield view(state, note)
 
     def answer_again(self, slot: int, state: ArenaSession, kb_name, adapter_name, k, max_new, temp, p, system,
-                     request: gr.Request):
+                     read=None, relevance=None, loop_stop=True, request: gr.Request = None):
         """The column in `slot` answers the latest question again."""
         if slot >= len(state.order):
             raise gr.Error("This column is not in use.")
-        config, k = generation_settings(k, max_new, temp, p)
+        config, k = generation_settings(k, max_new, temp, p, loop_stop)
         with user_errors():
             lab = self.lab_of(request)
             for _ in state.ask_again(lab.answers, lab.quota, state.order[slot], config, kb=kb_name,
-                                     adapter=adapter_name or None, top_k=k, system_prompt=system):
+                                     adapter=adapter_name or None, top_k=k, system_prompt=system,
+                                     **reading_settings(read, relevance)):
                 yield view(state, "Answering again…")
         yield view(state, "Which answer is best now? Vote below." if state.can_vote else "")
 
@@ -191,10 +205,10 @@ class ColumnHandlers:
     def __init__(self, handlers: CompareHandlers, slot: int):
         self.handlers, self.slot = handlers, slot
 
-    def answer_again(self, state: ArenaSession, kb_name, adapter_name, k, max_new, temp, p, system,
-                     request: gr.Request):
+    def answer_again(self, state: ArenaSession, kb_name, adapter_name, k, max_new, temp, p, system, read=None,
+                     relevance=None, loop_stop=True, request: gr.Request = None):
         yield from self.handlers.answer_again(self.slot, state, kb_name, adapter_name, k, max_new, temp, p, system,
-                                              request)
+                                              read, relevance, loop_stop, request)
 
     def vote_best(self, state: ArenaSession, note, kb_name, request: gr.Request):
         return self.handlers.vote_best(self.slot, state, note, kb_name, request)
@@ -238,6 +252,16 @@ def build(lab_of: LabOf):
                                        elem_id="max-tokens")
                 top_k = gr.Slider(1, 10, value=defaults.top_k, step=1, label="Passages to retrieve (top-k)",
                                   info="More passages give RAG more context but a longer, slower prompt.")
+            with gr.Row():
+                read_passages = gr.Slider(0, 10, value=defaults.read_passages, step=1,
+                                          label="Passages the model reads", info=SETTING_HINTS["read_passages"],
+                                          elem_id="read-passages")
+                min_relevance = gr.Slider(0, 1, value=defaults.min_relevance, step=0.05,
+                                          label="'Not in your documents' below", info=SETTING_HINTS["min_relevance"],
+                                          elem_id="min-relevance")
+            loop_stop = gr.Checkbox(value=True, label="Stop answers that repeat themselves",
+                                    info="An answer going round in circles stops where the repetition began.",
+                                    elem_id="loop-stop")
             system_prompt = gr.Textbox(label="System prompt", lines=2, info=SETTING_HINTS["system_prompt"])
         with gr.Row():
             ask = gr.Button("Ask", variant="primary", elem_id="ask", scale=3)
@@ -279,8 +303,10 @@ def build(lab_of: LabOf):
     slot_outputs = [c for s in slots for c in (s["column"], s["header"], s["chat"], s["stats"], s["sources"],
                                                s["again"], s["best"])]
     outputs = [session, *slot_outputs, tie, all_bad, vote_status]
-    inputs = [session, question, kb, adapter, columns, blind, top_k, max_tokens, temperature, top_p, system_prompt]
-    again_inputs = [session, kb, adapter, top_k, max_tokens, temperature, top_p, system_prompt]
+    reading = [read_passages, min_relevance, loop_stop]  # last, so clients of the older API keep working
+    inputs = [session, question, kb, adapter, columns, blind, top_k, max_tokens, temperature, top_p, system_prompt,
+              *reading]
+    again_inputs = [session, kb, adapter, top_k, max_tokens, temperature, top_p, system_prompt, *reading]
     vote_inputs, vote_outputs = [session, comment, kb], [*outputs, comment, leaderboard]
     # Every generating event shares one queue slot: the model runs one batch at a time, and a waiting user
     # sees their place in the queue.

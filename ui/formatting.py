@@ -69,9 +69,12 @@ def sources_html(sources: list[dict]) -> str:
     for s in sources:
         where = html.escape(s["file"]) + (f" · page {html.escape(str(s['page']))}" if s.get("page") else "")
         found = " + ".join(s.get("found_by", []))
+        unread = " · <i>retrieved, not shown to the model</i>" if s.get("read") is False else ""
         items.append(f"<li><b>{where}</b> · score {s['score']:.3f}" + (f" · {html.escape(found)}" if found else "")
-                     + f"<br><span class='passage'>{highlight(s['text'], s.get('matched', []))}</span></li>")
-    return (f"<details open><summary>Sources ({len(sources)}): score is cosine similarity, 1 is identical; "
+                     + unread + f"<br><span class='passage'>{highlight(s['text'], s.get('matched', []))}</span></li>")
+    read = sum(s.get("read") is not False for s in sources)
+    count = f"{len(sources)}, the model read {read}" if read < len(sources) else f"{len(sources)}"
+    return (f"<details open><summary>Sources ({count}): score is cosine similarity, 1 is identical; "
             f"the question's words are highlighted</summary><ol>{''.join(items)}</ol></details>")
 
 

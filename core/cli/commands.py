@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import core.cli.render as render
-from core.cli.registry import (ADAPTER_ARG, EXIT_FAILED, GENERATION_ARGS, arg, chunk_args, command,
-                               generation_config, variant_list)
+from core.cli.registry import (ADAPTER_ARG, EXIT_FAILED, GENERATION_ARGS, READING_ARGS, arg, chunk_args, command,
+                               generation_config, reading_overrides, variant_list)
 from core.errors import LabError
 from core.names import DEFAULT_KB
 
@@ -90,12 +90,15 @@ def kb_delete(lab, args, out):
                *GENERATION_ARGS],
          text=render.ask)
 def ask(lab, args, out):
-    answer = None
+    answer, streamed = None, False
     for event in lab.answers.ask_stream(args.question, [args.variant], kb=args.kb, top_k=args.top_k,
                                         config=generation_config(lab, args), adapter=args.adapter,
-                                        system_prompt=args.system_prompt):
+                                        system_prompt=args.system_prompt, **reading_overrides(args)):
         answer = event.answer
         if not out.json and event.kind == "delta":
+            print(event.text, end="", flush=True)
+            streamed = True
+        elif not out.json and event.kind == "done" and not streamed:  # said without generating ("not in ...")
             print(event.text, end="", flush=True)
     if answer.error:
         raise LabError(answer.error)
@@ -117,9 +120,11 @@ def compare(lab, args, out):
     variants = variant_list(args.variants) if args.variants else (
         ["base", "rag"] + (["finetuned", "finetuned+rag"] if args.adapter else []))
     answers = lab.answers.compare(args.question, variants, kb=args.kb, top_k=args.top_k, config=config,
-                                  adapter=args.adapter, system_prompt=args.system_prompt)
+                                  adapter=args.adapter, system_prompt=args.system_prompt, **reading_overrides(args))
     settings = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature, "top_p": config.top_p,
-                "top_k": args.top_k or lab.settings.top_k, "system_prompt": args.system_prompt}
+                "top_k": args.top_k or lab.settings.top_k, "system_prompt": args.system_prompt,
+                **{k: getattr(lab.settings, k) if v is None else v for k, v in reading_overrides(args).items()},
+                "stop_loops": config.stop_loops}
     comparison = lab.answers.record(args.question, answers, kb=args.kb, adapter=args.adapter, settings=settings)
     if args.markdown:
         Path(args.markdown).write_text(comparison.to_markdown(), encoding="utf-8")
@@ -160,7 +165,7 @@ def votes_export(lab, args, out):
                arg("--kb", default=None, help="knowledge base for the RAG variants"),
                arg("--adapter", help="the adapter for the fine-tuned variants"),
                arg("--limit", type=int, default=None, help="only the first N questions"),
-               arg("--top-k", type=int, default=None, help="passages to retrieve (default: 4)"),
+               *READING_ARGS,
                arg("--max-new-tokens", type=int, default=None,
                    help="answer length (default: 8 for yes/no/maybe test sets, else 128)")],
          text=render.eval_run)
@@ -172,7 +177,8 @@ def eval_run(lab, args, out):
     items, label = lab.evaluation.items(args.testset, args.testset_file, args.part, args.limit, args.generate_from,
                                         progress=out.progress)
     run = lab.evaluation.run(items, label, variant_list(args.variants), kb=args.kb or args.generate_from,
-                             adapter=args.adapter, config=config, top_k=args.top_k, progress=out.progress)
+                             adapter=args.adapter, config=config, top_k=args.top_k, progress=out.progress,
+                             **reading_overrides(args))
     return {**{k: v for k, v in run.items() if k != "results"}, "verdict": verdict(run)}
 
 

@@ -81,8 +81,16 @@ def chunk_args(note: str = "") -> list:
                 help=f"tokens shared by neighbouring chunks (default: 30){note}")]
 
 
-GENERATION_ARGS = [
+READING_ARGS = [
     arg("--top-k", type=int, default=None, help="passages to retrieve (default: 4)"),
+    arg("--read-passages", type=int, default=None, metavar="N",
+        help="of those, how many the model reads, best first (default: 0, as suits the model: 1 under 1B parameters)"),
+    arg("--min-relevance", type=float, default=None, metavar="X",
+        help="below this question-to-sentence similarity RAG says the documents do not seem to answer "
+             "(default: 0.45; 0 turns it off)"),
+]
+GENERATION_ARGS = [
+    *READING_ARGS,
     arg("--max-new-tokens", type=int, default=None, help="answer length limit in tokens (default: 128)"),
     arg("--temperature", type=float, default=0.0,
         help="0 (default) always picks the likeliest word: the same question gives the same answer"),
@@ -107,6 +115,10 @@ def generation_config(lab, args):
     return GenerationConfig(max_new_tokens=args.max_new_tokens or lab.settings.max_new_tokens,
                             temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                             stop_loops=not args.no_loop_stop).checked()
+
+
+def reading_overrides(args) -> dict:
+    return {"read_passages": args.read_passages, "min_relevance": args.min_relevance}
 
 
 def variant_list(text: str) -> list[str]:

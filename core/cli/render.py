@@ -82,7 +82,8 @@ def kb_delete(payload: dict, args) -> None:
 # ---- answers ----------------------------------------------------------------------------------------------------
 def sources(items: list[dict], indent: str) -> None:
     for i, s in enumerate(items, 1):
-        print(f"{indent}[{i}] {cite(s['file'], s['page'])} (score {s['score']:.2f})")
+        unread = ", retrieved, not shown to the model" if s.get("read") is False else ""
+        print(f"{indent}[{i}] {cite(s['file'], s['page'])} (score {s['score']:.2f}{unread})")
 
 
 def ask(payload: dict, args) -> None:
