@@ -13,7 +13,7 @@ from core.errors import InputError, LabError
 from core.generation import Delta, GenerationConfig, RowDone, stream_chat
 from core.knowledge import KnowledgeBases, check_question
 from core.models import Models, attach_adapter, describe_model, load_embedder, load_generator, parameter_count
-from core.reading import NOT_IN_DOCUMENTS, Reading, passages_to_read, read
+from core.reading import NOT_IN_DOCUMENTS, Reading, check_reading, passages_to_read, read
 from core.names import DEFAULT_KB
 from core.retrieval import hit_to_source, relevant
 from core.variants import Variant, get_variant
@@ -67,11 +67,14 @@ class Answers:
     def ask_stream(self, question: str, variants: list[str] = ("base", "rag"), kb: str = DEFAULT_KB,
                    top_k: int | None = None, config: GenerationConfig | None = None, system_prompt: str | None = None,
                    adapter: str | None = None, history: dict[str, list[dict]] | None = None,
-                   read_passages: int | None = None, min_relevance: float | None = None) -> Iterator[AnswerEvent]:
+                   read_passages: int | None = None, min_relevance: float | None = None,
+                   instruction: str | None = None) -> Iterator[AnswerEvent]:
         """Answer one question with several variants at once (one decode batch), streaming every column.
         `history` maps a variant to its own earlier turns (user/assistant messages) for a multi-turn chat.
-        `read_passages` and `min_relevance` override the settings of the same name for this question."""
+        `read_passages` and `min_relevance` override the settings of the same name for this question.
+        `instruction` follows the question in the prompt (say, "Answer with one word: ...") but is not searched for."""
         question = check_question(question)
+        check_reading(self.settings, read_passages, min_relevance)
         config = config or GenerationConfig(max_new_tokens=self.settings.max_new_tokens)
         chosen: list[Variant] = [get_variant(name) for name in dict.fromkeys(variants)]
         if not chosen:
@@ -105,7 +108,8 @@ class Answers:
                     continue
             runnable.append(variant)
             row_adapters.append(adapter_key)
-            conversations.append(variant.messages(question, passages, system_prompt, (history or {}).get(variant.name)))
+            asked = f"{question}\n{instruction}" if instruction else question
+            conversations.append(variant.messages(asked, passages, system_prompt, (history or {}).get(variant.name)))
         if runnable:
             yield from self._decode(generator, runnable, conversations, row_adapters, config, answers)
 
@@ -125,12 +129,11 @@ class Answers:
             hits, ms = self.kbs.search(question, kb, top_k)
             if not hits:
                 raise InputError(f"knowledge base {kb!r} has no documents yet; add some first")
-            settings = self.settings
-            count = passages_to_read(self._model_parameters(),
-                                     settings.read_passages if read_passages is None else read_passages)
+            read_passages, min_relevance = check_reading(self.settings, read_passages, min_relevance)
+            count = passages_to_read(self._model_parameters(), read_passages)
             started = time.perf_counter()
-            reading = read(question, relevant(hits, settings.min_score), self.models.encode, count,
-                           settings.min_relevance if min_relevance is None else min_relevance, self.models.reranker)
+            reading = read(question, relevant(hits, self.settings.min_score), self.models.encode, count, min_relevance,
+                           self.models.reranker)
             search.append((reading, ms + 1000 * (time.perf_counter() - started)))
         return search[0][0]
 

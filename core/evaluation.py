@@ -22,6 +22,7 @@ from core.metrics import LABELS, normalise, score_answer, summarise
 from core.models import Models
 from core.progress import ProgressFn, silent
 from core.qa_generation import generate_pairs, model_question_writer
+from core.reading import check_reading
 from core.variants import VARIANTS
 from core.verdict import lead, verdict
 
@@ -111,6 +112,7 @@ class Evaluation:
               read_passages: int | None = None, min_relevance: float | None = None) -> Iterator[dict]:
         """`run` one question at a time: yields the run after each question (its `done` counts them) and last the
         finished run with its results. Closing the iterator early cancels the run: what was answered is kept."""
+        check_reading(self.settings, read_passages, min_relevance)
         if adapter:
             self.answers.use_adapter(adapter)  # refuse an adapter for another base model before the first question
         self.quota.check_eval_questions(len(items))
@@ -141,9 +143,10 @@ class Evaluation:
             for index, item in enumerate(items):
                 if should_stop and should_stop():
                     break
-                question = item["question"] + (f"\n{CLASSIFY_INSTRUCTION}" if classify else "")
-                answers = self.answers.compare(question, variants, kb=kb, adapter=adapter, config=config, top_k=top_k,
-                                               read_passages=read_passages, min_relevance=min_relevance)
+                # The instruction goes to the model, not into the search (it is not what the question is about).
+                answers = self.answers.compare(item["question"], variants, kb=kb, adapter=adapter, config=config,
+                                               top_k=top_k, read_passages=read_passages, min_relevance=min_relevance,
+                                               instruction=CLASSIFY_INSTRUCTION if classify else None)
                 result = scored(index, item, {a.variant: a for a in answers}, variants, classify)
                 self.runs.append_result(run["id"], result)
                 results.append(result)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from core.errors import InputError
 from core.retrieval import Hit
 
 # A sentence ends at . ! or ? followed by space and a capital, digit or quote, or at a blank line. Abbreviations
@@ -37,6 +38,17 @@ class Reading:
     others: list[Hit]
     best_similarity: float
     covered: bool
+
+
+def check_reading(settings, read_passages: int | None, min_relevance: float | None) -> tuple[int, float]:
+    """The reading settings for one question (None: the settings' own), checked."""
+    read_passages = settings.read_passages if read_passages is None else read_passages
+    min_relevance = settings.min_relevance if min_relevance is None else min_relevance
+    if read_passages < 0:
+        raise InputError(f"passages to read must be 0 (as suits the model) or more, not {read_passages}")
+    if not 0 <= min_relevance <= 1:
+        raise InputError(f"the 'not in your documents' threshold is a similarity from 0 to 1, not {min_relevance}")
+    return read_passages, min_relevance
 
 
 def passages_to_read(model_parameters: int, setting: int) -> int:

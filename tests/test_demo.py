@@ -19,4 +19,7 @@ def test_demo_pack_loads_once_and_rag_beats_base_on_its_questions(lab):
     print(f"demo questions answered: base {sum(base):.0f}/16, RAG {sum(rag):.0f}/16")
     diff, low, _ = paired_difference_ci(rag, base)
     assert sum(base) == 0  # the facts are made up: the model alone cannot know them
+    # The guard on reading (issue 15): 10 of 16 with the defaults chosen there (5 of 16 before, with up to four
+    # passages and no ranking by sentence); one answer of slack for another CPU's rounding.
+    assert sum(rag) >= 9, f"RAG answered {sum(rag):.0f}/16: reading got worse (docs/EVALUATION.md, Reading)"
     assert diff >= 0.25 and low > 0, (diff, low)

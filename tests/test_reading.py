@@ -92,6 +92,10 @@ def test_cli_reading_flags(data_dir):
     refused = cli_here(["ask", "What is the boiling point of mercury?", "--max-new-tokens", "16"], data_dir)
     assert refused.returncode == 0 and NOT_IN_DOCUMENTS in refused.stdout
     assert "not shown to the model" in refused.stdout
+    for flags, wanted in ((["--read-passages", "-1"], "passages to read must be 0"),
+                          (["--min-relevance", "1.5"], "a similarity from 0 to 1, not 1.5")):
+        bad = cli_here(["ask", "Who founded the Brindlewick Lantern Company?", *flags], data_dir)
+        assert bad.returncode != 0 and wanted in bad.stderr, bad.stderr
 
 
 def test_a_cross_encoder_in_lab_rerank_model_orders_the_passages(tmp_path, data_dir, handbook):
