@@ -311,6 +311,10 @@ def test_browser_upload_pdf_then_compare(app_server, client, page, tmp_path):
     marked = page.locator("#sources-1 mark").all_inner_texts()  # the question's words, highlighted
     assert "Quorvin" in marked and "Bridge" in marked, marked
     assert not page.locator("#sources-0 li").count()  # the base model read nothing
+    # The bundled model reads one passage: the first; any others are listed as not shown to it.
+    assert "not shown to the model" not in sources[0]
+    assert all("not shown to the model" in s for s in sources[1:]), sources
+    assert page.locator("#loop-stop input").is_checked()
 
 
 @pytest.mark.browser
