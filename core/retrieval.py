@@ -25,6 +25,16 @@ _WORD = re.compile(r"\w+")
 
 
 @lru_cache(maxsize=1)
+def _bm25s():
+    import logging
+
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG, which the CLI would print
+    return bm25s
+
+
+@lru_cache(maxsize=1)
 def _stopwords() -> frozenset:
     from bm25s.stopwords import STOPWORDS_EN
 
@@ -75,8 +85,7 @@ class KeywordIndex:
 
     @classmethod
     def build(cls, ids: list[str], texts: list[str]) -> "KeywordIndex":
-        import bm25s
-
+        bm25s = _bm25s()
         stemmer = _stemmer()
         bm25 = bm25s.BM25()
         if texts:
@@ -85,8 +94,7 @@ class KeywordIndex:
 
     def search(self, query: str, limit: int) -> list[tuple[str, float]]:
         """Chunk ids with a positive BM25 score for the query, best first."""
-        import bm25s
-
+        bm25s = _bm25s()
         if not self.ids:
             return []
         tokens = bm25s.tokenize([query], stopwords="en", stemmer=self._stemmer, return_ids=False, show_progress=False)

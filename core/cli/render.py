@@ -92,6 +92,10 @@ def ask(payload: dict, args) -> None:
         print("\nSources:")
         sources(payload["sources"], "  ")
     t = payload["timings"]
+    if not t["prompt_tokens"]:  # nothing was generated: RAG said the documents do not seem to answer
+        print("\n(said without generating: no passage was close enough; --min-relevance 0 answers anyway)",
+              file=sys.stderr)
+        return
     print(f"\n{t['new_tokens']} tokens, first after {t['ttft_ms']:.0f} ms, {t['tokens_per_s']:.1f} tokens/s",
           file=sys.stderr)
 
