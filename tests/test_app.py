@@ -495,7 +495,8 @@ def test_browser_a_new_page_starts_on_the_last_used_knowledge_base_and_adds_fine
     url, _ = app_server
     notes = tmp_path / "kilns.txt"
     notes.write_text("The Ashgrove kiln fires stoneware at 1280 degrees every Thursday.")
-    client.predict([handle_file(str(notes))], "last-used", api_name="/add_files")
+    status, *_ = client.predict([handle_file(str(notes))], "last-used", api_name="/add_files")
+    assert "kilns.txt" in status and "added" in status.lower(), status  # (CI once showed 'default' here)
     open_app(page, url)
     page.wait_for_function("() => document.querySelector('#kb-select input').value === 'last-used'",
                            timeout=UI_TIMEOUT_MS)
