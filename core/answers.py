@@ -74,7 +74,7 @@ class Answers:
         `read_passages` and `min_relevance` override the settings of the same name for this question.
         `instruction` follows the question in the prompt (say, "Answer with one word: ...") but is not searched for."""
         question = check_question(question)
-        check_reading(self.settings, read_passages, min_relevance)
+        read_passages, min_relevance = check_reading(self.settings, read_passages, min_relevance)
         config = config or GenerationConfig(max_new_tokens=self.settings.max_new_tokens)
         chosen: list[Variant] = [get_variant(name) for name in dict.fromkeys(variants)]
         if not chosen:
@@ -120,8 +120,8 @@ class Answers:
             raise InputError("choose a fine-tuned adapter for this variant (train one first)")
         return self.use_adapter(adapter)
 
-    def _reading_for(self, variant: Variant, question: str, kb: str, top_k: int | None, read_passages: int | None,
-                     min_relevance: float | None, search: list) -> Reading | None:
+    def _reading_for(self, variant: Variant, question: str, kb: str, top_k: int | None, read_passages: int,
+                     min_relevance: float, search: list) -> Reading | None:
         """What this variant reads (None: it does not retrieve). Searched and ranked once for all RAG columns."""
         if not variant.uses_retrieval:
             return None
@@ -129,7 +129,6 @@ class Answers:
             hits, ms = self.kbs.search(question, kb, top_k)
             if not hits:
                 raise InputError(f"knowledge base {kb!r} has no documents yet; add some first")
-            read_passages, min_relevance = check_reading(self.settings, read_passages, min_relevance)
             count = passages_to_read(self._model_parameters(), read_passages)
             started = time.perf_counter()
             reading = read(question, relevant(hits, self.settings.min_score), self.models.encode, count, min_relevance,

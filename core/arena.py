@@ -13,6 +13,7 @@ from core.generation import GenerationConfig
 from core.answers import Answer, AnswerEvent, Answers
 from core.knowledge import check_question
 from core.limits import Quota
+from core.reading import check_reading
 from core.variants import VARIANTS
 from core.votes import ALL_BAD, TIE, VoteStore
 
@@ -82,6 +83,7 @@ class ArenaSession:
         """Ask every switched-on column; the columns update as the events stream."""
         question = check_question(question)
         config = config.checked()
+        read_passages, min_relevance = check_reading(answerer.settings, read_passages, min_relevance)
         quota.spend("generate")  # before any column changes: a refused question leaves the chat as it was
         self.arrange(variants, blind)
         self.voted, self.revealed = None, not self.blind
@@ -99,9 +101,7 @@ class ArenaSession:
                 runnable.append(variant)
         settings = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
                     "top_p": config.top_p, "top_k": top_k or answerer.settings.top_k, "system_prompt": system_prompt or None,
-                    "read_passages": answerer.settings.read_passages if read_passages is None else read_passages,
-                    "min_relevance": answerer.settings.min_relevance if min_relevance is None else min_relevance,
-                    "stop_loops": config.stop_loops}
+                    "read_passages": read_passages, "min_relevance": min_relevance, "stop_loops": config.stop_loops}
         if runnable:
             for event in answerer.ask_stream(question, runnable, kb=kb, top_k=top_k, config=config,
                                              system_prompt=system_prompt or None, adapter=adapter, history=self.before,

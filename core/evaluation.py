@@ -112,7 +112,7 @@ class Evaluation:
               read_passages: int | None = None, min_relevance: float | None = None) -> Iterator[dict]:
         """`run` one question at a time: yields the run after each question (its `done` counts them) and last the
         finished run with its results. Closing the iterator early cancels the run: what was answered is kept."""
-        check_reading(self.settings, read_passages, min_relevance)
+        read_passages, min_relevance = check_reading(self.settings, read_passages, min_relevance)
         if adapter:
             self.answers.use_adapter(adapter)  # refuse an adapter for another base model before the first question
         self.quota.check_eval_questions(len(items))
@@ -126,8 +126,7 @@ class Evaluation:
             "instruction": CLASSIFY_INSTRUCTION if classify else None,
             "settings": {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
                          "top_k": top_k or self.settings.top_k,
-                         "read_passages": self.settings.read_passages if read_passages is None else read_passages,
-                         "min_relevance": self.settings.min_relevance if min_relevance is None else min_relevance,
+                         "read_passages": read_passages, "min_relevance": min_relevance,
                          "stop_loops": config.stop_loops},
             "state": "running", "started": time.time(), "done": 0,
         }

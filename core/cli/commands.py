@@ -116,15 +116,18 @@ def ask(lab, args, out):
                *GENERATION_ARGS, arg("--markdown", metavar="PATH", help="also write the comparison as Markdown to PATH")],
          text=render.compare)
 def compare(lab, args, out):
+    from core.reading import check_reading
+
     config = generation_config(lab, args)
     variants = variant_list(args.variants) if args.variants else (
         ["base", "rag"] + (["finetuned", "finetuned+rag"] if args.adapter else []))
+    read_passages, min_relevance = check_reading(lab.settings, args.read_passages, args.min_relevance)
     answers = lab.answers.compare(args.question, variants, kb=args.kb, top_k=args.top_k, config=config,
-                                  adapter=args.adapter, system_prompt=args.system_prompt, **reading_overrides(args))
+                                  adapter=args.adapter, system_prompt=args.system_prompt, read_passages=read_passages,
+                                  min_relevance=min_relevance)
     settings = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature, "top_p": config.top_p,
                 "top_k": args.top_k or lab.settings.top_k, "system_prompt": args.system_prompt,
-                **{k: getattr(lab.settings, k) if v is None else v for k, v in reading_overrides(args).items()},
-                "stop_loops": config.stop_loops}
+                "read_passages": read_passages, "min_relevance": min_relevance, "stop_loops": config.stop_loops}
     comparison = lab.answers.record(args.question, answers, kb=args.kb, adapter=args.adapter, settings=settings)
     if args.markdown:
         Path(args.markdown).write_text(comparison.to_markdown(), encoding="utf-8")
