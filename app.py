@@ -7,7 +7,7 @@ import gradio as gr
 
 from core.answers import warm_up
 from core.workspaces import Workspaces, demo_mode_from_env
-from ui import compare_tab, evaluate_tab, finetune_tab, knowledge_tab
+from ui import compare_tab, evaluate_tab, finetune_tab, knowledge_tab, study_tab
 from ui.workspace import COOKIE_SCRIPT, LabOf
 
 DEMO_NOTE = ("**Demo mode:** your knowledge bases, datasets, adapters and votes are yours alone and are deleted "
@@ -25,7 +25,7 @@ def build_app(workspaces: Workspaces) -> gr.Blocks:
     with gr.Blocks(title="RAG & Fine-Tune Lab", delete_cache=(3600, 7200) if workspaces.demo else None) as demo:
         gr.Markdown(
             "# RAG & Fine-Tune Lab\n"
-            "For your documents: should you use **RAG**, **fine-tuning**, or both? Add documents, fine-tune on Q&A, compare answers, then evaluate.\n\n"
+            "For your documents: should you use **RAG**, **fine-tuning**, or both? Run the whole study in one click, or go step by step: add documents, fine-tune on Q&A, compare answers, then evaluate.\n\n"
             f"<sub>Model: **{describe_model(settings.base_model)}** · Embeddings: "
             f"**{describe_model(settings.embed_model)}** · Device: **{settings.resolved_device.upper()}** · "
             f"Data: {where}</sub>"
@@ -36,8 +36,9 @@ def build_app(workspaces: Workspaces) -> gr.Blocks:
                                          minutes=limits.max_train_minutes, questions=limits.max_eval_questions),
                         elem_id="demo-note")
         with gr.Tabs():
-            opened = [knowledge_tab.build(lab_of), finetune_tab.build(lab_of), compare_tab.build(lab_of),
-                      evaluate_tab.build(lab_of)]
+            # The study first: a new user can run the whole experiment from the first screen.
+            opened = [study_tab.build(lab_of), knowledge_tab.build(lab_of), finetune_tab.build(lab_of),
+                      compare_tab.build(lab_of), evaluate_tab.build(lab_of)]
         # Each time a page opens, the tabs show the visitor's own data: the page is built once at start-up (in demo
         # mode, empty), and knowledge bases made since (or a returning visitor's) should be there, the last used
         # one picked.
@@ -52,6 +53,8 @@ def build_app(workspaces: Workspaces) -> gr.Blocks:
 def main() -> None:
     demo_mode = demo_mode_from_env(os.environ)
     workspaces = Workspaces(demo=demo_mode, background_indexing=True)
+    if workspaces.shared:  # a study whose process died with the machine (or a hard stop) goes on where it stopped
+        workspaces.shared.studies.resume_interrupted()
     demo = build_app(workspaces)
     # Load both models in the background so the first question does not wait for them.
     threading.Thread(target=warm_up, args=(workspaces.settings,), daemon=True).start()

@@ -90,7 +90,7 @@ class JobStore(FolderRegistry):
         folder = self.path(job_id)
         job = json.loads((folder / "job.json").read_text())
         status = _read_json(folder / "status.json") or {"state": "queued"}
-        if status.get("state") in ACTIVE and not _alive(folder):
+        if status.get("state") in ACTIVE and not process_alive(folder):
             status = {**status, "state": "failed",
                       "error": "the training process ended unexpectedly (see the log)"}
         return {**job, **status, "log_tail": self.log_tail(job_id, 20)}
@@ -125,6 +125,13 @@ class JobStore(FolderRegistry):
             time.sleep(poll_s)
 
 
+def device_lock(lock_dir: Path, device: str):
+    """The lock that lets one heavy step at a time use a device, and the file that says who holds it (for the
+    queue's message). Training jobs and a study's evaluation take the same lock."""
+    stem = f"device-{device.replace(':', '-')}"
+    return file_lock(lock_dir / f"{stem}.lock", timeout=0), lock_dir / f"{stem}.holder"
+
+
 def _older_queued_job(folder: Path, device: str) -> str | None:
     """The oldest job for the same device, started before this one, that is still waiting: it goes first (job ids
     sort by start time)."""
@@ -133,7 +140,7 @@ def _older_queued_job(folder: Path, device: str) -> str | None:
     for other in sorted(p for p in folder.parent.iterdir() if p.is_dir() and p.name < folder.name):
         status = _read_json(other / "status.json") or {}
         job = _read_json(other / "job.json") or {}
-        if (status.get("state") == "queued" and not (other / "cancel").exists() and _alive(other)
+        if (status.get("state") == "queued" and not (other / "cancel").exists() and process_alive(other)
                 and pick_device(job.get("device") or "auto") == device):
             return other.name
     return None
@@ -147,7 +154,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _alive(folder: Path) -> bool:
+def process_alive(folder: Path) -> bool:
+    """Whether the process whose pid is in folder/pid still runs (a zombie does not)."""
     try:
         pid = int((folder / "pid").read_text())
     except (OSError, ValueError):
@@ -181,9 +189,7 @@ def run_job(folder: Path) -> int:
         train(job, folder, lambda update: None, cancel_flag.exists)
         return 0
     device = pick_device(job["device"])
-    lock_dir = Path(job.get("lock_dir") or folder.parent)
-    lock = file_lock(lock_dir / f"device-{device.replace(':', '-')}.lock", timeout=0)
-    holder = lock_dir / f"device-{device.replace(':', '-')}.holder"  # which job trains now, for the queue's message
+    lock, holder = device_lock(Path(job.get("lock_dir") or folder.parent), device)
     status: dict = {"state": "queued", "step": 0, "total_steps": None}
 
     def report(update: dict) -> None:

@@ -10,6 +10,7 @@ of its own; each capability lives in its service:
   lab.votes       votes, leaderboard, preference export                 (core/votes.py)
   lab.evaluation  test items, scored runs, costs, advice                (core/evaluation.py)
   lab.evals       saved evaluation runs                                 (core/eval_store.py)
+  lab.studies     the whole experiment in one go, and its report         (core/study.py)
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from core.knowledge import KnowledgeBases
 from core.limits import DemoLimits, Quota
 from core.models import Models, describe_model
 from core.store import close_store, open_store
+from core.study import Studies
 from core.training_data import Datasets
 from core.votes import VoteStore
 
@@ -50,6 +52,7 @@ class Lab:
         self.evals = EvalStore(data_dir)
         self.evaluation = Evaluation(settings, self.evals, self.answers, self.kbs, self.datasets, self.adapters,
                                      self.models, self.quota)
+        self.studies = Studies(data_dir, self.kbs, self.quota, device_lock_dir)
 
     def info(self) -> dict:
         s = self.settings

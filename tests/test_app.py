@@ -184,10 +184,11 @@ def set_number(page, selector: str, value: str) -> None:
 
 def open_app(page, url: str) -> None:
     page.goto(url)
-    page.wait_for_selector("#kb-add", timeout=UI_TIMEOUT_MS)
-    page.get_by_role("tab", name="1 · Knowledge base").wait_for(timeout=UI_TIMEOUT_MS)
+    page.wait_for_selector("#study-run", timeout=UI_TIMEOUT_MS)  # the first tab: the study
     # The tabs fill in the visitor's own data when a page opens; acting before that could be undone by it.
     page.wait_for_selector("#page-ready [data-ready]", state="attached", timeout=UI_TIMEOUT_MS)
+    page.get_by_role("tab", name="1 · Knowledge base").click()
+    page.wait_for_selector("#kb-add", timeout=UI_TIMEOUT_MS)
 
 
 # ---- fixtures ----------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ class Command:
 
 COMMANDS: list[Command] = []
 # The order `python -m core --help` lists them in: the everyday commands first.
-TOP_LEVEL = ("ingest", "ask", "compare", "votes", "eval", "demo", "advise", "search", "kb", "dataset", "train", "jobs",
+TOP_LEVEL = ("ingest", "ask", "compare", "votes", "eval", "study", "demo", "advise", "search", "kb", "dataset", "train", "jobs",
              "adapters", "info")
 GROUPS = {
     ("votes",): ("list votes, show the leaderboard, or export preference data",
@@ -33,6 +33,10 @@ GROUPS = {
                  "layout TRL's DPO trainer reads) or whole."),
     ("eval",): ("evaluate variants on a test set: run, list, show, export",
                 "Evaluate the variants on held-out questions, scored offline (no LLM judge)."),
+    ("study",): ("the whole experiment in one command: run, list, show, export, cancel, resume",
+                 "From a knowledge base to a fair verdict on RAG, fine-tuning, both, and RAFT: questions from the "
+                 "passages, a split by passage, two fine-tunes within a time budget, five variants evaluated, a "
+                 "report (HTML, Markdown, JSON)."),
     ("demo",): ("load the demo pack (a fictional company's documents and questions)",
                 "Add the demo documents to the knowledge base 'demo' and its questions as the dataset 'demo-qa' "
                 "(12 to train on, 4 held out)."),
