@@ -1,4 +1,4 @@
-"""Training throughput and memory: the engine's fine-tune (core.training.train: TRL's SFTTrainer, completion-only loss;
+"""Training throughput and memory: the engine's fine-tune (core.training_run.train: TRL's SFTTrainer, completion-only loss;
 on a CPU core/sft.py's cheaper batch layout, answer-only LM head and LoRA dropout) against a plain transformers
 Trainer + peft baseline on the same data and settings.
 
@@ -41,7 +41,8 @@ def make_dataset(data_dir: Path, examples: int) -> None:
 
 def run_engine(data_dir: Path, steps: int, batch: int, max_length: int) -> dict:
     from core.config import BUNDLED_BASE_MODEL
-    from core.training import TrainSettings, train
+    from core.training import TrainSettings
+    from core.training_run import train
 
     settings = TrainSettings.from_preset("quick", max_steps=steps, batch_size=batch, max_length=max_length,
                                          early_stopping_patience=0, **LORA)

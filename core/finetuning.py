@@ -35,10 +35,12 @@ class Training:
 
         train = self.datasets.examples(dataset, "train")
         tokenizer = self.models.generator.tokenizer
-        lengths = [min(r["prompt_tokens"] + r["answer_tokens"], settings.max_length)
-                   for r in (render(e, tokenizer) for e in train)]
+        rendered = [render(e, tokenizer) for e in train]
+        lengths = [min(r["prompt_tokens"] + r["answer_tokens"], settings.max_length) for r in rendered]
+        answers = sum(min(r["answer_tokens"], n) for r, n in zip(rendered, lengths))
         config = AutoConfig.from_pretrained(resolve_base_model(self.settings.base_model, self.settings))
-        plan = estimate(config, sum(lengths), len(train), settings, self.settings.resolved_device, max(lengths))
+        plan = estimate(config, sum(lengths), len(train), settings, self.settings.resolved_device, max(lengths),
+                        answers)
         # What to change when it does not fit: the same words before a run (here and in start) and on an OOM.
         plan["advice"] = None if plan["fits"] else memory_advice(settings, plan["quantized_4bit"],
                                                                  plan["memory_parts_gb"])

@@ -178,7 +178,7 @@ def run_job(folder: Path) -> int:
     from core.adapters import AdapterStore
     from core.config import pick_device
     from core.datasets import DatasetStore
-    from core.training import train
+    from core.training_run import train
 
     job = json.loads((folder / "job.json").read_text())
     status_path = folder / "status.json"

@@ -34,12 +34,22 @@ STAGES = (
 )
 ACTIVE, FINAL = ("queued", "running"), ("completed", "cancelled", "failed")
 DEFAULT_MINUTES, MIN_MINUTES, MAX_MINUTES = 15.0, 5.0, 24 * 60.0
+DEFAULT_QUESTIONS, MAX_QUESTIONS = 20, 500  # held-out questions of each kind, at most
 REPORT_FORMATS = {".html": "report.html", ".md": "report.md", ".json": "report.json"}
 
 
 def stage_file(folder: Path, stage: str) -> Path:
     """Where a finished stage's result is kept: its existence is what marks the stage done."""
     return folder / f"stage-{stage}.json"
+
+
+def running_studies(data_dir: Path) -> list[str]:
+    """The studies of a data folder whose runner is at work (read from disk: no Lab needed)."""
+    root = Path(data_dir) / "studies"
+    if not root.exists():
+        return []
+    return [folder.name for folder in sorted(root.iterdir())
+            if (read_json(folder / "state.json") or {}).get("state") in ACTIVE and process_alive(folder)]
 
 
 class Studies(FolderRegistry):
@@ -52,26 +62,33 @@ class Studies(FolderRegistry):
 
     # ---- starting -------------------------------------------------------------------------------------------
     def start(self, kb: str, minutes: float = DEFAULT_MINUTES, qa_file: str | Path | None = None,
-              name: str | None = None, seed: int = 42) -> dict:
-        """Check the input, write the study and launch its runner; returns the study (poll `get`). A study
+              name: str | None = None, seed: int = 42, questions: int = DEFAULT_QUESTIONS) -> dict:
+        """Check the input, write the study and launch its runner; returns the study (poll `get`). `questions`:
+        held-out questions of each kind, at most (fewer train and answer faster; more decide more). A study
         started while another runs waits for it (queued)."""
+        limits = self.quota.limits
+        if limits and limits.max_eval_questions < 6:
+            raise InputError(f"this demo evaluates at most {limits.max_eval_questions} questions at a time; a study "
+                             "needs at least 6 (3 of each kind)")
         self.kbs.show(kb)  # an unknown knowledge base is refused here, with the existing ones named
         if not MIN_MINUTES <= minutes <= MAX_MINUTES:
             raise InputError(f"the time budget must be between {MIN_MINUTES:g} and {MAX_MINUTES:g} minutes, got "
                              f"{minutes:g}: below {MIN_MINUTES:g} there is no time to train anything useful")
+        if not 3 <= questions <= MAX_QUESTIONS:
+            raise InputError(f"questions of each kind must be between 3 and {MAX_QUESTIONS}, got {questions}")
         if qa_file:
             qa_path = Path(qa_file)
             if not qa_path.is_file():
                 raise InputError("no such file", subject=str(qa_path))
             parse_examples(qa_path)  # the importer's line-numbered messages, before anything is started
-        limits = self.quota.limits
         if limits:
             for action in ("train", "train", "evaluate", "dataset"):  # a study trains twice and evaluates once
                 self.quota.spend(action)
         name = self.free_name(name or f"{kb}-study")
         folder = self.root / name
         folder.mkdir(parents=True)
-        study = {"name": name, "kb": kb, "minutes": float(minutes), "seed": seed, "created": time.time(),
+        study = {"name": name, "kb": kb, "minutes": float(minutes), "questions": questions, "seed": seed,
+                 "created": time.time(),
                  "data_dir": str(self.data_dir), "qa_file": None,
                  "caps": {"train_minutes": limits.max_train_minutes, "eval_questions": limits.max_eval_questions}
                  if limits else None}

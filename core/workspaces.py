@@ -16,6 +16,7 @@ import time
 from core.config import Settings, demo_mode_from_env, load_settings
 from core.errors import LabError
 from core.jobs import ACTIVE, JobStore
+from core.study import running_studies
 from core.lab import Lab
 from core.limits import DemoLimits
 
@@ -69,7 +70,8 @@ class Workspaces:
             self.sweep(now)
 
     def sweep(self, now: float | None = None) -> list[str]:
-        """Delete workspaces idle for longer than the limit, except one whose training job is still going."""
+        """Delete workspaces idle for longer than the limit, except one whose training job or study is still
+        going."""
         if not self.demo or not self.root.exists():
             return []
         now = self.clock() if now is None else now
@@ -85,7 +87,7 @@ class Workspaces:
                 # The job records on disk, not only this process's Labs: after an app restart a workspace's job
                 # may still run (its process outlives the app) while no Lab for it exists yet.
                 jobs = lab.jobs if lab is not None else JobStore(folder)
-                if any(j["state"] in ACTIVE for j in jobs.list()):
+                if any(j["state"] in ACTIVE for j in jobs.list()) or running_studies(folder):
                     continue
                 self._labs.pop(folder.name, None)
             if lab is not None:

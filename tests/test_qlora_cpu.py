@@ -1,5 +1,5 @@
 """QLoRA without a GPU: bitsandbytes runs 4-bit NF4 layers on a CPU, so the app's own 4-bit path (a job in its own
-process, core/training.py's train() with quantize=4bit, the adapter registry, the Compare batch) runs here for a few
+process, core/training_run.py's train() with quantize=4bit, the adapter registry, the Compare batch) runs here for a few
 steps. What only a GPU shows (paged optimizer, bf16, FlashAttention, several GPUs) is in tests/test_gpu.py.
 
 Also here: the memory estimate's CUDA branch and the out-of-memory advice, which need no GPU to check."""
@@ -129,14 +129,14 @@ def test_advice_follows_the_biggest_memory_term():
 
 def test_cuda_out_of_memory_mid_run_fails_the_job_with_the_setting_to_lower(tmp_path, monkeypatch):
     """run_job's own handling, in this process, with train() raising what torch raises when CUDA runs out."""
-    import core.training as training
+    import core.training_run as training_run
     from core.jobs import failure_message, run_job
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.02 GiB. GPU 0 has a total capacity of "
                                      "23.6 GiB of which 1.2 GiB is free.\nOf the allocated memory ...")
 
-    monkeypatch.setattr(training, "train", out_of_memory)
+    monkeypatch.setattr(training_run, "train", out_of_memory)
     folder = tmp_path / "data" / "jobs" / "20250101-000000-000001"
     folder.mkdir(parents=True)
     settings = TrainSettings.from_preset("quick", batch_size=8, max_length=1024)

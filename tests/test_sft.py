@@ -35,7 +35,7 @@ def make_trainer(trainer_class, dropout: float, examples: int = 12, long_answer:
     if long_answer:
         rows[1]["completion"][0]["content"] *= 6
     rows = rows[:examples]
-    # fp32 and no gradient checkpointing, as core/training.py sets them on CPU (TRL's defaults are bf16 autocast and
+    # fp32 and no gradient checkpointing, as core/training_run.py sets them on CPU (TRL's defaults are bf16 autocast and
     # checkpointing).
     config = SFTConfig(output_dir=tempfile.mkdtemp(), max_length=384, completion_only_loss=True, use_cpu=True,
                        bf16=False, gradient_checkpointing=False, report_to=[], disable_tqdm=True,

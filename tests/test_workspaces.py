@@ -129,3 +129,36 @@ def test_an_idle_workspace_whose_job_waits_is_kept_after_a_restart(workspaces, q
     restarted = Workspaces(workspaces.settings, demo=True, limits=workspaces.limits, clock=workspaces.clock)
     assert restarted.sweep() == []
     assert lab.settings.data_dir.exists() and lab.jobs.get(job_id)["state"] == "queued"
+
+
+def test_an_idle_workspace_whose_study_waits_is_kept_and_a_demo_study_spends_its_limits(workspaces, handbook):
+    """A visitor's study queued behind another (the studies' lock the demo's workspaces share is held here): the
+    sweep keeps its workspace. A study counts as two fine-tunes against the visitor's rate limit, and needs room for
+    3 test questions of each kind."""
+    from core.fileio import file_lock
+
+    with pytest.raises(InputError, match="evaluates at most 2 questions at a time; a study needs at least 6"):
+        workspaces.lab("tiny-0123456789").studies.start("anything")
+    roomy = Workspaces(workspaces.settings, demo=True, limits=DemoLimits(idle_minutes=60), clock=workspaces.clock)
+    roomy.clock_state = workspaces.clock_state
+    workspaces = roomy
+    lab = workspaces.lab("student-0123456789")
+    lab.kbs.ingest([handbook], kb="notes")
+    lock = file_lock(workspaces.root / "study.lock", timeout=0)
+    lock.acquire()
+    try:
+        study = lab.studies.start("notes")
+        deadline = time.time() + 120
+        while not lab.studies.get(study["name"]).get("waiting_for"):  # its runner is up and waiting
+            assert time.time() < deadline, lab.studies.get(study["name"])
+            time.sleep(0.2)
+        assert lab.studies.get(study["name"])["state"] == "queued"
+        _idle(workspaces, lab)
+        assert workspaces.sweep() == []
+        assert lab.settings.data_dir.exists()
+        with pytest.raises(InputError, match="this demo allows 3 fine-tunes per hour"):
+            lab.studies.start("notes")  # the first study spent two of the three
+        lab.studies.cancel(study["name"])
+    finally:
+        lock.release()
+    assert lab.studies.wait(study["name"], poll_s=0.2)["state"] == "cancelled"

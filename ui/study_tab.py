@@ -10,7 +10,7 @@ import gradio as gr
 from core.demo import DEMO_KB, load_demo
 from core.errors import LabError
 from core.lab import Lab
-from core.study import ACTIVE, DEFAULT_MINUTES
+from core.study import ACTIVE, DEFAULT_MINUTES, DEFAULT_QUESTIONS
 from core.study_report import html_fragment
 from ui.choices import kb_choices, kb_to_show
 from ui.formatting import escape_plain, user_errors
@@ -83,15 +83,19 @@ class StudyHandlers:
         return (f"**Demo pack loaded** into the knowledge base `{DEMO_KB}`: press **Run the study**.",
                 gr.update(choices=kb_choices(lab), value=DEMO_KB))
 
-    def start(self, kb, minutes, qa_file, request: gr.Request):
+    def start(self, kb, minutes, questions, qa_file, request: gr.Request):
         lab = self.lab_of(request)
         with user_errors():
-            study = lab.studies.start(kb, float(minutes or DEFAULT_MINUTES), qa_file or None)
+            study = lab.studies.start(kb, float(minutes or DEFAULT_MINUTES), qa_file or None,
+                                      questions=int(questions or DEFAULT_QUESTIONS))
         return (f"**Started** study `{study['name']}`.", gr.update(choices=study_choices(lab), value=study["name"]),
                 *study_view(lab, study["name"]))
 
     def poll(self, name, request: gr.Request):
-        return study_view(self.lab_of(request), name)
+        lab = self.lab_of(request)
+        view = study_view(lab, name)
+        # The picker's labels carry each study's state: refreshed when the timer stops (the study ended).
+        return (*view, gr.update(choices=study_choices(lab), value=name) if not getattr(view[3], "active", False) else gr.update())
 
     def cancel(self, name, request: gr.Request):
         lab = self.lab_of(request)
@@ -121,8 +125,12 @@ def build(lab_of: LabOf):
         with gr.Row():
             kb = gr.Dropdown(choices=kb_choices(first), value=kb_to_show(first), label="Knowledge base",
                              allow_custom_value=True, elem_id="study-kb", scale=2)
-            minutes = gr.Number(DEFAULT_MINUTES, label="Time budget (minutes)", minimum=5, precision=0,
-                                elem_id="study-minutes", scale=1)
+            with gr.Column(scale=1):
+                minutes = gr.Number(DEFAULT_MINUTES, label="Time budget (minutes)", minimum=5, precision=0,
+                                    elem_id="study-minutes")
+                questions = gr.Number(DEFAULT_QUESTIONS, label="Test questions of each kind (at most)", minimum=3,
+                                      precision=0, elem_id="study-questions",
+                                      info="Fewer: faster; more: a surer verdict")
             qa_file = gr.File(label="Your own Q&A file (optional)", file_types=[".jsonl", ".json", ".csv"],
                               type="filepath", elem_id="study-qa", scale=2)
         with gr.Row():
@@ -139,9 +147,10 @@ def build(lab_of: LabOf):
         timer = gr.Timer(2.0, active=False)
         view = [status, report, report_file, timer]
         demo_button.click(handlers.demo, None, [message, kb], api_name="study_load_demo")
-        run_button.click(handlers.start, [kb, minutes, qa_file], [message, study, *view], api_name="run_study")
-        study.input(handlers.poll, [study], view, api_visibility="private")
-        timer.tick(handlers.poll, [study], view, api_visibility="private")
+        run_button.click(handlers.start, [kb, minutes, questions, qa_file], [message, study, *view],
+                         api_name="run_study")
+        study.input(handlers.poll, [study], [*view, study], api_visibility="private")
+        timer.tick(handlers.poll, [study], [*view, study], api_visibility="private")
         cancel_button.click(handlers.cancel, [study], view, api_name="cancel_study")
         resume_button.click(handlers.resume, [study], view, api_name="resume_study")
     return handlers.opened, None, [kb, study, *view]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from core.cli.registry import EXIT_FAILED, arg, command
-from core.study import DEFAULT_MINUTES
+from core.study import DEFAULT_MINUTES, DEFAULT_QUESTIONS
 
 
 def _line(study: dict) -> str:
@@ -40,12 +40,15 @@ def _summary(study: dict, report: dict | None) -> dict:
                arg("--qa", help="your own Q&A file (.jsonl, .json or .csv): its questions are tested too"),
                arg("--minutes", type=float, default=DEFAULT_MINUTES,
                    help=f"time budget in minutes (default: {DEFAULT_MINUTES:g})"),
+               arg("--questions", type=int, default=DEFAULT_QUESTIONS,
+                   help=f"held-out questions of each kind, at most (default: {DEFAULT_QUESTIONS}; fewer is faster, "
+                        "more decides more)"),
                arg("--name", help="the study's name (default: KB-study)"),
                arg("--seed", type=int, default=42),
                arg("--detach", action="store_true", help="start it and return (see: study show NAME)")],
          text=_show)
 def study_run(lab, args, out):
-    study = lab.studies.start(args.kb, args.minutes, args.qa, args.name, args.seed)
+    study = lab.studies.start(args.kb, args.minutes, args.qa, args.name, args.seed, args.questions)
     out.note(f"study {study['name']} started (cancel: python -m core study cancel {study['name']})")
     if args.detach:
         return _summary(study, None)
