@@ -95,6 +95,27 @@ def cloze(sentence: str, start: int, end: int) -> str:
     return "Fill in the blank: " + sentence[:start] + "___" + sentence[end:]
 
 
+def _gives_away(question: str, answer: str) -> bool:
+    """The answer, or its number or any of its names, is in the question ("a 180-gram lantern" gives away
+    "180 grams"; "Okonjo-Vale's" gives away "Maren Okonjo-Vale")."""
+    if f" {normalise(answer)} " in f" {normalise(question)} ":
+        return True
+    keys = [normalise(w) for w in re.findall(r"\d[\d,.]*|[A-Z][\w'’-]+", answer)]
+    asked = normalise(question.replace("-", " ")).split() + normalise(question).split()
+    return any(key and any(word.startswith(key) for word in asked) for key in keys)
+
+
+_PREAMBLE = re.compile(r"^[^?]*\bquestions?\b[^?:]*:\s*", re.I)
+_META = re.compile(r"^(can|could|would) (you|the sentence|i)\b|\b(this|the) sentence\b", re.I)
+
+
+def model_question(reply: str) -> str:
+    """The question in a model's reply, without a preamble ('A question about this sentence would be: "...') or
+    quotes."""
+    text = _PREAMBLE.sub("", reply.strip().split("\n")[0]).strip().strip('"“”\'')
+    return first_question(text).strip().strip('"“”\'')
+
+
 def question_problem(question: str, answer: str, sentence: str) -> str | None:
     """Why a question is unusable for this fact (None: usable)."""
     words = question.split()
@@ -102,8 +123,10 @@ def question_problem(question: str, answer: str, sentence: str) -> str | None:
         return "too short or too long"
     if "\n" in question.strip():
         return "more than one line"
-    if f" {normalise(answer)} " in f" {normalise(question)} ":
+    if _gives_away(question, answer):
         return "gives the answer away"
+    if _META.search(question):
+        return "about the sentence, not the fact"
     if not (content_words(question) & (content_words(sentence) - content_words(answer))):
         return "not about the sentence"
     return None
@@ -180,7 +203,7 @@ def add_model_phrasings(facts: list[Fact], generator, per_fact: int = 2, progres
     for n, fact in enumerate(facts):
         taken = {normalise(fact.question)} | {normalise(p) for p in fact.phrasings}
         for reply in replies[n * per_fact:(n + 1) * per_fact]:
-            question = first_question(reply)
+            question = model_question(reply)
             problem = question_problem(question, fact.answer, fact.sentence) or (
                 None if question.endswith("?") else "not a question")
             if not problem and normalise(question) in taken:

@@ -14,7 +14,7 @@ from conftest import ROOT
 from core.errors import InputError
 from core.metrics import normalise
 from core.study_plan import fact_examples, overlap_check, raft_examples, split_facts, held_out_items
-from core.study_questions import answer_spans, build_facts, echo_question, question_problem
+from core.study_questions import answer_spans, build_facts, echo_question, model_question, question_problem
 
 DEMO = ROOT / "assets" / "demo"
 
@@ -50,6 +50,17 @@ def test_the_filter_says_why_a_question_is_unusable():
     assert question_problem("What is it?", "41 hours", sentence) == "too short or too long"
     assert question_problem("Who painted the famous ceiling fresco?", "41 hours", sentence) == "not about the sentence"
     assert question_problem("How long does the Gullwing lantern burn?", "41 hours", sentence) is None
+    # Seen from the bundled model: a possessive or a hyphenated number gives the answer away too, and a question
+    # about the sentence is not a question about the fact.
+    assert question_problem("What is the chief executive Maren Okonjo-Vale's name?", "Maren Okonjo-Vale",
+                            "The chief executive is Maren Okonjo-Vale.") == "gives the answer away"
+    assert question_problem("What would a 180-gram pocket ember look like?", "180 grams",
+                            "The Pocket Ember weighs 180 grams.") == "gives the answer away"
+    assert question_problem("Can you provide a question about the head office in Port Ellery?",
+                            "14 Candlewharf Lane", "The head office is at 14 Candlewharf Lane, Port Ellery.") == \
+        "about the sentence, not the fact"
+    assert model_question('A question about this sentence would be: "What year did the company begin?"') == \
+        "What year did the company begin?"
     start, end, kind = answer_spans(sentence)[0]
     assert (sentence[start:end], kind) == ("41 hours", "count")
     assert echo_question(sentence, start, end, kind) == "The Gullwing lantern burns for how many hours on one " \
