@@ -23,7 +23,9 @@ _WORDS_AFTER_NUMBER = "of and in by the to on at for per from with a an or each 
 _NUMBER = re.compile(r"\b\d[\d,.]*\d\b|\b\d\b")
 _UNIT = re.compile(r"\s+(?!(?:%s)\b)([a-z][a-z-]+)" % "|".join(_WORDS_AFTER_NUMBER))
 _NAME = re.compile(r"[A-Z][\w'’-]*(?:\s+(?:of|the|de|van|von|and)?\s*[A-Z][\w'’-]*)*")
-_NAMED_NUMBER = re.compile(r"\s+[A-Z][\w'’-]*(?:\s+[A-Z][\w'’-]*)*")
+# A number that starts a name ends its clause: "at 14 Candlewharf Lane, ..."; "230 Saudi patients" is a count.
+_NAMED_NUMBER = re.compile(r"\s+[A-Z][\w'’-]*(?:\s+[A-Z][\w'’-]*)*(?=[,.;:]|$)")
+_ADJECTIVE_UNIT = re.compile(r"(?:\s+[A-Z][\w'’-]*)+\s+([a-z][a-z-]+)")
 _YEAR = re.compile(r"^(1[5-9]|20)\d\d$")
 _WEEKDAYS = {"monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"}
 MIN_WORDS, MAX_WORDS = 4, 40
@@ -49,13 +51,20 @@ class Fact:
 
 
 def answer_spans(sentence: str) -> list[tuple[int, int, str]]:
-    """Candidate answers in a sentence, in order: (start, end, kind) with kind year / count / number / name."""
+    """Candidate answers in a sentence, in order: (start, end, kind) with kind year / count / percent / number /
+    name. Not a name: the first word of the sentence or of a clause (its subject, or just a capital), an acronym
+    or a Roman numeral, anything in brackets (an abbreviation's expansion or a statistic)."""
     spans = []
     for match in _NUMBER.finditer(sentence):
         start, end = match.span()
+        near = sentence[max(0, start - 2):start] + sentence[end:end + 2]
+        if _bracketed(sentence, start) or any(mark in near for mark in "=<>±"):
+            continue  # a statistic (p = 0.05, n = 12, 83.2 ± 29), not a fact
         named = _NAMED_NUMBER.match(sentence, end)
-        unit = _UNIT.match(sentence, end)
-        if named:
+        unit = _UNIT.match(sentence, end) or _ADJECTIVE_UNIT.match(sentence, end)
+        if sentence[end:end + 1] == "%":
+            spans.append((start, end + 1, "percent"))
+        elif named:
             spans.append((start, named.end(), "name"))
         elif unit:
             spans.append((start, unit.end(), "count"))
@@ -64,10 +73,23 @@ def answer_spans(sentence: str) -> list[tuple[int, int, str]]:
     taken = [range(s, e) for s, e, _ in spans]
     for match in _NAME.finditer(sentence):
         start, end = match.span()
-        if start == 0 or any(start in r for r in taken):
-            continue  # the sentence's subject names what the question is about
+        text = match.group()
+        if (start == 0 or sentence[:start].rstrip()[-1:] in (":", ";", ".") or any(start in r for r in taken)
+                or _bracketed(sentence, start) or _acronym(text)):
+            continue
         spans.append((start, end, "name"))
     return sorted(spans)
+
+
+def _acronym(text: str) -> bool:
+    """"DCIS", "OAB-q SS", "III": mostly capitals, a poor answer (and often expanded elsewhere in the sentence)."""
+    letters = [c for c in text if c.isalpha()]
+    return sum(c.isupper() for c in letters) > 0.6 * len(letters)
+_LABEL = re.compile(r"^(?:[A-Z][A-Z ]{2,30}):\s+")  # "METHODS: ", "RESULTS: " in structured abstracts
+
+
+def _bracketed(sentence: str, at: int) -> bool:
+    return sentence[:at].count("(") > sentence[:at].count(")")
 
 
 def _wh(sentence: str, start: int, end: int, kind: str) -> str:
@@ -80,6 +102,8 @@ def _wh(sentence: str, start: int, end: int, kind: str) -> str:
         return f"how many {unit}"
     if kind == "number":
         return "what number"
+    if kind == "percent":
+        return "what percentage"
     if sentence[start:end].split()[0].lower().rstrip("s") in _WEEKDAYS:
         return "which days" if sentence[start:end].split()[0].endswith("s") else "which day"
     return "whom" if previous == "by" else "what"
@@ -138,6 +162,7 @@ def facts_from_chunk(chunk: dict, per_chunk: int) -> tuple[list[Fact], Counter]:
     for sentence in fact_sentences(chunk["text"], limit=per_chunk * 2):
         if len(facts) >= per_chunk:
             break
+        sentence = _LABEL.sub("", sentence)
         spans = answer_spans(sentence)
         if not spans:
             dropped["no short answer in the sentence"] += 1
