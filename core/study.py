@@ -76,6 +76,10 @@ class Studies(FolderRegistry):
                              f"{minutes:g}: below {MIN_MINUTES:g} there is no time to train anything useful")
         if not 3 <= questions <= MAX_QUESTIONS:
             raise InputError(f"questions of each kind must be between 3 and {MAX_QUESTIONS}, got {questions}")
+        passages = len(self.kbs.fact_chunks(kb))
+        if passages < 2:
+            raise InputError(f"a fair study needs at least 2 passages (facts from one are trained on, from another "
+                             f"only tested); this knowledge base has {passages}: add documents first", subject=kb)
         if qa_file:
             qa_path = Path(qa_file)
             if not qa_path.is_file():

@@ -139,7 +139,9 @@ def verdict_lines(report: dict) -> list[str]:
     costs = report["costs"]
     minutes = costs["training_minutes"]
     first = costs["first_token_ms"]
-    lines.append(f"Cost: training took {minutes['facts']} min (fact-tuned) and {minutes['raft']} min (RAFT); first "
+    total = (report["finished"] - report["created"]) / 60
+    lines.append(f"Cost: the whole study took {total:.1f} min, of which training {minutes['facts']} min (fact-tuned) "
+                 f"and {minutes['raft']} min (RAFT); first "
                  "word after " + ", ".join(f"{first[v]} ms ({VARIANT_LABELS[v]})" for v in first) + ".")
     if report["cuts"]:
         lines.append("To fit the time budget: " + "; ".join(report["cuts"]) + ".")
@@ -172,6 +174,10 @@ def _table_rows(report: dict) -> list[list[str]]:
 HEADERS = ["Variant", "Reworded, trained facts", "New facts", "First word (ms)"]
 
 
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def markdown(report: dict) -> str:
     split, q = report["split"], report["questions"]
     lines = [f"# Study {report['study']}: RAG, fine-tuning, both, or RAFT for `{report['kb']}`", "",
@@ -184,14 +190,15 @@ def markdown(report: dict) -> str:
              f"- Questions: {q['kept']} facts kept of {q['candidates']} candidate sentences "
              f"({', '.join(f'{k}: {v}' for k, v in q['dropped'].items()) or 'none dropped'}); the model wrote "
              f"{q['phrasings']['kept']} usable training phrasings of {q['phrasings']['written']}.",
-             f"- Split by passage: {split['trained_facts']} trained facts in {split['trained_passages']} passages, "
-             f"{split['new_facts']} new facts in {split['new_passages']} passages. Test questions found in training "
+             f"- Split by passage: {split['trained_facts']} trained facts in {_n(split['trained_passages'], 'passage')}, "
+             f"{split['new_facts']} new facts in {_n(split['new_passages'], 'passage')}. Test questions found in training "
              f"data: {split['overlap']['test_questions_in_training']}; new facts' passages found in training data: "
              f"{split['overlap']['new_fact_passages_in_training']}.",
-             f"- Training examples: {split['overlap']['training_examples']}; settings: epochs "
+             f"- Training examples: {split['overlap']['training_examples']['facts']} fact-tuned, "
+             f"{split['overlap']['training_examples']['raft']} RAFT; settings: epochs "
              f"{report['training_settings']['epochs']}, learning rate {report['training_settings']['learning_rate']}, "
-             f"rank {report['training_settings']['rank']}; RAG and RAFT show {split['passages_shown_to_rag']} "
-             "passage(s).",
+             f"rank {report['training_settings']['rank']}; RAG and RAFT show the model "
+             f"{_n(split['passages_shown_to_rag'], 'passage')}.",
              f"- Evaluation runs: {', '.join(report['runs'].values())} (in the Evaluate tab).", "",
              "## The advisor's reasoning", "", *[f"- {r}" for r in report["advisor"]["reasons"]], ""]
     return "\n".join(lines)

@@ -116,7 +116,7 @@ def datasets(run) -> dict:
     shown = passages_to_read(parameter_count(lab.models.generator.model), lab.settings.read_passages) \
         or lab.settings.top_k  # as many passages as RAG shows this model
     device = _device_kind(run)
-    spent = (time.time() - run.study["created"]) / 60
+    spent = found.get("seconds", 0) / 60  # the questions stage (time waiting in a queue is not the study's)
     reserve = (len(items) * EVAL_SECONDS[device] + 2 * CHECK_QUESTIONS * CHECK_SECONDS[device]) / 60
     available = run.study["minutes"] - spent - reserve
     caps = run.study.get("caps") or {}

@@ -117,7 +117,8 @@ def run_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_study_bad_input_gets_clear_messages_and_starts_nothing(lab, data_dir, tmp_path, handbook):
-    lab.kbs.ingest([handbook], kb="small")
+    lab.kbs.ingest([handbook], kb="one")
+    lab.kbs.ingest([handbook, DEMO / "policies.md"], kb="small")
     bad_qa = tmp_path / "qa.jsonl"
     bad_qa.write_text('{"question": "Who?", "answer": "Pim"}\n{"question": "Where?"\n')
     with pytest.raises(InputError, match="line 2: not valid JSON"):
@@ -126,9 +127,32 @@ def test_study_bad_input_gets_clear_messages_and_starts_nothing(lab, data_dir, t
         lab.studies.start("small", minutes=2)
     with pytest.raises(InputError, match="no such knowledge base"):
         lab.studies.start("nothing-here")
+    with pytest.raises(InputError, match="needs at least 2 passages .*this knowledge base has 1: add documents"):
+        lab.studies.start("one")
     assert lab.studies.names() == []
     result = run_cli(data_dir, "study", "run", "--kb", "small", "--minutes", "1", "--json")
     assert result.returncode == 1
     assert "between 5 and 1440 minutes" in json.loads(result.stdout)["error"]
     result = run_cli(data_dir, "study", "show", "nope")
     assert result.returncode == 1 and re.search(r"no such study \(existing: none yet", result.stderr)
+
+
+def test_your_own_questions_are_tested_in_your_wording_and_trained_on_their_passage_sentence(lab, tmp_path, handbook):
+    from types import SimpleNamespace
+
+    from core.study_stages import facts_from_qa_file
+
+    lab.kbs.ingest([handbook], kb="own")
+    qa = tmp_path / "qa.csv"
+    qa.write_text("question,answer\nWho founded the Zorblat Institute?,Mirela Quanz\n"
+                  "What does the cafeteria serve on Tuesdays?,cardamom porridge\n"
+                  "What is the capital of France?,Paris\n")
+    chunks = {c["id"]: c for c in lab.kbs.fact_chunks("own")}
+    facts, stats = facts_from_qa_file(SimpleNamespace(lab=lab, study={"kb": "own"}), str(qa), chunks)
+    assert stats == {"pairs": 3, "kept": 2, "dropped": {"answer not found in the knowledge base": 1}}
+    founder = facts[0]
+    assert founder.question == "Who founded the Zorblat Institute?" and founder.answer == "Mirela Quanz"
+    assert founder.sentence.startswith("The Zorblat Institute was founded in 1987 by Mirela Quanz")
+    assert founder.phrasings == ["Fill in the blank: The Zorblat Institute was founded in 1987 by ___ in the town of "
+                                 "Vettelborg."]
+    assert founder.chunk_id in chunks
