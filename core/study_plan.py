@@ -33,7 +33,8 @@ def split_facts(facts: list[Fact], seed: int = 42, max_per_kind: int | None = No
     for kind in KINDS:
         ids = [f.id for c in sides[kind] for f in by_chunk[c]]
         out[kind] = ids[:max_per_kind] if max_per_kind else ids
-        out[f"{kind}_chunks"] = sides[kind]
+        kept = {fact.chunk_id for fact in facts if fact.id in set(out[kind])}  # the passages of the facts kept
+        out[f"{kind}_chunks"] = [c for c in sides[kind] if c in kept]
     if len(chunks) < 2 or min(len(out[k]) for k in KINDS) < MIN_FACTS_PER_KIND:
         raise InputError(
             f"too small for a fair study: it needs at least 2 passages with facts and {MIN_FACTS_PER_KIND} facts on "

@@ -35,7 +35,7 @@ def _summary(study: dict, report: dict | None) -> dict:
          "Builds short-answer questions from the knowledge base's passages, splits them by passage into trained "
          "facts (tested with reworded questions) and new facts, trains a fact-tuned and a RAFT adapter within the "
          "time budget, evaluates base, RAG, fine-tuned, fine-tuned + RAG and RAFT + RAG, and writes the report. "
-         "It runs in a process of its own: Ctrl-C stops watching, not the study (study cancel ID stops it).",
+         "It runs in a process of its own: Ctrl-C stops watching, not the study (study cancel NAME stops it).",
          args=[arg("--kb", required=True, help="the knowledge base to study"),
                arg("--qa", help="your own Q&A file (.jsonl, .json or .csv): its questions are tested too"),
                arg("--minutes", type=float, default=DEFAULT_MINUTES,
@@ -44,7 +44,7 @@ def _summary(study: dict, report: dict | None) -> dict:
                    help=f"held-out questions of each kind, at most (default: {DEFAULT_QUESTIONS}; fewer is faster, "
                         "more decides more)"),
                arg("--name", help="the study's name (default: KB-study)"),
-               arg("--seed", type=int, default=42),
+               arg("--seed", type=int, default=42, help="seed of the question sample and the split (default: 42)"),
                arg("--detach", action="store_true", help="start it and return (see: study show NAME)")],
          text=_show)
 def study_run(lab, args, out):
