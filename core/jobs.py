@@ -113,16 +113,23 @@ class JobStore(FolderRegistry):
 
     def wait(self, job_id: str, on_status=None, poll_s: float = 1.0) -> dict:
         """Block until the job ends; `on_status(status)` sees every change."""
-        last = None
-        while True:
-            status = self.get(job_id)
-            key = (status["state"], status.get("step"), status.get("waiting_for"))
-            if on_status and key != last:
-                on_status(status)
-                last = key
-            if status["state"] in FINAL:
-                return status
-            time.sleep(poll_s)
+        return wait_until_final(lambda: self.get(job_id), lambda s: (s["state"], s.get("step"), s.get("waiting_for")),
+                                on_status, poll_s)
+
+
+def wait_until_final(get, change_key, on_status=None, poll_s: float = 1.0) -> dict:
+    """Poll `get()` until its state is final; `on_status` sees each status whose `change_key` differs from the
+    last one shown (a job's step, a study's stage and message)."""
+    last = None
+    while True:
+        status = get()
+        key = change_key(status)
+        if on_status and key != last:
+            on_status(status)
+            last = key
+        if status["state"] in FINAL:
+            return status
+        time.sleep(poll_s)
 
 
 def device_lock(lock_dir: Path, device: str):

@@ -19,7 +19,7 @@ from pathlib import Path
 from core.datasets import parse_examples
 from core.errors import InputError
 from core.fileio import FolderRegistry, read_json, write_json
-from core.jobs import process_alive
+from core.jobs import process_alive, wait_until_final
 from core.knowledge import KnowledgeBases
 from core.limits import Quota
 
@@ -32,7 +32,7 @@ STAGES = (
     ("evaluate", "Evaluating the five variants"),
     ("report", "Writing the report"),
 )
-ACTIVE, FINAL = ("queued", "running"), ("completed", "cancelled", "failed")
+ACTIVE = ("queued", "running")
 DEFAULT_MINUTES, MIN_MINUTES, MAX_MINUTES = 15.0, 5.0, 24 * 60.0
 DEFAULT_QUESTIONS, MAX_QUESTIONS = 20, 500  # held-out questions of each kind, at most
 REPORT_FORMATS = {".html": "report.html", ".md": "report.md", ".json": "report.json"}
@@ -168,16 +168,8 @@ class Studies(FolderRegistry):
 
     def wait(self, name: str, on_status=None, poll_s: float = 1.0) -> dict:
         """Block until the study ends; `on_status(study)` sees every change of stage or message."""
-        last = None
-        while True:
-            study = self.get(name)
-            key = (study["state"], study.get("stage"), study.get("message"))
-            if on_status and key != last:
-                on_status(study)
-                last = key
-            if study["state"] in FINAL:
-                return study
-            time.sleep(poll_s)
+        return wait_until_final(lambda: self.get(name), lambda s: (s["state"], s.get("stage"), s.get("message")),
+                                on_status, poll_s)
 
     def stage_result(self, name: str, stage: str) -> dict | None:
         return read_json(stage_file(self.path(name), stage))
