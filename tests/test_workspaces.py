@@ -143,7 +143,7 @@ def test_an_idle_workspace_whose_study_waits_is_kept_and_a_demo_study_spends_its
     roomy.clock_state = workspaces.clock_state
     workspaces = roomy
     lab = workspaces.lab("student-0123456789")
-    lab.kbs.ingest([handbook], kb="notes")
+    lab.kbs.ingest([handbook, ROOT / "assets" / "demo" / "policies.md"], kb="notes")  # 2 passages: enough to start
     lock = file_lock(workspaces.root / "study.lock", timeout=0)
     lock.acquire()
     try:
