@@ -6,10 +6,12 @@ from __future__ import annotations
 import math
 import random
 import time
+from pathlib import Path
 
 from core.errors import InputError, LabError
 from core.generation import GenerationConfig
 from core.metrics import contains, normalise
+from core.reading import sentences
 from core.study import DEFAULT_QUESTIONS
 from core.study_plan import fact_examples, overlap_check, raft_examples, split_facts, held_out_items
 from core.study_questions import Fact, add_model_phrasings, build_facts, cloze, question_problem
@@ -71,7 +73,6 @@ def facts_from_qa_file(run, path: str, chunks: dict) -> tuple[list[Fact], dict]:
     passage sentence that holds its answer (found by searching the knowledge base)."""
     from core.datasets import parse_examples
     from core.evaluation import example_to_item
-    from pathlib import Path
 
     examples, _ = parse_examples(Path(path))
     facts, dropped = [], {}
@@ -80,7 +81,7 @@ def facts_from_qa_file(run, path: str, chunks: dict) -> tuple[list[Fact], dict]:
         hits, _ = run.lab.kbs.search(item["question"], run.study["kb"], 10)
         hit = next((h for h in hits if f" {normalise(answer)} " in f" {normalise(h.text)} "), None)
         why = None if hit else "answer not found in the knowledge base"
-        sentence = hit and next((s for s in _sentences(hit.text) if normalise(answer) in normalise(s)), None)
+        sentence = hit and next((s for s in sentences(hit.text) if normalise(answer) in normalise(s)), None)
         if hit and not sentence:
             why = "answer not found in one sentence"
         why = why or question_problem(item["question"], answer, sentence)
@@ -92,12 +93,6 @@ def facts_from_qa_file(run, path: str, chunks: dict) -> tuple[list[Fact], dict]:
         facts.append(Fact(f"qa{n + 1}", hit.chunk_id, hit.file, hit.page, sentence, answer, item["question"],
                           [phrasing]))
     return facts, {"pairs": len(examples), "kept": len(facts), "dropped": dropped}
-
-
-def _sentences(text: str) -> list[str]:
-    from core.reading import sentences
-
-    return sentences(text)
 
 
 # ---- 2. split, training sets, and fitting the budget --------------------------------------------------------
