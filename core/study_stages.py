@@ -224,16 +224,21 @@ def check(run) -> dict:
     with run.device():
         for n, (kind, variants) in enumerate((("facts", ["base", "finetuned"]), ("raft", ["rag", "finetuned+rag"]))):
             adapter = run.result(f"train_{kind}")["adapter"]
-            learned = {v: 0 for v in variants}
-            for m, fact in enumerate(sample):
-                run.check_cancel()
-                question = fact.phrasings[0]  # a training question, as it was trained
-                answers = lab.answers.compare(question, variants, kb=run.study["kb"], adapter=adapter,
-                                              config=GenerationConfig(max_new_tokens=ANSWER_TOKENS))
-                for answer in answers:
+            learned, answered = {v: 0 for v in variants}, []
+
+            def on_done(_answer, n=n, kind=kind, answered=answered, rows=len(sample) * len(variants)):
+                answered.append(_answer)
+                run.progress((n + len(answered) / rows) / 2,
+                             f"Checking the {kind} adapter on {len(sample)} of its training questions")
+
+            # Each fact's first training question, as it was trained; all of them in one decode batch.
+            answers = lab.answers.compare_many(
+                [fact.phrasings[0] for fact in sample], variants, kb=run.study["kb"], adapter=adapter,
+                config=GenerationConfig(max_new_tokens=ANSWER_TOKENS), on_done=on_done, should_stop=run.cancelled)
+            run.check_cancel()
+            for fact, question in zip(sample, answers):
+                for answer in question:
                     learned[answer.variant] += int(not answer.error and contains(answer.answer, fact.answer) > 0)
-                run.progress((n * len(sample) + m + 1) / (2 * len(sample)),
-                             f"Checking the {kind} adapter on its training questions {m + 1}/{len(sample)}")
             out[kind] = {"adapter": adapter, "questions": len(sample), "learned": learned[variants[1]],
                          "without_adapter": learned[variants[0]], "compared_with": variants[0]}
     return out

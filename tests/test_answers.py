@@ -83,6 +83,36 @@ def test_side_by_side_answers_match_single_answers(lab, handbook):
     assert together == alone
 
 
+def test_many_questions_in_one_batch_answer_as_each_question_alone(lab, handbook):
+    """compare_many (an evaluation's batches) gives each question's columns what compare gives them one question at
+    a time; answers that need no model (a passage that does not answer) come back in their place."""
+    lab.kbs.ingest([handbook])
+    questions = ["What is the mascot of the Zorblat Institute?", "Who founded the Zorblat Institute?",
+                 "How many days of paid leave does staff get?", "What is the boiling point of tungsten?"]
+    finished = []
+    together = lab.answers.compare_many(questions, ["base", "rag"], config=SHORT, on_done=finished.append)
+    assert [[a.question for a in q] for q in together] == [[q, q] for q in questions]
+    assert sorted(id(a) for a in finished) == sorted(id(a) for q in together for a in q)  # each reported once
+    for question, answers in zip(questions, together):
+        alone = lab.answers.compare(question, ["base", "rag"], config=SHORT)
+        for batched, single in zip(answers, alone):
+            assert batched.variant == single.variant and not batched.error and batched.answer
+            if lab.models.generator.device == "cpu":  # fp32: a bigger batch rounds like a smaller one
+                assert batched.answer == single.answer, (question, batched.variant)
+    assert "Quanz" in together[1][1].answer and "Quanz" not in together[1][0].answer
+
+
+def test_a_stopped_batch_marks_what_it_did_not_finish(lab):
+    from core.answers import STOPPED
+
+    done = []
+    answers = lab.answers.compare_many(["Tell me a very long story.", "Hi"], ["base"],
+                                       config=GenerationConfig(max_new_tokens=200), on_done=done.append,
+                                       should_stop=lambda: len(done) >= 1)
+    assert len(done) == 1 and not done[0].error
+    assert [a.error for q in answers for a in q if a is not done[0]] == [STOPPED]
+
+
 def test_closing_a_stream_stops_generation_and_frees_the_model(lab):
     import time
 

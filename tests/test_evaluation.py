@@ -105,6 +105,33 @@ def test_a_cancelled_run_keeps_what_it_answered(lab, handbook, handbook_items):
     assert len(lab.evals.load(run["id"])["results"]) == 1
 
 
+def test_later_questions_share_a_batch_and_a_cancelled_batch_is_not_kept_half_answered(lab, handbook,
+                                                                                     handbook_items):
+    from core.evaluation import TIMED_QUESTIONS
+
+    lab.kbs.ingest([handbook])
+    items = handbook_items + [{"question": "What does the cafeteria serve on Tuesdays?", "answer": "porridge"},
+                              {"question": "What is the institute's mascot?", "answer": "heron"}]
+    short = GenerationConfig(max_new_tokens=12)
+    run = lab.evaluation.run(items, "handbook", ["base", "rag"], kb="default", config=short)
+    assert [r["batch"] for r in run["results"]] == [1] * TIMED_QUESTIONS + [2, 2]
+    assert [r["question"] for r in run["results"]] == [i["question"] for i in items]
+    for result in run["results"]:  # a batch answers as each question alone does
+        alone = lab.answers.compare(result["question"], ["base", "rag"], kb="default", config=short)
+        if lab.models.generator.device == "cpu":
+            assert {a.variant: a.answer for a in alone} == {v: a["answer"] for v, a in result["answers"].items()}
+    # Latency comes from the questions answered alone: the batched ones wait for each other.
+    timed = [r["answers"]["rag"]["timings"]["total_ms"] for r in run["results"][:TIMED_QUESTIONS]]
+    assert run["summary"]["rag"]["latency_ms"] == pytest.approx(sum(timed) / len(timed))
+    # Stopped after the first answer of the shared batch: its questions are left out, not saved half answered.
+    messages = []
+    run = lab.evaluation.run(items, "handbook", ["base", "rag"], kb="default", config=short,
+                             progress=lambda fraction, message: messages.append(message),
+                             should_stop=lambda: any(m.startswith("Questions 3-4/4: 1 of") for m in messages))
+    assert run["state"] == "cancelled" and run["done"] == TIMED_QUESTIONS == len(run["results"])
+    assert len(lab.evals.load(run["id"])["results"]) == TIMED_QUESTIONS
+
+
 def test_yes_no_maybe_test_sets_get_accuracy_and_macro_f1(lab, tmp_path):
     items = [{"question": "Is water wet?", "answer": "yes"}, {"question": "Is fire cold?", "answer": "no"},
              {"question": "Will it rain in ten years on this day?", "answer": "maybe"}]

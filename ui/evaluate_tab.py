@@ -154,7 +154,7 @@ class EvaluateHandlers:
         if stop is None:
             return gr.update()  # nothing was started from this page
         stop.set()
-        return "**Cancelling** · the current question finishes first; the answered ones are kept."
+        return "**Cancelling** · stops within a word; the questions already answered are kept."
 
     def open_run(self, run_id, request: gr.Request):
         lab = self.lab_of(request)
