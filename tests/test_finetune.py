@@ -38,22 +38,83 @@ def correct(lab: Lab, adapter: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One adapter trained on the facts through the CLI's main() (the job runs in its own process), shared by the
-    tests below. (`python -m core train` as its own process is in the Ctrl-C test.)"""
+def quick_run(tmp_path_factory):
+    """One adapter trained on the facts with the Quick preset as a user gets it (12 examples at batch 4 for 10
+    epochs: 30 steps), shared by the tests below, and trained the way a user might: `python -m core train` in its
+    own process, stopped by Ctrl-C a few steps in while a second job waits for the device (and is cancelled the way
+    the app's Cancel button does it), then resumed from its checkpoint to the end. Returns what was seen on the way
+    (for the Ctrl-C test) and the finished job."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
     data_dir = tmp_path_factory.mktemp("finetune") / "data"
     imported = cli_here(["dataset", "import", str(FACTS), "--name", "facts", "--validation", "0", "--test", "0",
                         "--json"], data_dir)
     assert imported.returncode == 0, imported.stderr
-    # The Quick preset as a user gets it (12 examples at batch 4 for 10 epochs: 30 steps, about a minute here).
-    done = cli_here(["train", "--dataset", "facts", "--preset", "quick", "--adapter", "facts-lora", "--json"],
-                    data_dir)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
-    assert result["state"] == "completed" and result["adapter"] == "facts-lora"
-    assert "step 1/" in done.stderr  # live progress on stderr
     lab = Lab(load_settings(data_dir=data_dir, model_cache_dir=Path(os.environ["LAB_MODEL_CACHE"])))
-    return lab, result
+    process = subprocess.Popen(
+        [sys.executable, "-m", "core", "train", "--dataset", "facts", "--preset", "quick", "--adapter", "facts-lora"],
+        cwd=ROOT, env=subprocess_env(data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not lab.jobs.names():
+        assert time.time() < deadline and process.poll() is None, process.stderr.read() if process.poll() else ""
+        time.sleep(0.2)
+    [first] = lab.jobs.names()
+    second = lab.training.start("facts", lab.training.preset("quick"), adapter="waits")
+    seen = {"job": first}
+    # One job per device: the second waits, visibly, for the first.
+    while lab.jobs.get(second["id"]).get("waiting_for") != first:
+        assert time.time() < deadline and lab.jobs.get(second["id"])["state"] == "queued"
+        time.sleep(0.5)
+    seen["second_cancelled"] = lab.jobs.cancel(second["id"]) and lab.jobs.wait(second["id"])["state"]
+    while (lab.jobs.get(first).get("step") or 0) < 3:
+        assert time.time() < deadline and process.poll() is None, process.stderr.read() if process.poll() else ""
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    seen["out"], seen["err"] = process.communicate(timeout=300)
+    seen["returncode"] = process.returncode
+    seen["stopped"] = lab.jobs.get(first)
+    seen["adapters_at_stop"] = lab.adapters.names()
+    seen["info_at_stop"] = lab.adapters.info("facts-lora") if "facts-lora" in lab.adapters.names() else None
+    if seen["info_at_stop"]:  # the checkpoint loads and answers
+        seen["answer_at_stop"] = lab.answers.ask("Who founded the Zorblat Institute?", "finetuned",
+                                                 adapter="facts-lora", config=GenerationConfig(max_new_tokens=8))
+    lab.jobs.resume(first)
+    finished = lab.jobs.wait(first)
+    assert finished["state"] == "completed" and finished["adapter"] == "facts-lora", finished.get("error")
+    seen["adapters_after_resume"] = lab.adapters.names()
+    return lab, finished, seen
+
+
+@pytest.fixture(scope="module")
+def trained(quick_run):
+    lab, finished, _ = quick_run
+    return lab, finished
+
+
+def test_ctrl_c_cancels_the_job_which_keeps_a_usable_adapter_and_resume_finishes(quick_run):
+    """Ctrl-C on `python -m core train` (its own process, as a user runs it) stops the training, not just the
+    watching, and the job keeps its last checkpoint as an adapter that loads and answers. Meanwhile a second job
+    waits for the device, visibly, and is cancelled the way the app's Cancel button does it. Resuming the first
+    continues from its checkpoint and finishes."""
+    lab, finished, seen = quick_run
+    assert seen["returncode"] == 0, seen["err"][-2000:]
+    assert "step 1/" in seen["err"] and "cancelling" in seen["err"]  # live progress on stderr, then the stop
+    assert seen["out"].startswith("cancelled: adapter facts-lora")
+    assert seen["second_cancelled"] == "cancelled"
+    stopped = seen["stopped"]
+    assert stopped["state"] == "cancelled" and stopped["adapter"] == "facts-lora", stopped.get("error")
+    assert seen["adapters_at_stop"] == ["facts-lora"]
+    assert seen["info_at_stop"]["complete"] is False and 3 <= seen["info_at_stop"]["steps"] < 30
+    assert seen["answer_at_stop"].answer
+    assert seen["adapters_after_resume"] == ["facts-lora"]  # the resumed run replaced its own earlier adapter
+    info = lab.adapters.info("facts-lora")
+    assert info["complete"] is True and info["steps"] == 30 and finished["result"]["steps"] == 30
+    assert info["history"]["train"][0][0] > 3  # continued from the checkpoint, not from step 1
+    assert finished["result"]["resumed_from_step"] == seen["info_at_stop"]["steps"]
 
 
 def test_fine_tuned_model_answers_facts_the_base_model_does_not_know(trained):
@@ -136,7 +197,9 @@ def test_one_batch_serves_all_four_columns(trained, tmp_path):
             # batch's agreement up to near-ties is test_arena.py's); here each column only has to answer both ways
             assert answer.answer and alone.answer and not answer.error and not alone.error, variant
     assert together["finetuned+rag"].sources and together["base"].sources == []
-    assert len(lab.models.generator.adapters) == 1  # one attached adapter, no second copy of the model
+    # One attached adapter, no second copy of the model: the version cut short by Ctrl-C (attached by the Ctrl-C
+    # test) was detached when the finished one replaced it.
+    assert len(lab.models.generator.adapters) == 1
 
 
 def test_cli_compares_four_columns_and_exports_votes(trained, tmp_path):
@@ -418,53 +481,3 @@ def test_attached_adapters_stay_off_for_direct_calls(trained):
         with model.disable_adapter():
             base = model(**inputs).logits
     assert torch.allclose(direct, base, atol=1e-5)
-
-
-def test_ctrl_c_cancels_the_job_which_keeps_a_usable_adapter_and_resume_finishes(lab):
-    """Ctrl-C on `python -m core train` (its own process, as a user runs it) stops the training, not just the
-    watching, and the job keeps its last checkpoint as an adapter that loads and answers. Meanwhile a second job
-    waits for the device, visibly, and is cancelled the way the app's Cancel button does it. Resuming the first
-    continues from its checkpoint and finishes."""
-    import signal
-    import subprocess
-    import sys
-
-    from conftest import subprocess_env
-
-    lab.datasets.import_file(FACTS, "facts", validation=0.2, test=0)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "core", "train", "--dataset", "facts", "--max-steps", "14", "--batch-size", "2",
-         "--eval-every", "4", "--adapter", "cut-short"],
-        cwd=ROOT, env=subprocess_env(lab.settings.data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not lab.jobs.names():
-        assert time.time() < deadline and process.poll() is None, process.stderr.read() if process.poll() else ""
-        time.sleep(0.2)
-    [first] = lab.jobs.names()
-    settings = lab.training.preset("quick", max_steps=14, batch_size=2, eval_every=4)
-    second = lab.training.start("facts", settings, adapter="waits")
-    # One job per device: the second waits, visibly, for the first.
-    while lab.jobs.get(second["id"]).get("waiting_for") != first:
-        assert time.time() < deadline and lab.jobs.get(second["id"])["state"] == "queued"
-        time.sleep(0.5)
-    assert lab.jobs.cancel(second["id"]) and lab.jobs.wait(second["id"])["state"] == "cancelled"
-    while (lab.jobs.get(first).get("step") or 0) < 3:
-        assert time.time() < deadline and process.poll() is None, process.stderr.read() if process.poll() else ""
-        time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err[-2000:]
-    assert "cancelling" in err and out.startswith("cancelled: adapter cut-short")
-    stopped = lab.jobs.get(first)
-    assert stopped["state"] == "cancelled" and stopped["adapter"] == "cut-short", stopped.get("error")
-    info = lab.adapters.info("cut-short")
-    assert info["complete"] is False and 3 <= info["steps"] < 14
-    assert lab.answers.ask("Who founded the Zorblat Institute?", "finetuned", adapter="cut-short",
-                           config=GenerationConfig(max_new_tokens=8)).answer  # the checkpoint loads and answers
-    lab.jobs.resume(first)
-    finished = lab.jobs.wait(first)
-    assert finished["state"] == "completed", finished.get("error")
-    assert lab.adapters.names() == ["cut-short"]  # the resumed run replaced its own earlier adapter
-    info = lab.adapters.info("cut-short")
-    assert info["complete"] is True and info["steps"] == 14
-    assert info["history"]["train"][0][0] > 3  # continued from the checkpoint, not from step 1
