@@ -85,20 +85,22 @@ def test_side_by_side_answers_match_single_answers(lab, handbook):
 
 def test_many_questions_in_one_batch_answer_as_each_question_alone(lab, handbook):
     """compare_many (an evaluation's batches) gives each question's columns what compare gives them one question at
-    a time; answers that need no model (a passage that does not answer) come back in their place."""
+    a time (test_evaluation.py compares every batched question of a run); an answer that needs no model (passages
+    that do not answer) comes back in its place."""
+    from core.reading import NOT_IN_DOCUMENTS
+
     lab.kbs.ingest([handbook])
     questions = ["What is the mascot of the Zorblat Institute?", "Who founded the Zorblat Institute?",
                  "How many days of paid leave does staff get?", "What is the boiling point of tungsten?"]
     finished = []
     together = lab.answers.compare_many(questions, ["base", "rag"], config=SHORT, on_done=finished.append)
-    assert [[a.question for a in q] for q in together] == [[q, q] for q in questions]
+    assert [[(a.question, a.variant) for a in q] for q in together] == [[(q, "base"), (q, "rag")] for q in questions]
     assert sorted(id(a) for a in finished) == sorted(id(a) for q in together for a in q)  # each reported once
-    for question, answers in zip(questions, together):
-        alone = lab.answers.compare(question, ["base", "rag"], config=SHORT)
-        for batched, single in zip(answers, alone):
-            assert batched.variant == single.variant and not batched.error and batched.answer
-            if lab.models.generator.device == "cpu":  # fp32: a bigger batch rounds like a smaller one
-                assert batched.answer == single.answer, (question, batched.variant)
+    assert all(a.answer and not a.error for q in together for a in q)
+    assert together[3][1].answer == NOT_IN_DOCUMENTS and together[3][1].timings["new_tokens"] == 0
+    alone = lab.answers.compare(questions[1], ["base", "rag"], config=SHORT)
+    if lab.models.generator.device == "cpu":  # fp32: a bigger batch rounds like a smaller one
+        assert [a.answer for a in alone] == [a.answer for a in together[1]]
     assert "Quanz" in together[1][1].answer and "Quanz" not in together[1][0].answer
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 
-from conftest import run_cli, start_app, write_pdf, write_scanned_pdf
+from conftest import cli_here, start_app, write_pdf, write_scanned_pdf
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -42,11 +42,12 @@ def status_lines(markdown: str) -> list[str]:
 
 
 def stored_files(app_server, kb: str = "default") -> list[str]:
-    """The file names the server's store really holds, read by another process (the CLI) from its data folder."""
+    """The file names the server's store really holds, read from its data folder by the CLI's code (a store opened
+    apart from the server's; `python -m core` as a process of its own is test_cli.py's)."""
     import json
 
     _, data_dir = app_server
-    shown = run_cli(["kb", "show", kb, "--json"], data_dir)
+    shown = cli_here(["kb", "show", kb, "--json"], data_dir)
     if shown.returncode != 0:
         return []  # no knowledge base yet
     return [f["file"] for f in json.loads(shown.stdout)["files"]]
@@ -703,7 +704,7 @@ def test_demo_mode_gives_each_visitor_their_own_workspace(demo_server, browser, 
 
         # On disk: two workspaces, the handbook only in Alice's.
         spaces = [p for p in (data_dir / "workspaces").iterdir() if p.is_dir()]
-        holding = [p for p in spaces if run_cli(["kb", "show", "default", "--json"], p).returncode == 0]
+        holding = [p for p in spaces if cli_here(["kb", "show", "default", "--json"], p).returncode == 0]
         assert len(spaces) >= 2 and len(holding) == 1, (spaces, holding)
 
         # An API client is a third visitor (no cookie: its session is its workspace): it cannot reach her file.

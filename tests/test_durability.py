@@ -67,8 +67,8 @@ def test_kill_9_mid_ingest_leaves_a_consistent_store(data_dir, tmp_path, handboo
                                for i in range(250)))
     command = [sys.executable, "-m", "core", "ingest", str(handbook), str(big)]
     outcomes = []
-    # Kills mid-write (the case that matters), and one just as the write starts.
-    for when in ("mid-write", 0.0, "mid-write"):
+    # A kill mid-write (the case that matters), and one just as the write starts.
+    for when in ("mid-write", 0.0):
         proc = subprocess.Popen(command, cwd=ROOT, env=subprocess_env(data_dir), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
         if when == "mid-write":
