@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -50,23 +51,29 @@ def describe_model(name: str) -> str:
     return name.split(":", 1)[1] + " (bundled)" if name.startswith("bundled:") else name
 
 
+CONVERSION_RECORD = "conversion.json"
+PROBE_PROMPT = "The capital of France is"
+
+
 def converted_checkpoint(gguf_file: Path, cache_dir: Path) -> Path:
     """Convert a GGUF file once into a safetensors checkpoint and return its folder.
 
     transformers can read GGUF (dequantizing to float32) but such a model cannot be
     save_pretrained directly, and reading GGUF takes ~35 s; the safetensors copy loads in ~2 s
-    and also works with bitsandbytes 4-bit loading. The copy is built in a temporary folder and
-    renamed into place, so a half-written cache is never used; a file lock stops two processes
-    from converting at once.
+    and also works with bitsandbytes 4-bit loading. The copy is built in a temporary folder,
+    checked (reloaded, it must give the GGUF model's logits on a probe prompt) and only then
+    renamed into place, so a half-written or unfaithful cache is never used; a file lock stops
+    two processes from converting at once. The check's figures are kept in conversion.json.
     """
     stat = gguf_file.stat()
     target = cache_dir / f"{gguf_file.stem}-{stat.st_size}"
-    if (target / "config.json").exists():
+    if (target / CONVERSION_RECORD).exists():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     with file_lock(cache_dir / ".convert.lock"):
-        if (target / "config.json").exists():  # another process finished while we waited
+        if (target / CONVERSION_RECORD).exists():  # another process finished while we waited
             return target
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         log.info("Converting %s to safetensors (once)...", gguf_file.name)
@@ -86,7 +93,21 @@ def converted_checkpoint(gguf_file: Path, cache_dir: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         fresh.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if target.exists():  # an incomplete folder (no config.json) from some earlier failure
+        ids = tokenizer(PROBE_PROMPT, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            expected = gguf_model(ids).logits[0, -1]
+            got = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)(ids).logits[0, -1]
+        difference = float((expected - got).abs().max())
+        if not difference <= 1e-4:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ModelError(f"Converting {gguf_file.name} failed: the converted model's logits differ from the "
+                             f"GGUF model's by up to {difference:.3g}")
+        top = torch.topk(expected, 20)
+        (tmp / CONVERSION_RECORD).write_text(json.dumps({
+            "gguf": gguf_file.name, "gguf_bytes": stat.st_size, "probe": PROBE_PROMPT,
+            "max_abs_difference": difference,
+            "reference_top_logits": [[int(i), float(v)] for v, i in zip(top.values, top.indices)]}, indent=1))
+        if target.exists():  # an incomplete folder from some earlier failure, or one converted before the check
             shutil.rmtree(target)
         os.replace(tmp, target)
         return target

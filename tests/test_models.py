@@ -1,4 +1,5 @@
 """Model loading: the bundled GGUF converted once, faithfully; clear errors for models that are not there."""
+import json
 import os
 import subprocess
 import sys
@@ -21,27 +22,43 @@ def test_bundled_models_are_found_without_importing_their_packages():
 
 
 def test_conversion_is_complete_and_faithful_to_the_gguf(lab):
+    """The conversion checks itself before the cache is used (reloaded, the checkpoint gives the GGUF model's
+    logits) and records the GGUF model's logits; the served model reproduces them, and sampled weights equal the
+    GGUF file's own tensors, dequantized by the gguf package apart from transformers."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
     from transformers import AutoModelForCausalLM
+
+    from core.models import CONVERSION_RECORD
 
     generator = lab.models.generator
     gguf = bundled_gguf_file()
     cache = Path(os.environ["LAB_MODEL_CACHE"])
     folder = converted_checkpoint(gguf, cache)
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", CONVERSION_RECORD} <= {p.name for p in folder.iterdir()}
     assert not list(cache.glob(".tmp-*")), "a half-written conversion was left behind"
     assert "quantization_config" not in (folder / "config.json").read_text()
+    record = json.loads((folder / CONVERSION_RECORD).read_text())
+    assert record["gguf_bytes"] == gguf.stat().st_size and record["max_abs_difference"] <= 1e-4
 
-    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # On CPU the served model is the converted checkpoint in fp32; on CUDA it is served in 16-bit, so the checkpoint
     # itself is compared there, loaded in fp32 on the CPU.
     converted = generator.model if generator.device == "cpu" else AutoModelForCausalLM.from_pretrained(
         folder, dtype=torch.float32)
     assert converted.dtype == torch.float32
-    ids = generator.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    ids = generator.tokenizer(record["probe"], return_tensors="pt")["input_ids"].to(converted.device)
     with torch.inference_mode():
-        expected = reference(ids).logits
-        got = converted(ids).logits
-    assert torch.allclose(expected, got, atol=1e-4)
+        got = converted(ids).logits[0, -1].float().cpu()
+    reference = record["reference_top_logits"]
+    assert len(reference) == 20 and [i for i, _ in reference] == torch.topk(got, 20).indices.tolist()
+    assert max(abs(got[i].item() - value) for i, value in reference) <= 1e-4
+
+    tensors = {t.name: t for t in GGUFReader(str(gguf)).tensors}
+    layers = converted.get_base_model().model.layers if hasattr(converted, "get_base_model") else converted.model.layers
+    for index in (0, len(layers) - 1):  # feed-forward weights, which the conversion does not permute
+        raw = tensors[f"blk.{index}.ffn_down.weight"]
+        expected = torch.from_numpy(dequantize(raw.data, raw.tensor_type).copy())
+        assert torch.allclose(layers[index].mlp.down_proj.weight.detach().float().cpu(), expected, atol=1e-6)
 
 
 class _Calls(torch.overrides.TorchFunctionMode):
