@@ -132,8 +132,8 @@ class Answers:
                  adapter: str | None, history: dict[str, list[dict]] | None, read_passages: int | None,
                  min_relevance: float | None, instruction: str | None) -> "_Turn":
         """One question's columns up to the model: the passages found (one search for all RAG columns), the
-        answers that need no model (errors, passages that do not answer), and a prompt row for each of the rest."""
-        question = check_question(question)
+        answers that need no model (errors, passages that do not answer), and a prompt row for each of the rest.
+        The question has been checked by the caller (check_question), before the model loads."""
         read_passages, min_relevance = check_reading(self.settings, read_passages, min_relevance)
         chosen: list[Variant] = [get_variant(name) for name in dict.fromkeys(variants)]
         if not chosen:
