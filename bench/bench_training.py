@@ -63,6 +63,7 @@ def run_baseline(data_dir: Path, steps: int, batch: int, max_length: int) -> dic
     from core.config import load_settings
     from core.datasets import DatasetStore
     from core.models import resolve_base_model
+    from core.training import cpu_bf16
 
     settings = load_settings(data_dir=data_dir, device="cpu")
     source = resolve_base_model(settings.base_model, settings)
@@ -91,7 +92,8 @@ def run_baseline(data_dir: Path, steps: int, batch: int, max_length: int) -> dic
     args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="bench-baseline-"), per_device_train_batch_size=batch,
                              learning_rate=LORA["learning_rate"], max_steps=steps, logging_steps=1, save_strategy="no",
                              report_to=[], use_cpu=True, disable_tqdm=True, remove_unused_columns=False,
-                             lr_scheduler_type="cosine", seed=42, optim="adamw_torch", dataloader_num_workers=0)
+                             lr_scheduler_type="cosine", seed=42, optim="adamw_torch", dataloader_num_workers=0,
+                             bf16=cpu_bf16())  # the engine's precision: bf16 mixed where the CPU has it natively
     loop = {}
 
     class Clock(TrainerCallback):  # the training loop's own time, as the engine reports it
@@ -131,6 +133,8 @@ def main() -> None:
     import core  # noqa: F401
     import torch
 
+    from core.training import cpu_bf16
+
     data_dir = Path(tempfile.mkdtemp(prefix="bench-train-"))
     make_dataset(data_dir, args.examples)
     runs: dict[str, list[dict]] = {"baseline": [], "engine": []}
@@ -144,7 +148,7 @@ def main() -> None:
     results = {kind: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for kind, rs in runs.items()}
     print(f"# {platform.node()} · {os.cpu_count()} CPUs · torch {torch.__version__} · {time.strftime('%Y-%m-%d')} · "
           f"{args.examples} PubMedQA Q&A, {args.steps} steps of {args.batch_size}, max length {args.max_length}, "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}, {'bf16 mixed precision (this CPU has native bf16)' if cpu_bf16() else 'fp32'}")
     print("| run | useful tokens/s | ratio | wall s | peak RSS GB | ratio |")
     print("|---|---:|---:|---:|---:|---:|")
     base = results["baseline"]

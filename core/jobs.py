@@ -228,8 +228,8 @@ def run_job(folder: Path) -> int:
             "dataset_sha256": data.info(job["dataset"]).sha256, "settings": job["settings"],
             "job": job["id"], "created": time.time(), "complete": not cancelled,
             **{k: result.get(k) for k in ("train_loss", "eval_loss", "steps", "total_steps", "seconds",
-                                          "tokens_per_s", "device", "quantized_4bit", "packing", "optimizer",
-                                          "trainer", "peak_gpu_memory_gb", "history")},
+                                          "tokens_per_s", "device", "quantized_4bit", "precision", "packing",
+                                          "optimizer", "trainer", "peak_gpu_memory_gb", "history")},
         }
         name = job["adapter"]
         if name in adapters.names() and adapters.info(name).get("job") == job["id"]:

@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from core.training import TrainSettings, optimizer_for, to_prompt_completion, use_4bit
+from core.training import TrainSettings, cpu_bf16, optimizer_for, to_prompt_completion, use_4bit
 
 
 def train(job: dict, job_dir: Path, report, should_stop) -> dict:
@@ -93,7 +93,7 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
         train_sampling_strategy="random" if flash or lean else "group_by_length",
         optim=optimizer_for(device, quantized),
         gradient_checkpointing=cuda,
-        bf16=compute_dtype == torch.bfloat16,
+        bf16=compute_dtype == torch.bfloat16 or (not cuda and not quantized and cpu_bf16()),
         fp16=compute_dtype == torch.float16,
         use_cpu=not cuda,
         logging_steps=1,
@@ -172,6 +172,7 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
         "tokens_per_s": round(tokens / training_s, 1) if tokens else None,
         "device": device, "quantized_4bit": quantized, "packing": flash, "processes": trainer.args.world_size,
         "optimizer": trainer.args.optim.value, "trainer": type(trainer).__name__,
+        "precision": "bf16 mixed" if config.bf16 else "fp16 mixed" if config.fp16 else "fp32",
         "padding_free": getattr(trainer, "flat_collator", None) is trainer.data_collator or flash,
         "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 2) if cuda else None,
         "stopped_early": trainer.state.global_step < total_steps,

@@ -13,6 +13,7 @@ from conftest import ROOT
 from core.config import load_settings
 from core.models import resolve_base_model
 from core.sft import PER_EXAMPLE, CheapDropout, CpuSFTTrainer
+from core.training import cpu_bf16
 
 FACTS = ROOT / "tests" / "data" / "zorblat_facts.jsonl"
 
@@ -35,11 +36,11 @@ def make_trainer(trainer_class, dropout: float, examples: int = 12, long_answer:
     if long_answer:
         rows[1]["completion"][0]["content"] *= 6
     rows = rows[:examples]
-    # fp32 and no gradient checkpointing, as core/training_run.py sets them on CPU (TRL's defaults are bf16 autocast and
-    # checkpointing).
+    # No gradient checkpointing, as core/training_run.py sets it on CPU, and fp32 unless asked (the layouts compare
+    # exactly there; the app trains in bf16 mixed precision where the CPU has native bf16, core.training.cpu_bf16).
     config = SFTConfig(output_dir=tempfile.mkdtemp(), max_length=384, completion_only_loss=True, use_cpu=True,
-                       bf16=False, gradient_checkpointing=False, report_to=[], disable_tqdm=True,
-                       include_num_input_tokens_seen="no", **{"max_steps": 1, **config})
+                       gradient_checkpointing=False, report_to=[], disable_tqdm=True,
+                       include_num_input_tokens_seen="no", **{"max_steps": 1, "bf16": False, **config})
     return trainer_class(model=model, args=config, processing_class=tokenizer, train_dataset=Dataset.from_list(rows),
                          peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear",
                                                 task_type="CAUSAL_LM"))
@@ -115,17 +116,22 @@ def test_training_tracks_stock_trl_step_by_step():
     settings = dict(examples=4, long_answer=False, max_steps=4, per_device_train_batch_size=2, learning_rate=2e-3,
                     lr_scheduler_type="constant", logging_steps=1, seed=3, data_seed=3, save_strategy="no")
     losses = {}
-    for trainer_class in (SFTTrainer, CpuSFTTrainer):
-        run = make_trainer(trainer_class, dropout=0.0, **settings)
+    # The app's own precision on this CPU too, when it differs from fp32 (bf16 mixed where the CPU has it natively)
+    runs = [(SFTTrainer, False), (CpuSFTTrainer, False)] + ([(CpuSFTTrainer, True)] if cpu_bf16() else [])
+    for trainer_class, bf16 in runs:
+        run = make_trainer(trainer_class, dropout=0.0, bf16=bf16, **settings)
         if trainer_class is CpuSFTTrainer:
             assert run.data_collator is run.flat_collator  # the padding-free layout is the one compared
         run.train()
-        losses[trainer_class.__name__] = [log["loss"] for log in run.state.log_history if "loss" in log]
+        losses[trainer_class.__name__ + " bf16" * bf16] = [log["loss"] for log in run.state.log_history if "loss" in log]
     stock, ours = losses["SFTTrainer"], losses["CpuSFTTrainer"]
-    print("losses per step: stock", stock, "CPU", ours)
+    print("losses per step:", losses)
     assert len(stock) == len(ours) == 4
     assert ours == pytest.approx(stock, rel=1e-4)  # measured: within 1e-5 (fp32 on both sides)
     assert sum(ours[2:]) < 0.75 * sum(ours[:2])  # the second pass over the same examples costs clearly less
+    if "CpuSFTTrainer bf16" in losses:  # bf16 products round: close to fp32's losses, and it learns as well
+        mixed = losses["CpuSFTTrainer bf16"]
+        assert mixed == pytest.approx(stock, rel=0.05) and sum(mixed[2:]) < 0.75 * sum(mixed[:2])
 
 
 def test_the_start_up_check_catches_a_flat_row_whose_examples_see_each_other(trainer):
