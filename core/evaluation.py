@@ -46,6 +46,14 @@ def is_yes_no_maybe(items: list[dict]) -> bool:
     return bool(items) and all(normalise(i["answer"]) in LABELS for i in items)
 
 
+# The first questions are answered one at a time (their variants together, as Compare does): their timings are the
+# run's latency figures, and the first result shows soon. The rest share decode batches of up to this many rows,
+# which on this 2-core CPU answers 8 questions x 4 variants 2.2x faster than one question at a time, with the
+# same greedy answers.
+TIMED_QUESTIONS = 2
+ROWS_PER_BATCH = {"cpu": 32, "cuda": 64}
+
+
 class Evaluation:
     def __init__(self, settings: Settings, runs: EvalStore, answers: Answers, kbs: KnowledgeBases,
                  datasets: DatasetStore, adapters: AdapterStore, models: Models, quota: Quota):
@@ -97,20 +105,22 @@ class Evaluation:
     def run(self, items: list[dict], testset: str, variants: list[str], kb: str | None = None,
             adapter: str | None = None, config: GenerationConfig | None = None, top_k: int | None = None,
             progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None,
-            read_passages: int | None = None, min_relevance: float | None = None) -> dict:
+            read_passages: int | None = None, min_relevance: float | None = None,
+            timed: int = TIMED_QUESTIONS) -> dict:
         """Answer every item with every variant (several questions' variants share one decode batch), score and
         save each question as its batch finishes; returns the finished (or cancelled) run with its summary and
-        results."""
+        results. The first `timed` questions are answered alone, for the latency figures."""
         run = None
         for run in self.steps(items, testset, variants, kb, adapter, config, top_k, progress, should_stop,
-                              read_passages, min_relevance):
+                              read_passages, min_relevance, timed):
             pass
         return run
 
     def steps(self, items: list[dict], testset: str, variants: list[str], kb: str | None = None,
               adapter: str | None = None, config: GenerationConfig | None = None, top_k: int | None = None,
               progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None,
-              read_passages: int | None = None, min_relevance: float | None = None) -> Iterator[dict]:
+              read_passages: int | None = None, min_relevance: float | None = None,
+              timed: int = TIMED_QUESTIONS) -> Iterator[dict]:
         """`run` one batch at a time: yields the run after each batch of questions (its `done` counts them) and
         last the finished run with its results. Closing the iterator early cancels the run: what was answered is
         kept."""
@@ -141,7 +151,7 @@ class Evaluation:
         results = []
         run["state"] = "cancelled"  # until every question is answered
         try:
-            for batch in question_batches(len(items), len(variants), self.settings.resolved_device):
+            for batch in question_batches(len(items), len(variants), self.settings.resolved_device, timed):
                 if should_stop and should_stop():
                     break
                 rows_before, answered = batch[0] * len(variants), []
@@ -238,19 +248,11 @@ def _weight_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-# The first questions are answered one at a time (their variants together, as Compare does): their timings are the
-# run's latency figures, and the first result shows soon. The rest share decode batches of up to this many rows,
-# which on this 2-core CPU answers 8 questions x 4 variants 2.2x faster than one question at a time, with the
-# same greedy answers.
-TIMED_QUESTIONS = 2
-ROWS_PER_BATCH = {"cpu": 32, "cuda": 64}
-
-
-def question_batches(questions: int, variants: int, device: str) -> list[list[int]]:
-    """Question indices in decode batches: the timed ones alone, then as many as the rows allow."""
+def question_batches(questions: int, variants: int, device: str, timed: int = TIMED_QUESTIONS) -> list[list[int]]:
+    """Question indices in decode batches: the first `timed` ones alone, then as many as the rows allow."""
     rows = ROWS_PER_BATCH["cuda" if device.startswith("cuda") else "cpu"]
     size = max(1, rows // max(1, variants))
-    timed = min(TIMED_QUESTIONS, questions)
+    timed = min(timed, questions)
     return [[i] for i in range(timed)] + [list(range(start, min(start + size, questions)))
                                           for start in range(timed, questions, size)]
 

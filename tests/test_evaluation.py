@@ -132,6 +132,15 @@ def test_later_questions_share_a_batch_and_a_cancelled_batch_is_not_kept_half_an
     assert len(lab.evals.load(run["id"])["results"]) == TIMED_QUESTIONS
 
 
+def test_decode_batches_fill_up_to_the_row_limit_after_the_timed_questions():
+    from core.evaluation import ROWS_PER_BATCH, question_batches
+
+    assert question_batches(12, 4, "cpu") == [[0], [1], list(range(2, 10)), [10, 11]]
+    assert question_batches(12, 4, "cpu", timed=0) == [list(range(8)), list(range(8, 12))]  # e.g. the study's RAFT run
+    assert question_batches(3, 1, "cuda:0", timed=0) == [[0, 1, 2]]
+    assert max(map(len, question_batches(200, 1, "cuda"))) == ROWS_PER_BATCH["cuda"]
+
+
 def test_yes_no_maybe_test_sets_get_accuracy_and_macro_f1(lab, tmp_path):
     items = [{"question": "Is water wet?", "answer": "yes"}, {"question": "Is fire cold?", "answer": "no"},
              {"question": "Will it rain in ten years on this day?", "answer": "maybe"}]

@@ -10,7 +10,7 @@ import gradio as gr
 from core.demo import DEMO_KB, load_demo
 from core.errors import LabError
 from core.lab import Lab
-from core.study import ACTIVE, DEFAULT_MINUTES, DEFAULT_QUESTIONS
+from core.study import ACTIVE, DEFAULT_MINUTES, DEFAULT_QUESTIONS, MIN_MINUTES
 from core.study_report import html_fragment
 from ui.choices import kb_choices, kb_to_show
 from ui.formatting import escape_plain, user_errors
@@ -126,7 +126,7 @@ def build(lab_of: LabOf):
             kb = gr.Dropdown(choices=kb_choices(first), value=kb_to_show(first), label="Knowledge base",
                              allow_custom_value=True, elem_id="study-kb", scale=2)
             with gr.Column(scale=1):
-                minutes = gr.Number(DEFAULT_MINUTES, label="Time budget (minutes)", minimum=5, precision=0,
+                minutes = gr.Number(DEFAULT_MINUTES, label="Time budget (minutes)", minimum=MIN_MINUTES, precision=0,
                                     elem_id="study-minutes")
                 questions = gr.Number(DEFAULT_QUESTIONS, label="Test questions of each kind (at most)", minimum=3,
                                       precision=0, elem_id="study-questions",
