@@ -5,18 +5,19 @@ import codecs
 import csv
 import io
 import logging
+import math
 import re
 import unicodedata
-import zipfile
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
 
+from core import office
 from core.errors import InputError
 
 SUPPORTED_SUFFIXES = {
     ".pdf": "PDF", ".txt": "text", ".md": "Markdown", ".markdown": "Markdown",
-    ".html": "HTML", ".htm": "HTML", ".docx": "Word", ".csv": "CSV",
+    ".html": "HTML", ".htm": "HTML", ".docx": "Word", ".csv": "CSV", ".xlsx": "Excel", ".pptx": "PowerPoint",
 }
 CSV_ROWS_PER_PAGE = 50  # a CSV's "pages" are row ranges, so a citation says which rows a passage came from
 # Rows are set apart as paragraphs: the chunker (llama-index SentenceSplitter) splits at "\n\n\n" first and keeps
@@ -28,7 +29,9 @@ _SAFE_NAME = re.compile(r"[^\w.\- ()+,]+", re.UNICODE)
 @dataclass
 class Page:
     text: str
-    label: str  # page number for PDFs ("1", "2", ...); "rows 1-50" for CSV; "" for files without pages
+    # page number for PDFs ("1", "2", ...); "rows 1-50" for CSV; "sheet Costs, rows 2-51" for Excel; "slide 3" for
+    # PowerPoint; "" for files without pages
+    label: str
 
 
 def cite(file: str, label: str) -> str:
@@ -69,7 +72,11 @@ def read_pages(path: Path, name: str, max_mb: int) -> list[Page]:
     elif suffix in (".html", ".htm"):
         pages = [Page(_read_html(path, name), "")]
     elif suffix == ".docx":
-        pages = [Page(_read_docx(path, name, max_mb), "")]
+        pages = [Page(office.read_docx(path, name, max_mb), "")]
+    elif suffix == ".xlsx":
+        pages = _sheet_pages(office.read_xlsx(path, name, max_mb))
+    elif suffix == ".pptx":
+        pages = [Page(text, f"slide {number}") for number, text in office.read_pptx(path, name, max_mb) if text]
     elif suffix == ".csv":
         pages = _read_csv(path, name)
     else:
@@ -181,46 +188,6 @@ def _visible_text(html: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-# ---- Word ------------------------------------------------------------------------------------------------------
-_DOCX_CORRUPT = "the .docx file is corrupt or not a Word document"
-_DOCX_EXPANSION = 10  # the XML inside may be at most this many times the size limit (guards against zip bombs)
-
-
-def _read_docx(path: Path, name: str, max_mb: int) -> str:
-    import xml.etree.ElementTree as ET
-    import zlib
-
-    with path.open("rb") as handle:
-        magic = handle.read(8)
-    if magic.startswith(b"\xd0\xcf\x11\xe0"):  # an OLE container: a password-protected .docx, or an old .doc renamed
-        raise InputError(
-            "this is a password-protected Word document or an old binary .doc; "
-            "save it as .docx without a password and add it again",
-            subject=name,
-        )
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = {info.filename: info for info in archive.infolist()}
-            if "word/document.xml" not in members:
-                raise InputError(_DOCX_CORRUPT, subject=name)
-            expanded = sum(info.file_size for n, info in members.items() if n.startswith("word/") and n.endswith(".xml"))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        raise InputError(_DOCX_CORRUPT, subject=name) from None
-    if expanded > _DOCX_EXPANSION * max_mb * 1024 * 1024:
-        raise InputError(f"the document expands to {expanded / 1048576:.0f} MB of XML, too large to read", subject=name)
-    import docx2txt
-
-    try:
-        text = docx2txt.process(str(path))
-    except RuntimeError:  # zipfile: "File is encrypted, password required"
-        raise InputError("the .docx is password-protected; remove the password and add it again", subject=name) from None
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError, zlib.error, ET.ParseError):
-        raise InputError(_DOCX_CORRUPT, subject=name) from None
-    # docx2txt puts a blank line before every paragraph, table cells included.
-    text = "\n".join(line.rstrip() for line in text.splitlines())
-    return re.sub(r"\n{3,}", "\n\n", text).strip()
-
-
 # ---- CSV -------------------------------------------------------------------------------------------------------
 def _read_csv(path: Path, name: str) -> list[Page]:
     """One line per row, "header: value; header: value", so every chunk says what its numbers are;
@@ -251,6 +218,39 @@ def _read_csv(path: Path, name: str) -> list[Page]:
         lines = [_csv_line(header, row) for row in block]
         pages.append(Page(ROW_SEPARATOR.join(lines), f"rows {first + 1}-{first + len(block)}"))
     return pages
+
+
+def _sheet_pages(sheets: list[tuple[str, list[tuple[int, list[str]]]]]) -> list[Page]:
+    """A worksheet as a CSV is read, a page per CSV_ROWS_PER_PAGE rows, cited by sheet and by the row numbers Excel
+    shows. The table's header is its first row as wide as half the widest row: title lines above the table stay as
+    lines of their own. A sheet without such a table (one column, one row) is its rows' cells, a line each."""
+    pages = []
+    for title, rows in sheets:
+        if not rows:
+            continue
+        filled = [sum(1 for cell in cells if cell) for _, cells in rows]
+        wide = max(2, math.ceil(max(filled) / 2))
+        start = next((i for i, n in enumerate(filled) if n >= wide), None)
+        if start is None or start == len(rows) - 1:
+            pages.append(Page("\n".join(_cells_line(cells) for _, cells in rows), _sheet_label(title, rows)))
+            continue
+        above = [_cells_line(cells) for _, cells in rows[:start]]  # a title over the table
+        header = [cell or f"column {i}" for i, cell in enumerate(rows[start][1], 1)]
+        data = rows[start + 1:]
+        for first in range(0, len(data), CSV_ROWS_PER_PAGE):
+            block = data[first : first + CSV_ROWS_PER_PAGE]
+            lines = (above if first == 0 else []) + [_csv_line(header, cells) for _, cells in block]
+            pages.append(Page(ROW_SEPARATOR.join(lines), _sheet_label(title, block)))
+    return pages
+
+
+def _sheet_label(title: str, rows: list[tuple[int, list[str]]]) -> str:
+    first, last = rows[0][0], rows[-1][0]
+    return f"sheet {title}, row {first}" if first == last else f"sheet {title}, rows {first}-{last}"
+
+
+def _cells_line(cells: list[str]) -> str:
+    return "; ".join(cell for cell in cells if cell)
 
 
 def _csv_line(header: list[str], row: list[str]) -> str:

@@ -31,6 +31,8 @@ CONTENT_TYPES = {
     "text/x-markdown": ".md",
     "text/csv": ".csv",
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document": ".docx",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": ".xlsx",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation": ".pptx",
 }
 TEXT_EXTENSIONS = {".html", ".txt", ".md", ".csv"}
 SAME_EXTENSION = {".htm": ".html", ".markdown": ".md"}

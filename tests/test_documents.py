@@ -41,8 +41,8 @@ def test_empty_file(tmp_path):
 
 
 def test_unsupported_type(tmp_path):
-    (tmp_path / "sheet.xlsx").write_bytes(b"PK\x03\x04 not really")
-    assert "unsupported file type .xlsx" in reason(tmp_path / "sheet.xlsx")
+    (tmp_path / "sheet.ods").write_bytes(b"PK\x03\x04 not really")
+    assert "unsupported file type .ods" in reason(tmp_path / "sheet.ods")
 
 
 def test_binary_file_named_txt(tmp_path):

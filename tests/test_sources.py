@@ -173,6 +173,101 @@ def test_empty_and_header_only_csv(tmp_path):
     assert reason(tmp_path / "header.csv") == "the CSV file has only a header row and no data rows"
 
 
+# ---- Excel and PowerPoint --------------------------------------------------------------------------------------
+
+def write_workbook(path: Path, keepers: int = 60) -> Path:
+    """A workbook as people make them: a table with a title row above it, numbers, dates and a blank row in the
+    middle; a one-line notes sheet; an empty sheet."""
+    import datetime
+
+    from openpyxl import Workbook
+
+    workbook = Workbook()
+    table = workbook.active
+    table.title = "Keepers"
+    table.append(["Velmor lighthouse keepers"])
+    table.append([])
+    table.append(["Name", "Since", "Lamp colour", "Hours a week", "Appointed"])
+    for i in range(keepers):
+        table.append([f"Keeper {i}", 1871 + i, "amber", 38.5, datetime.date(1900 + i % 100, 4, 1)])
+    table.append([])
+    table.append(["Bram Oskarsen", 1998.0, "violet", 40, datetime.datetime(1998, 4, 1)])
+    workbook.create_sheet("Notes").append(["The lamp room is painted every April."])
+    workbook.create_sheet("Empty")
+    workbook.save(path)
+    return path
+
+
+def write_deck(path: Path) -> Path:
+    """Three slides: a title and bullets with speaker notes; a table; a blank one."""
+    from pptx import Presentation
+    from pptx.util import Inches
+
+    deck = Presentation()
+    first = deck.slides.add_slide(deck.slide_layouts[1])
+    first.shapes.title.text = "The Velmor lighthouse"
+    first.placeholders[1].text = FACT + "\nThe lamp is visible for twenty-two nautical miles."
+    first.notes_slide.notes_text_frame.text = "Mention the museum log."
+    second = deck.slides.add_slide(deck.slide_layouts[5])
+    second.shapes.title.text = "Opening hours"
+    grid = second.shapes.add_table(2, 2, Inches(1), Inches(2), Inches(6), Inches(1)).table
+    grid.cell(0, 0).text, grid.cell(0, 1).text = "Month", "Hours"
+    grid.cell(1, 0).text, grid.cell(1, 1).text = "May", "10-16"
+    deck.slides.add_slide(deck.slide_layouts[6])
+    deck.save(path)
+    return path
+
+
+def test_an_excel_sheet_reads_like_a_csv_cited_by_sheet_and_excel_s_row_numbers(tmp_path):
+    pages = read(write_workbook(tmp_path / "keepers.xlsx"))
+    # The header is row 3 (the title above it stays a line); 60 keepers in rows 4-63, a blank row, Bram in row 65.
+    assert [p.label for p in pages] == ["sheet Keepers, rows 4-53", "sheet Keepers, rows 54-65",
+                                        "sheet Notes, row 1"]
+    lines = [line for page in pages[:2] for line in page.text.split("\n\n\n")]
+    assert len(lines) == 1 + 61 and lines[0] == "Velmor lighthouse keepers"
+    assert lines[1] == "Name: Keeper 0; Since: 1871; Lamp colour: amber; Hours a week: 38.5; Appointed: 1900-04-01"
+    assert lines[-1] == "Name: Bram Oskarsen; Since: 1998; Lamp colour: violet; Hours a week: 40; Appointed: 1998-04-01"
+    assert pages[2].text == "The lamp room is painted every April."
+
+
+def test_a_powerpoint_deck_reads_slide_by_slide_with_tables_and_notes(tmp_path):
+    pages = read(write_deck(tmp_path / "velmor.pptx"))
+    assert [p.label for p in pages] == ["slide 1", "slide 2"]  # the blank slide has nothing to cite
+    assert pages[0].text.startswith("The Velmor lighthouse\n\n" + FACT)
+    assert pages[0].text.endswith("Notes: Mention the museum log.")
+    assert pages[1].text == "Opening hours\n\nMonth | Hours\nMay | 10-16"
+
+
+def test_broken_old_and_oversized_office_files_are_refused_clearly(tmp_path):
+    for suffix, kind in ((".xlsx", "an Excel workbook"), (".pptx", "a PowerPoint presentation")):
+        (tmp_path / f"broken{suffix}").write_bytes(b"this is not a zip archive at all" * 10)
+        assert reason(tmp_path / f"broken{suffix}") == f"the {suffix} file is corrupt or not {kind}"
+        with zipfile.ZipFile(tmp_path / f"word{suffix}", "w") as archive:  # a zip, but another kind of document
+            archive.writestr("word/document.xml", "<document/>")
+        assert reason(tmp_path / f"word{suffix}") == f"the {suffix} file is corrupt or not {kind}"
+    (tmp_path / "old.xlsx").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 600)
+    assert "old binary .xls; save it as .xlsx" in reason(tmp_path / "old.xlsx")
+    bomb = tmp_path / "bomb.xlsx"  # 12 MB of XML squeezed into a few kB, against a 1 MB limit
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("xl/workbook.xml", "<workbook/>")
+        archive.writestr("xl/worksheets/sheet1.xml", "<row/>" * 2_000_000)
+    assert bomb.stat().st_size < 100_000
+    assert "expands to 11 MB when unpacked, too large to read" in reason(bomb, max_mb=1)
+
+
+def test_lab_finds_a_spreadsheet_row_and_a_slide_and_cites_them(lab, tmp_path):
+    from core.documents import cite
+
+    results = lab.kbs.ingest([write_workbook(tmp_path / "keepers.xlsx", keepers=5),
+                              write_deck(tmp_path / "velmor.pptx")])
+    assert [r.status for r in results] == ["added", "added"], [r.message for r in results]
+    hits, _ = lab.kbs.search("Which keeper had a violet lamp?")  # the slide about a keeper's lamp comes close
+    [row] = [hit for hit in hits[:2] if "Bram Oskarsen" in hit.text]
+    assert cite(row.file, row.page) == "keepers.xlsx, sheet Keepers, rows 4-10"
+    hits, _ = lab.kbs.search("In which month are the opening hours 10-16?")
+    assert cite(hits[0].file, hits[0].page) == "velmor.pptx, slide 2" and "May | 10-16" in hits[0].text
+
+
 # ---- URLs ------------------------------------------------------------------------------------------------------
 
 class _Site(BaseHTTPRequestHandler):
