@@ -19,6 +19,7 @@ from typing import Iterator
 
 from core.documents import Page, display_name, read_pages
 from core.errors import InputError
+from core.file_sets import Listed, Source, expand_sources
 from core.progress import ProgressFn, silent
 from core.catalog import Chunking, FileRecord
 from core.store import Store
@@ -33,7 +34,7 @@ _NOT_EMBEDDED = ["file", "page", "ingest_id", "chunk"]  # stored with each chunk
 @dataclass
 class IngestResult:
     file: str
-    status: str  # added | updated | unchanged | failed
+    status: str  # added | updated | unchanged | skipped (a kind of file not read) | failed
     message: str
     pages: int = 0
     chunks: int = 0
@@ -133,55 +134,63 @@ def ingest_files(
     embedder,
     progress: ProgressFn | None = None,
     public_only: bool = False,
+    recursive: bool = False,
 ) -> list[IngestResult]:
     """Ingest each file independently: one bad file is reported and skipped, the others go in.
     An item may be a web address (http:// or https://): the page or document is fetched, then read like a file;
-    with `public_only` (demo mode) only from public addresses (see core.web.fetch_url)."""
+    with `public_only` (demo mode) only from public addresses (see core.web.fetch_url). A folder or a .zip is
+    its files, a result line each (core/file_sets.py); `recursive` takes a folder's subfolders too."""
     splitter = make_splitter(chunking, embedder)
 
-    def prepare() -> Iterator[_Prepared | _Note | tuple[int, IngestResult]]:
+    def prepare(sources: list[Source | Listed],
+                work_dir: Path) -> Iterator[_Prepared | _Note | tuple[int, IngestResult]]:
         seen: dict[str, str] = {}  # name -> sha256 of the files given in this call
-        # URLs are downloaded here first, then read like files; the folder goes when the loop ends.
-        with tempfile.TemporaryDirectory(prefix="lab-fetch-") as fetch_dir:
-            for index, raw_path in enumerate(paths):
-                t0 = time.perf_counter()
-                name = str(raw_path).strip()
-                try:
-                    if looks_like_url(raw_path):
-                        yield _Note(f"Fetching {name}")
-                        path = fetch_url(raw_path, Path(fetch_dir) / str(index), max_file_mb,
-                                         public_only=public_only)
-                    else:
-                        path = Path(raw_path)
-                    name = display_name(path.name)
-                    yield _Note(f"Reading {name}")
-                    pages = read_pages(path, name, max_file_mb)
-                    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                    existing = store.file(kb, name)
-                    if seen.get(name) == digest or (existing is not None and existing.sha256 == digest):
-                        where = "given twice" if seen.get(name) == digest else "already in the knowledge base"
-                        yield index, IngestResult(name, "unchanged", f"{where} with the same content",
-                                                  len(pages), existing.chunks if existing else 0)
-                        continue
-                    replaces = existing is not None or name in seen
-                    seen[name] = digest
-                    nodes = split_pages(name, pages, splitter)
-                    if not nodes:
-                        raise InputError("no text chunks could be made from the file", subject=name)
-                    record = FileRecord(kb, name, digest, len(pages), len(nodes), time.time(), uuid.uuid4().hex,
-                                        chunking.size, chunking.overlap)
-                    verb = ("updated", "replaced the older version") if replaces else ("added", "added")
-                    yield _Prepared(index, record, pages, nodes, replaces, t0, verb)
-                except InputError as exc:
-                    yield index, IngestResult(name, "failed", exc.reason)
-                except OSError as exc:  # unreadable file (permissions, vanished): this file fails, the others go on
-                    yield index, IngestResult(name, "failed", f"cannot be read ({exc.strerror or exc})")
+        for index, source in enumerate(sources):
+            if isinstance(source, Listed):
+                yield index, IngestResult(source.name, source.status, source.reason)
+                continue
+            t0 = time.perf_counter()
+            raw_path = source.path
+            name = source.name or str(raw_path).strip()
+            try:
+                if looks_like_url(raw_path):  # downloaded first, then read like a file
+                    yield _Note(f"Fetching {name}")
+                    path = fetch_url(raw_path, work_dir / str(index), max_file_mb, public_only=public_only)
+                else:
+                    path = Path(raw_path)
+                name = source.name or display_name(path.name)
+                yield _Note(f"Reading {name}")
+                pages = read_pages(path, name, max_file_mb)
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                existing = store.file(kb, name)
+                if seen.get(name) == digest or (existing is not None and existing.sha256 == digest):
+                    where = "given twice" if seen.get(name) == digest else "already in the knowledge base"
+                    yield index, IngestResult(name, "unchanged", f"{where} with the same content",
+                                              len(pages), existing.chunks if existing else 0)
+                    continue
+                replaces = existing is not None or name in seen
+                seen[name] = digest
+                nodes = split_pages(name, pages, splitter)
+                if not nodes:
+                    raise InputError("no text chunks could be made from the file", subject=name)
+                record = FileRecord(kb, name, digest, len(pages), len(nodes), time.time(), uuid.uuid4().hex,
+                                    chunking.size, chunking.overlap)
+                verb = ("updated", "replaced the older version") if replaces else ("added", "added")
+                yield _Prepared(index, record, pages, nodes, replaces, t0, verb)
+            except InputError as exc:
+                yield index, IngestResult(name, "failed", exc.reason)
+            except OSError as exc:  # unreadable file (permissions, vanished): this file fails, the others go on
+                yield index, IngestResult(name, "failed", f"cannot be read ({exc.strerror or exc})")
 
     def ensure_kb() -> None:
         if not store.has_kb(kb):
             store.create_kb(kb, embed_model, chunking)
 
-    return _run_pipeline(prepare(), len(paths), store, embedder, progress, before_write=ensure_kb)
+    # Fetched pages and unpacked archives live in this folder until every file is stored.
+    with tempfile.TemporaryDirectory(prefix="lab-ingest-") as work_dir:
+        sources = expand_sources(paths, Path(work_dir) / "unpacked", max_file_mb, recursive)
+        return _run_pipeline(prepare(sources, Path(work_dir)), len(sources), store, embedder, progress,
+                             before_write=ensure_kb)
 
 
 def reindex_files(kb: str, records: list[FileRecord], chunking: Chunking, store: Store, embedder,

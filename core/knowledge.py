@@ -147,9 +147,11 @@ class KnowledgeBases:
         return {"file": record.name, "chunks_removed": record.chunks}
 
     def ingest(self, paths: list[str | Path], kb: str = DEFAULT_KB, progress: ProgressFn | None = None,
-               chunk_size: int | None = None, chunk_overlap: int | None = None) -> list[IngestResult]:
-        """Add files or web pages. Chunk settings apply to a new knowledge base; an existing one keeps its own
-        (change them with configure, which re-indexes)."""
+               chunk_size: int | None = None, chunk_overlap: int | None = None,
+               recursive: bool = False) -> list[IngestResult]:
+        """Add files, folders (their subfolders too with `recursive`), .zip archives or web pages. Chunk settings
+        apply to a new knowledge base; an existing one keeps its own (change them with configure, which
+        re-indexes)."""
         kb = check_kb_name(kb)
         if not paths:
             raise InputError("no files given")
@@ -166,7 +168,8 @@ class KnowledgeBases:
                 f"--overlap N)", subject=kb)
         # In demo mode web pages are fetched only from public addresses (core.web.fetch_url, public_only).
         results = ingest_files(paths, kb, chunking, self.settings.embed_model, self.settings.max_file_mb,
-                               self.store, self.models.embedder, progress, public_only=self.settings.demo_mode)
+                               self.store, self.models.embedder, progress, public_only=self.settings.demo_mode,
+                               recursive=recursive)
         if any(r.status in ("added", "updated") for r in results):
             self._prepare_keyword_index(kb)
         return results

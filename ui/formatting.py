@@ -6,7 +6,8 @@ import re
 from contextlib import contextmanager
 
 # Plain words, not emoji: emoji fonts are missing on many Linux desktops and headless browsers.
-STATUS_LABEL = {"added": "Added", "updated": "Updated", "unchanged": "Unchanged", "failed": "Not added"}
+STATUS_LABEL = {"added": "Added", "updated": "Updated", "unchanged": "Unchanged", "skipped": "Skipped",
+                "failed": "Not added"}
 
 
 def escape(text: str) -> str:

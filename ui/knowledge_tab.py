@@ -155,7 +155,7 @@ def build(lab_of: LabOf):
             "Add your documents here. They are split into short passages, embedded, and stored on this machine "
             "so the **RAG** answers in the *Compare* tab can quote them. Supported: **PDF** (with a text layer), "
             "**.txt**, **.md**, **.html**, **.docx** (Word), **.xlsx** (Excel), **.pptx** (PowerPoint) and **.csv**, "
-            "and **web pages** by address (their main "
+            "a **.zip** of such files (a line for each file in it), and **web pages** by address (their main "
             "text is kept; menus and scripts are dropped). Adding the same content again changes nothing; "
             "a changed file or page replaces its old version."
         )

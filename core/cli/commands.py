@@ -13,18 +13,21 @@ from core.names import DEFAULT_KB
 
 
 # ---- knowledge bases ------------------------------------------------------------------------------------------
-@command("ingest", "add files or web pages to a knowledge base",
-         "Add files (PDF, .txt, .md, .html, .docx, .csv) or web pages by http(s) URL to a knowledge base (created if "
-         "missing). A URL is fetched and its main text kept; it is stored under a name made from the URL. Re-adding "
-         "identical content is a no-op; a changed file replaces its older version.",
+@command("ingest", "add files, folders, .zip archives or web pages to a knowledge base",
+         "Add files (PDF, .txt, .md, .html, .docx, .xlsx, .pptx, .csv), folders, .zip archives or web pages by "
+         "http(s) URL to a knowledge base (created if missing). A folder or archive gives one line per file in it "
+         "(files of other kinds are listed as skipped); a file inside is stored under its path there, flattened "
+         "(guides/setup.md -> guides_setup.md). A URL is fetched and its main text kept; it is stored under a name "
+         "made from the URL. Re-adding identical content is a no-op; a changed file replaces its older version.",
          args=[arg("paths", nargs="+", metavar="PATH_OR_URL",
-                   help="a file, or a web address starting with http:// or https://"),
+                   help="a file, a folder, a .zip, or a web address starting with http:// or https://"),
+               arg("--recursive", action="store_true", help="take a folder's subfolders too"),
                arg("--kb", default=DEFAULT_KB, help=f"knowledge base name (default: {DEFAULT_KB})"),
                *chunk_args("for a new knowledge base; an existing one keeps its own (see: kb configure)")],
          text=render.ingest)
 def ingest(lab, args, out):
     results = lab.kbs.ingest(args.paths, args.kb, progress=out.progress, chunk_size=args.chunk_size,
-                             chunk_overlap=args.overlap)
+                             chunk_overlap=args.overlap, recursive=args.recursive)
     payload = {"kb": args.kb, "results": [r.to_dict() for r in results]}
     return payload, EXIT_FAILED if any(r.status == "failed" for r in results) else 0
 
