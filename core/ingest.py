@@ -15,7 +15,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from core.documents import Page, display_name, read_pages
 from core.errors import InputError
@@ -34,7 +34,7 @@ _NOT_EMBEDDED = ["file", "page", "ingest_id", "chunk"]  # stored with each chunk
 @dataclass
 class IngestResult:
     file: str
-    status: str  # added | updated | unchanged | skipped (a kind of file not read) | failed
+    status: str  # added | updated | unchanged | skipped (a kind of file not read) | failed | cancelled
     message: str
     pages: int = 0
     chunks: int = 0
@@ -135,11 +135,14 @@ def ingest_files(
     progress: ProgressFn | None = None,
     public_only: bool = False,
     recursive: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[IngestResult]:
     """Ingest each file independently: one bad file is reported and skipped, the others go in.
     An item may be a web address (http:// or https://): the page or document is fetched, then read like a file;
     with `public_only` (demo mode) only from public addresses (see core.web.fetch_url). A folder or a .zip is
-    its files, a result line each (core/file_sets.py); `recursive` takes a folder's subfolders too."""
+    its files, a result line each (core/file_sets.py); `recursive` takes a folder's subfolders too. Once
+    `should_stop()` is true nothing more is stored: what was written stays, each file whole, and the rest is
+    listed as cancelled."""
     splitter = make_splitter(chunking, embedder)
 
     def prepare(sources: list[Source | Listed],
@@ -189,12 +192,14 @@ def ingest_files(
     # Fetched pages and unpacked archives live in this folder until every file is stored.
     with tempfile.TemporaryDirectory(prefix="lab-ingest-") as work_dir:
         sources = expand_sources(paths, Path(work_dir) / "unpacked", max_file_mb, recursive)
-        return _run_pipeline(prepare(sources, Path(work_dir)), len(sources), store, embedder, progress,
-                             before_write=ensure_kb)
+        names = [s.name or (str(s.path) if looks_like_url(s.path) else Path(s.path).name) for s in sources]
+        return _run_pipeline(prepare(sources, Path(work_dir)), names, store, embedder, progress,
+                             before_write=ensure_kb, should_stop=should_stop)
 
 
 def reindex_files(kb: str, records: list[FileRecord], chunking: Chunking, store: Store, embedder,
-                  progress: ProgressFn | None = None) -> list[IngestResult]:
+                  progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None
+                  ) -> list[IngestResult]:
     """Split the stored text of these files again with new chunk settings, embed it and replace their chunks.
     Each file is swapped whole, so an interrupted re-index leaves every file searchable (old or new chunks)."""
     splitter = make_splitter(chunking, embedder)
@@ -212,12 +217,17 @@ def reindex_files(kb: str, records: list[FileRecord], chunking: Chunking, store:
                                 chunking.size, chunking.overlap)
             yield _Prepared(index, record, pages, nodes, True, t0, ("updated", f"re-indexed (was {old.chunks} chunks)"))
 
-    return _run_pipeline(prepare(), len(records), store, embedder, progress)
+    return _run_pipeline(prepare(), [r.name for r in records], store, embedder, progress, should_stop=should_stop)
 
 
-def _run_pipeline(items: Iterator, total: int, store: Store, embedder, progress: ProgressFn | None,
-                  before_write=None) -> list[IngestResult]:
+CANCELLED = "not added: the ingest was cancelled before this file was stored"
+
+
+def _run_pipeline(items: Iterator, names: list[str], store: Store, embedder, progress: ProgressFn | None,
+                  before_write=None, should_stop: Callable[[], bool] | None = None) -> list[IngestResult]:
     report = progress or silent
+    total = len(names)
+    stopping = should_stop or (lambda: False)
     results: dict[int, IngestResult] = {}
     handoff: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
     done_marker = object()
@@ -260,18 +270,22 @@ def _run_pipeline(items: Iterator, total: int, store: Store, embedder, progress:
 
     def flush() -> None:
         texts = [node.get_content() for item in batch for node in item.nodes]
-        names = ", ".join(item.record.name for item in batch[:3]) + (" …" if len(batch) > 3 else "")
+        shown = ", ".join(item.record.name for item in batch[:3]) + (" …" if len(batch) > 3 else "")
         nodes = [node for item in batch for node in item.nodes]
         for offset in range(0, len(texts), EMBED_BATCH * 4):
+            if stopping():  # nothing of this batch is stored
+                return
             part = texts[offset: offset + EMBED_BATCH * 4]
             vectors = embedder.encode(part, batch_size=EMBED_BATCH, normalize_embeddings=True, convert_to_numpy=True)
             for node, vector in zip(nodes[offset: offset + EMBED_BATCH * 4], vectors):
                 node.embedding = vector.tolist()
             share = (offset + len(part)) / len(texts)
             status((len(results) + 0.9 * share * len(batch)) / total,
-                   f"Embedding {names}: chunk {offset + len(part)}/{len(texts)}")
+                   f"Embedding {shown}: chunk {offset + len(part)}/{len(texts)}")
         finish_write()  # the previous batch is stored before this one is (and its errors surface here)
-        status((len(results) + 0.95 * len(batch)) / total, f"Writing {names}")
+        if stopping():
+            return
+        status((len(results) + 0.95 * len(batch)) / total, f"Writing {shown}")
         last_write.append(writer.submit(write, list(batch)))
         batch.clear()
 
@@ -293,7 +307,7 @@ def _run_pipeline(items: Iterator, total: int, store: Store, embedder, progress:
 
     try:
         status(0.0, "Reading")
-        while not finished:
+        while not finished and not stopping():
             item = handoff.get()
             if item is done_marker:
                 finished = True
@@ -308,12 +322,13 @@ def _run_pipeline(items: Iterator, total: int, store: Store, embedder, progress:
             # Write when enough is ready, or when nothing more is ready yet (don't wait on a slow reader).
             if batch and (finished or ready >= WRITE_BATCH_CHUNKS or handoff.empty()):
                 flush()
-        finish_write()
+        finish_write()  # a write already started is finished: a file goes in whole or not at all
     finally:
         stop.set()
         writer.shutdown(wait=True)  # never leave a write running behind the caller's back
         reader.join(timeout=5)
     if failure:
         raise failure[0]
-    report(1.0, "Done")
-    return [results[i] for i in sorted(results)]
+    cancelled = len(results) < total
+    report(1.0, "Cancelled" if cancelled else "Done")
+    return [results.get(i) or IngestResult(names[i], "cancelled", CANCELLED) for i in range(total)]

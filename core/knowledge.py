@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from core.catalog import Chunking
 from core.config import Settings
@@ -148,10 +149,11 @@ class KnowledgeBases:
 
     def ingest(self, paths: list[str | Path], kb: str = DEFAULT_KB, progress: ProgressFn | None = None,
                chunk_size: int | None = None, chunk_overlap: int | None = None,
-               recursive: bool = False) -> list[IngestResult]:
+               recursive: bool = False, should_stop: Callable[[], bool] | None = None) -> list[IngestResult]:
         """Add files, folders (their subfolders too with `recursive`), .zip archives or web pages. Chunk settings
         apply to a new knowledge base; an existing one keeps its own (change them with configure, which
-        re-indexes)."""
+        re-indexes). Once `should_stop()` is true nothing more is stored: the files written stay, the rest are
+        listed as cancelled."""
         kb = check_kb_name(kb)
         if not paths:
             raise InputError("no files given")
@@ -169,7 +171,7 @@ class KnowledgeBases:
         # In demo mode web pages are fetched only from public addresses (core.web.fetch_url, public_only).
         results = ingest_files(paths, kb, chunking, self.settings.embed_model, self.settings.max_file_mb,
                                self.store, self.models.embedder, progress, public_only=self.settings.demo_mode,
-                               recursive=recursive)
+                               recursive=recursive, should_stop=should_stop)
         if any(r.status in ("added", "updated") for r in results):
             self._prepare_keyword_index(kb)
         return results

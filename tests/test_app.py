@@ -5,6 +5,7 @@ own file names and none of them relies on what another test added or on the orde
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -233,6 +234,30 @@ def page(browser, tmp_path, request):
 
 
 # ---- tests -------------------------------------------------------------------------------------------------
+
+def test_client_cancels_an_add_and_the_rest_is_listed_as_cancelled(app_server, client, tmp_path):
+    """Cancel (its own endpoint, outside the write queue) stops an Add under way: what was written stays, each file
+    whole, and every other file has its line."""
+    files = []
+    for n in range(3):  # ~150 chunks each: several seconds of embedding in all
+        path = tmp_path / f"long{n}.txt"
+        path.write_text("\n\n".join(f"Log {n}, entry {i}. " + "The harbour master records each ship's cargo. " * 12
+                                     for i in range(150)))
+        files.append(path)
+    job = client.submit([handle_file(str(f)) for f in files], "cancel-me", api_name="/add_files")
+    deadline = time.time() + 120
+    while not (job.status().progress_data or job.done()):  # the Add is running (its progress shows)
+        assert time.time() < deadline, "the Add never started"
+        time.sleep(0.1)
+    client.predict(api_name="/cancel_add")
+    lines = status_lines(job.result()[0])
+    assert len(lines) == 3 and any(line.startswith("**Cancelled** · long") for line in lines), lines
+    written = [line.split(" · ")[1].split(":")[0] for line in lines if line.startswith("**Added**")]
+    _, data_dir = app_server
+    shown = cli_here(["kb", "show", "cancel-me", "--json"], data_dir)
+    stored = sorted(f["file"] for f in json.loads(shown.stdout)["files"]) if shown.returncode == 0 else []
+    assert stored == sorted(written)
+
 
 def test_client_add_handbook_then_ask(app_server, client, handbook):
     """Through the public API: add the handbook with the knowledge tab's handler, then ask both columns."""

@@ -168,3 +168,34 @@ def test_two_processes_ingesting_into_one_knowledge_base_lose_nothing(data_dir, 
         for chunk_id, vector in zip(got["ids"], got["embeddings"]):
             found = collection.query(query_embeddings=[list(vector)], n_results=1)["ids"][0]
             assert found == [chunk_id]
+
+
+def test_ctrl_c_mid_ingest_keeps_the_files_written_and_lists_the_rest_as_cancelled(data_dir, tmp_path):
+    """The first Ctrl-C stops `python -m core ingest` cleanly: the batch being written goes in whole, nothing after
+    it, every file gets its line, and the store is as consistent as after any write."""
+    files = []
+    for n in range(4):  # ~150 chunks each: the first write (256 chunks or fewer) cannot hold them all
+        path = tmp_path / f"part{n}.txt"
+        path.write_text("\n\n".join(f"Part {n}, section {i}. " + "The archive keeps records of river trade. " * 14
+                                    for i in range(150)))
+        files.append(path)
+    proc = subprocess.Popen([sys.executable, "-m", "core", "ingest", *map(str, files)], cwd=ROOT,
+                            env=subprocess_env(data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert read_until(proc, "Writing", 300), "the ingest never started writing"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert b"cancelling: the file being written is finished" in err
+    lines = out.decode().splitlines()
+    assert len(lines) == 4, lines
+    added = [line.split()[1].rstrip(":") for line in lines if line.split()[0] == "added"]
+    cancelled = [line.split()[1].rstrip(":") for line in lines if line.split()[0] == "cancelled"]
+    assert added and cancelled and added + cancelled == [f"part{n}.txt" for n in range(4)], lines
+    assert all(line.endswith("not added: the ingest was cancelled before this file was stored")
+               for line in lines if line.split()[0] == "cancelled")
+    store = Store(data_dir)
+    listed = {f.name: f for f in store.files("default")}
+    assert sorted(listed) == added
+    assert chunk_counts_by_ingest(store, "default") == {f.ingest_id: f.chunks for f in listed.values()}
+    with store.catalog.db() as db:
+        assert db.execute("SELECT COUNT(*) FROM pending").fetchone()[0] == 0

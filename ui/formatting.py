@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 # Plain words, not emoji: emoji fonts are missing on many Linux desktops and headless browsers.
 STATUS_LABEL = {"added": "Added", "updated": "Updated", "unchanged": "Unchanged", "skipped": "Skipped",
-                "failed": "Not added"}
+                "failed": "Not added", "cancelled": "Cancelled"}
 
 
 def escape(text: str) -> str:

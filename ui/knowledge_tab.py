@@ -1,6 +1,8 @@
 """Knowledge base tab: upload documents or give web addresses, watch them being indexed, see and delete what is stored."""
 from __future__ import annotations
 
+import threading
+
 import gradio as gr
 
 from core.demo import load_demo
@@ -48,6 +50,7 @@ class KnowledgeHandlers:
 
     def __init__(self, lab_of: LabOf):
         self.lab_of = lab_of
+        self._stop: dict[str, threading.Event] = {}  # a Cancel flag per page session, polled by the ingest
 
     def opened(self, request: gr.Request):
         """A page opened (or refreshed): start on the knowledge base last used."""
@@ -91,13 +94,21 @@ class KnowledgeHandlers:
                 note = (f"\n\nChunk settings unchanged: this knowledge base keeps chunks of {current.size} tokens "
                         f"with overlap {current.overlap}. Use **Re-index** under *Chunk settings* to change them.")
             wanted = (None, None)
+        stop = self._stop[request.session_hash] = threading.Event()
         with user_errors():
             results = lab.kbs.ingest([*(paths or []), *addresses], kb_name, progress=lambda f, m: progress(f, desc=m),
-                                     chunk_size=wanted[0], chunk_overlap=wanted[1])
+                                     chunk_size=wanted[0], chunk_overlap=wanted[1], should_stop=stop.is_set)
         lines = [f"**{STATUS_LABEL[r.status]}** · {escape_plain(r.file)}: {escape_plain(r.message)}" for r in results]
         failed = {r.file for r in results if r.status == "failed"}
         return ("\n\n".join(lines) + note, None, *kb_view(lab, kb_name),
                 "\n".join(a for a in addresses if a in failed))
+
+    def cancel_add(self, request: gr.Request):
+        stop = self._stop.get(request.session_hash)
+        if stop is None:
+            return gr.update()  # nothing was added from this page
+        stop.set()
+        return "**Cancelling** · the file being written is finished; the rest is not added."
 
     def delete_file(self, kb_name, name, request: gr.Request):
         lab = self.lab_of(request)
@@ -172,7 +183,9 @@ def build(lab_of: LabOf):
         urls = gr.Textbox(label="Web pages (one URL per line)", value="", lines=2, max_lines=10,
                           placeholder="https://example.com/page", elem_id="kb-urls")
         failed_urls = gr.State(None)  # the lines that failed stay in the box to fix; the rest are cleared
-        add = gr.Button("Add to knowledge base", variant="primary", elem_id="kb-add")
+        with gr.Row():
+            add = gr.Button("Add to knowledge base", variant="primary", elem_id="kb-add", scale=4)
+            cancel = gr.Button("Cancel", elem_id="kb-cancel", scale=1)
         # Progress is drawn here only (not over every output), so the area keeps some height.
         status = gr.Markdown("Choose files or enter web addresses above, then press **Add to knowledge base**.",
                              elem_id="kb-status", min_height=60)
@@ -221,6 +234,8 @@ def build(lab_of: LabOf):
         add.click(handlers.add_files, [uploads, kb, urls, chunk_size, chunk_overlap],
                   [status, uploads, kb, table, to_delete, failed_urls], api_name="add_files", **write
                   ).success(lambda left: left, [failed_urls], [urls], api_visibility="private")
+        # Not in the write queue: it must run while an Add holds it.
+        cancel.click(handlers.cancel_add, None, [status], api_name="cancel_add")
         delete.click(handlers.delete_file, [kb, to_delete], [status, kb, table, to_delete],
                      api_name="delete_file", **write)
         rename.click(handlers.rename_kb, [kb, new_name], [status, kb, table, to_delete, new_name],

@@ -3,11 +3,14 @@ command takes the Lab, the parsed arguments and the output channel, works throug
 what --json prints (or that and an exit code); text output is core/cli/render.py's."""
 from __future__ import annotations
 
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import core.cli.render as render
-from core.cli.registry import (ADAPTER_ARG, EXIT_FAILED, GENERATION_ARGS, READING_ARGS, arg, chunk_args, command,
-                               generation_config, reading_overrides, variant_list)
+from core.cli.registry import (ADAPTER_ARG, EXIT_FAILED, EXIT_INTERRUPTED, GENERATION_ARGS, READING_ARGS, arg,
+                               chunk_args, command, generation_config, reading_overrides, variant_list)
 from core.errors import LabError
 from core.names import DEFAULT_KB
 
@@ -26,10 +29,35 @@ from core.names import DEFAULT_KB
                *chunk_args("for a new knowledge base; an existing one keeps its own (see: kb configure)")],
          text=render.ingest)
 def ingest(lab, args, out):
-    results = lab.kbs.ingest(args.paths, args.kb, progress=out.progress, chunk_size=args.chunk_size,
-                             chunk_overlap=args.overlap, recursive=args.recursive)
+    with first_ctrl_c_stops(out, "cancelling: the file being written is finished, the rest is not added "
+                                 "(Ctrl-C again to quit at once)") as stop:
+        results = lab.kbs.ingest(args.paths, args.kb, progress=out.progress, chunk_size=args.chunk_size,
+                                 chunk_overlap=args.overlap, recursive=args.recursive, should_stop=stop.is_set)
     payload = {"kb": args.kb, "results": [r.to_dict() for r in results]}
+    if any(r.status == "cancelled" for r in results):
+        return payload, EXIT_INTERRUPTED
     return payload, EXIT_FAILED if any(r.status == "failed" for r in results) else 0
+
+
+@contextmanager
+def first_ctrl_c_stops(out, message: str):
+    """The first Ctrl-C sets the event the work polls (so it stops cleanly and says what was done); a second one
+    interrupts as usual. Outside the main thread (signals cannot be caught there) Ctrl-C interrupts as usual."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def first(signum, frame):
+        stop.set()
+        out.note(message)
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @command("search", "retrieve passages without generating", "Show the passages retrieval finds for a query.",

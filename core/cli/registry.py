@@ -10,6 +10,7 @@ import core.cli.render as render
 from core.progress import ProgressFn
 
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (128 + SIGINT), as shells report it
 
 
 @dataclass
