@@ -308,7 +308,10 @@ def _run_pipeline(items: Iterator, names: list[str], store: Store, embedder, pro
     try:
         status(0.0, "Reading")
         while not finished and not stopping():
-            item = handoff.get()
+            try:
+                item = handoff.get(timeout=0.2)  # a cancel is seen even while a big file is being read
+            except queue.Empty:
+                continue
             if item is done_marker:
                 finished = True
             elif isinstance(item, _Note):
