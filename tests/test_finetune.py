@@ -102,7 +102,8 @@ def test_ctrl_c_cancels_the_job_which_keeps_a_usable_adapter_and_resume_finishes
     continues from its checkpoint and finishes."""
     lab, finished, seen = quick_run
     assert seen["returncode"] == 0, seen["err"][-2000:]
-    assert "step 1/" in seen["err"] and "cancelling" in seen["err"]  # live progress on stderr, then the stop
+    # Live progress on stderr (the watcher polls each second: a fast step can pass unseen), then the stop.
+    assert re.search(r"step [1-9]\d*/30", seen["err"]) and "cancelling" in seen["err"], seen["err"]
     assert seen["out"].startswith("cancelled: adapter facts-lora")
     assert seen["second_cancelled"] == "cancelled"
     stopped = seen["stopped"]
