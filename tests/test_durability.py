@@ -174,7 +174,7 @@ def test_ctrl_c_mid_ingest_keeps_the_files_written_and_lists_the_rest_as_cancell
     """The first Ctrl-C stops `python -m core ingest` cleanly: the batch being written goes in whole, nothing after
     it, every file gets its line, and the store is as consistent as after any write."""
     files = []
-    for n in range(4):  # ~150 chunks each: the first write (256 chunks or fewer) cannot hold them all
+    for n in range(4):  # ~100 chunks each: the first write (256 chunks or fewer) cannot hold them all
         path = tmp_path / f"part{n}.txt"
         path.write_text("\n\n".join(f"Part {n}, section {i}. " + "The archive keeps records of river trade. " * 14
                                     for i in range(150)))
