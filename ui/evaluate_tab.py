@@ -4,7 +4,6 @@ a plain-language verdict; reopen and export past runs. The work is core.evaluati
 from __future__ import annotations
 
 import tempfile
-import threading
 from contextlib import closing
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from core.eval_store import export
 from core.lab import Lab
 from core.variants import VARIANTS
 from core.verdict import headline_metric, verdict
+from ui.cancel import CancelFlags
 from ui.choices import adapter_choices, dataset_choices, kb_choices, kb_to_show, run_ids
 from ui.formatting import escape_plain, user_errors
 from ui.workspace import LabOf
@@ -112,10 +112,7 @@ class EvaluateHandlers:
 
     def __init__(self, lab_of: LabOf):
         self.lab_of = lab_of
-        # A Cancel flag per page session, checked by the engine between questions. (Gradio's `cancels=` would
-        # stop the event only for the page, not for an API client's /cancel_evaluation, and left a stray error
-        # badge on the outputs when the question in progress finished.)
-        self._stop: dict[str, threading.Event] = {}
+        self.cancel_flags = CancelFlags()  # checked by the engine as it answers
 
     def advise(self, request: gr.Request, *values):
         with user_errors():
@@ -139,7 +136,7 @@ class EvaluateHandlers:
                 dataset_name if src == FROM_DATASET else None, file if src == FROM_FILE else None,
                 limit=int(most) if most else None, generate_from=kb_name if src == FROM_KB else None,
                 progress=report)
-            stop = self._stop[request.session_hash] = threading.Event()
+            stop = self.cancel_flags.start(request)
             steps = lab.evaluation.steps(items, label, list(chosen or []), kb=kb_name or None,
                                          adapter=adapter_name or None, progress=report, should_stop=stop.is_set)
             with closing(steps):
@@ -150,11 +147,8 @@ class EvaluateHandlers:
         yield shown(lab, run)
 
     def cancel_run(self, request: gr.Request):
-        stop = self._stop.get(request.session_hash)
-        if stop is None:
-            return gr.update()  # nothing was started from this page
-        stop.set()
-        return "**Cancelling** · stops within a word; the questions already answered are kept."
+        return self.cancel_flags.cancel(request, "**Cancelling** · stops within a word; the questions already "
+                                                 "answered are kept.")
 
     def open_run(self, run_id, request: gr.Request):
         lab = self.lab_of(request)

@@ -1,14 +1,13 @@
 """Knowledge base tab: upload documents or give web addresses, watch them being indexed, see and delete what is stored."""
 from __future__ import annotations
 
-import threading
-
 import gradio as gr
 
 from core.demo import load_demo
 from core.lab import Lab
 from core.catalog import Chunking
 from core.web import as_url
+from ui.cancel import CancelFlags
 from ui.choices import kb_choices, kb_to_show
 from ui.formatting import STATUS_LABEL, escape_plain, user_errors
 from ui.workspace import LabOf
@@ -50,7 +49,7 @@ class KnowledgeHandlers:
 
     def __init__(self, lab_of: LabOf):
         self.lab_of = lab_of
-        self._stop: dict[str, threading.Event] = {}  # a Cancel flag per page session, polled by the ingest
+        self.cancel_flags = CancelFlags()  # polled by the ingest between embedding batches
 
     def opened(self, request: gr.Request):
         """A page opened (or refreshed): start on the knowledge base last used."""
@@ -94,7 +93,7 @@ class KnowledgeHandlers:
                 note = (f"\n\nChunk settings unchanged: this knowledge base keeps chunks of {current.size} tokens "
                         f"with overlap {current.overlap}. Use **Re-index** under *Chunk settings* to change them.")
             wanted = (None, None)
-        stop = self._stop[request.session_hash] = threading.Event()
+        stop = self.cancel_flags.start(request)
         with user_errors():
             results = lab.kbs.ingest([*(paths or []), *addresses], kb_name, progress=lambda f, m: progress(f, desc=m),
                                      chunk_size=wanted[0], chunk_overlap=wanted[1], should_stop=stop.is_set)
@@ -104,11 +103,8 @@ class KnowledgeHandlers:
                 "\n".join(a for a in addresses if a in failed))
 
     def cancel_add(self, request: gr.Request):
-        stop = self._stop.get(request.session_hash)
-        if stop is None:
-            return gr.update()  # nothing was added from this page
-        stop.set()
-        return "**Cancelling** · the file being written is finished; the rest is not added."
+        return self.cancel_flags.cancel(request, "**Cancelling** · the file being written is finished; the rest "
+                                                 "is not added.")
 
     def delete_file(self, kb_name, name, request: gr.Request):
         lab = self.lab_of(request)
