@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from core.documents import SUPPORTED_SUFFIXES, display_name
+from core.office import EXPANSION  # the same zip-bomb bound as for Office files
 from core.web import looks_like_url
 
-ARCHIVE_EXPANSION = 10  # unpacked, an archive may be at most this many times the file size limit
 MAX_ARCHIVE_FILES = 1000
 _SKIPPED_SILENTLY = ("__MACOSX", "Thumbs.db", "desktop.ini")  # what systems add to folders and archives
 
@@ -99,10 +99,10 @@ def _archive(path: Path, name: str, workdir: Path, max_file_mb: int) -> list[Sou
         return [Listed(name, "failed", "the .zip file is corrupt or not a zip archive")]
     with archive:
         members = [m for m in archive.infolist() if not m.is_dir()]
-        problem = _archive_problem(members, max_file_mb)
+        parts_of = {m.filename: PurePosixPath(m.filename.replace("\\", "/")).parts for m in members}
+        problem = _archive_problem(members, parts_of, max_file_mb)
         if problem:
             return [Listed(name, "failed", f"{problem}; nothing from it was added")]
-        parts_of = {m.filename: PurePosixPath(m.filename.replace("\\", "/")).parts for m in members}
         kept = [m for m in members if not _hidden(parts_of[m.filename])]
         # A zip of one folder ("docs/...") names its files without that folder.
         tops = {parts_of[m.filename][0] for m in kept if len(parts_of[m.filename]) > 1}
@@ -118,22 +118,22 @@ def _archive(path: Path, name: str, workdir: Path, max_file_mb: int) -> list[Sou
             target = workdir / file_name
             target.parent.mkdir(parents=True, exist_ok=True)
             with archive.open(member) as source, open(target, "wb") as sink:
-                # Never more than the size the archive declared (and checked above), whatever the data says.
-                shutil.copyfileobj(_Capped(source, member.file_size), sink)
+                # zipfile reads no more than the size the entry declares (checked above), whatever the data says.
+                shutil.copyfileobj(source, sink)
             out.append(Source(target, file_name))
     if not out:
         return [Listed(name, "failed", "the archive has no files in it")]
     return out
 
 
-def _archive_problem(members: list[zipfile.ZipInfo], max_file_mb: int) -> str | None:
+def _archive_problem(members: list[zipfile.ZipInfo], parts_of: dict[str, tuple[str, ...]],
+                     max_file_mb: int) -> str | None:
     if len(members) > MAX_ARCHIVE_FILES:
         return f"the archive holds {len(members)} files, over the limit of {MAX_ARCHIVE_FILES}"
     limit = max_file_mb * 1024 * 1024
     for member in members:
-        raw = member.filename.replace("\\", "/")
-        parts = PurePosixPath(raw).parts
-        if raw.startswith("/") or ".." in parts or (parts and ":" in parts[0]):
+        parts = parts_of[member.filename]
+        if (parts and (parts[0].startswith("/") or ":" in parts[0])) or ".." in parts:
             return f"the archive has an entry that points outside it ({member.filename})"
         if stat.S_ISLNK(member.external_attr >> 16):
             return f"the archive has a link in it ({member.filename})"
@@ -143,22 +143,8 @@ def _archive_problem(members: list[zipfile.ZipInfo], max_file_mb: int) -> str | 
             return (f"{member.filename} is {member.file_size / 1048576:.1f} MB unpacked, over the {max_file_mb} MB "
                     "limit for a file")
     total = sum(m.file_size for m in members)
-    if total > ARCHIVE_EXPANSION * limit:
+    if total > EXPANSION * limit:
         return (f"the archive unpacks to {total / 1048576:.1f} MB, over the limit of "
-                f"{ARCHIVE_EXPANSION * max_file_mb} MB")
+                f"{EXPANSION * max_file_mb} MB")
     return None
 
-
-class _Capped:
-    """A file object that ends after `limit` bytes."""
-
-    def __init__(self, source, limit: int):
-        self.source, self.left = source, limit
-
-    def read(self, size: int = -1) -> bytes:
-        if self.left <= 0:
-            return b""
-        size = self.left if size is None or size < 0 else min(size, self.left)
-        data = self.source.read(size)
-        self.left -= len(data)
-        return data

@@ -198,8 +198,7 @@ def ingest_files(
 
 
 def reindex_files(kb: str, records: list[FileRecord], chunking: Chunking, store: Store, embedder,
-                  progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None
-                  ) -> list[IngestResult]:
+                  progress: ProgressFn | None = None) -> list[IngestResult]:
     """Split the stored text of these files again with new chunk settings, embed it and replace their chunks.
     Each file is swapped whole, so an interrupted re-index leaves every file searchable (old or new chunks)."""
     splitter = make_splitter(chunking, embedder)
@@ -217,7 +216,7 @@ def reindex_files(kb: str, records: list[FileRecord], chunking: Chunking, store:
                                 chunking.size, chunking.overlap)
             yield _Prepared(index, record, pages, nodes, True, t0, ("updated", f"re-indexed (was {old.chunks} chunks)"))
 
-    return _run_pipeline(prepare(), [r.name for r in records], store, embedder, progress, should_stop=should_stop)
+    return _run_pipeline(prepare(), [r.name for r in records], store, embedder, progress)
 
 
 CANCELLED = "not added: the ingest was cancelled before this file was stored"
