@@ -212,11 +212,17 @@ def _read_csv(path: Path, name: str) -> list[Page]:
     data = rows[1:]
     if not data:
         raise InputError("the CSV file has only a header row and no data rows", subject=name)
+    return _row_pages(header, list(enumerate(data, 1)), lambda first, last: f"rows {first}-{last}")
+
+
+def _row_pages(header: list[str], rows: list[tuple[int, list[str]]], label, above: list[str] = ()) -> list[Page]:
+    """Numbered rows as "header: value" lines, a page per CSV_ROWS_PER_PAGE rows, each labelled by
+    `label(first row number, last row number)`; the `above` lines (a title over a table) open the first page."""
     pages = []
-    for first in range(0, len(data), CSV_ROWS_PER_PAGE):
-        block = data[first : first + CSV_ROWS_PER_PAGE]
-        lines = [_csv_line(header, row) for row in block]
-        pages.append(Page(ROW_SEPARATOR.join(lines), f"rows {first + 1}-{first + len(block)}"))
+    for first in range(0, len(rows), CSV_ROWS_PER_PAGE):
+        block = rows[first : first + CSV_ROWS_PER_PAGE]
+        lines = (list(above) if first == 0 else []) + [_csv_line(header, cells) for _, cells in block]
+        pages.append(Page(ROW_SEPARATOR.join(lines), label(block[0][0], block[-1][0])))
     return pages
 
 
@@ -231,22 +237,15 @@ def _sheet_pages(sheets: list[tuple[str, list[tuple[int, list[str]]]]]) -> list[
         filled = [sum(1 for cell in cells if cell) for _, cells in rows]
         wide = max(2, math.ceil(max(filled) / 2))
         start = next((i for i, n in enumerate(filled) if n >= wide), None)
+        label = (lambda first, last, title=title:
+                 f"sheet {title}, row {first}" if first == last else f"sheet {title}, rows {first}-{last}")
         if start is None or start == len(rows) - 1:
-            pages.append(Page("\n".join(_cells_line(cells) for _, cells in rows), _sheet_label(title, rows)))
+            pages.append(Page("\n".join(_cells_line(cells) for _, cells in rows), label(rows[0][0], rows[-1][0])))
             continue
-        above = [_cells_line(cells) for _, cells in rows[:start]]  # a title over the table
         header = [cell or f"column {i}" for i, cell in enumerate(rows[start][1], 1)]
-        data = rows[start + 1:]
-        for first in range(0, len(data), CSV_ROWS_PER_PAGE):
-            block = data[first : first + CSV_ROWS_PER_PAGE]
-            lines = (above if first == 0 else []) + [_csv_line(header, cells) for _, cells in block]
-            pages.append(Page(ROW_SEPARATOR.join(lines), _sheet_label(title, block)))
+        above = [_cells_line(cells) for _, cells in rows[:start]]  # a title over the table
+        pages.extend(_row_pages(header, rows[start + 1:], label, above))
     return pages
-
-
-def _sheet_label(title: str, rows: list[tuple[int, list[str]]]) -> str:
-    first, last = rows[0][0], rows[-1][0]
-    return f"sheet {title}, row {first}" if first == last else f"sheet {title}, rows {first}-{last}"
 
 
 def _cells_line(cells: list[str]) -> str:
