@@ -52,7 +52,7 @@ def build_app(workspaces: Workspaces) -> gr.Blocks:
 
 def main() -> None:
     demo_mode = demo_mode_from_env(os.environ)
-    workspaces = Workspaces(demo=demo_mode, background_indexing=True)
+    workspaces = Workspaces(demo=demo_mode)
     if workspaces.shared:  # a study whose process died with the machine (or a hard stop) goes on where it stopped
         workspaces.shared.studies.resume_interrupted()
     demo = build_app(workspaces)

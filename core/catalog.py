@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import keywords
 from core.errors import InputError
 
 
@@ -108,6 +109,7 @@ class Catalog:
         with self.db() as db:
             db.execute("INSERT INTO kbs (name, created, collection, embed_model, chunk_size, chunk_overlap)"
                        " VALUES (?, ?, ?, ?, ?, ?)", (kb, time.time(), collection, embed_model, size, overlap))
+            keywords.create(db, collection)
 
     def chunking(self, kb: str) -> Chunking | None:
         with self.db() as db:
@@ -133,6 +135,7 @@ class Catalog:
             db.execute("DELETE FROM files WHERE kb=?", (kb,))
             db.execute("DELETE FROM pending WHERE collection=?", (collection,))
             db.execute("DELETE FROM kbs WHERE name=?", (kb,))
+            keywords.drop(db, collection)
 
     # ---- files ------------------------------------------------------------------------------------------------
     def files(self, kb: str) -> list[FileRecord]:
@@ -150,20 +153,18 @@ class Catalog:
         with self.db() as db:
             return frozenset(row[0] for row in db.execute("SELECT ingest_id FROM files WHERE kb=?", (kb,)))
 
-    def listed_chunk_total(self, kb: str) -> int:
-        with self.db() as db:
-            return db.execute("SELECT COALESCE(SUM(chunks), 0) FROM files WHERE kb=?", (kb,)).fetchone()[0]
-
     def pages(self, ingest_id: str) -> list[tuple[str, str]]:
         with self.db() as db:
             return db.execute("SELECT label, text FROM pages WHERE ingest_id=? ORDER BY seq", (ingest_id,)).fetchall()
 
-    def list_files(self, items: list[tuple[FileRecord, list]], collection: str) -> list[str]:
-        """List new file versions with their pages, clear their marks and mark the versions they replace, in one
-        transaction; returns the replaced ingest ids (whose chunks must now go)."""
+    def list_files(self, items: list[tuple[FileRecord, list, list]], collection: str) -> list[str]:
+        """List new file versions with their pages, index their chunks' words, clear their marks and mark the versions
+        they replace (out of the keyword index), in one transaction; returns the replaced ingest ids (whose chunks
+        must now go). Items are (record, pages, chunks as (chunk id, text))."""
         replaced = []
         with self.db() as db:
-            for record, pages in items:
+            indexed = keywords.exists(db, collection)  # not yet in a catalog made before it: built on first search
+            for record, pages, chunks in items:
                 old = db.execute("SELECT ingest_id FROM files WHERE kb=? AND name=?",
                                  (record.kb, record.name)).fetchone()
                 db.execute(f"INSERT OR REPLACE INTO files ({FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -175,6 +176,10 @@ class Catalog:
                 if old is not None and old[0] != record.ingest_id:
                     _mark(db, old[0], collection)
                     replaced.append(old[0])
+                if indexed:
+                    if old is not None:
+                        keywords.remove(db, collection, old[0])
+                    keywords.add(db, collection, record.ingest_id, chunks)
         return replaced
 
     def unlist_file(self, record: FileRecord, collection: str) -> None:
@@ -182,6 +187,30 @@ class Catalog:
         with self.db() as db:
             db.execute("DELETE FROM files WHERE kb=? AND name=?", (record.kb, record.name))
             _mark(db, record.ingest_id, collection)
+            if keywords.exists(db, collection):
+                keywords.remove(db, collection, record.ingest_id)
+
+    # ---- keyword index ------------------------------------------------------------------------------------
+    def has_keyword_index(self, collection: str) -> bool:
+        with self.db() as db:
+            return keywords.exists(db, collection)
+
+    def keyword_search(self, collection: str, query: str, limit: int) -> list[tuple[str, float]] | None:
+        """Listed chunks matching the query's words, best first; None if this knowledge base has no keyword index
+        yet (made by an older version: `build_keyword_index`)."""
+        with self.db() as db:
+            if not keywords.exists(db, collection):
+                return None
+            return keywords.search(db, collection, query, limit)
+
+    def build_keyword_index(self, collection: str, chunks_by_ingest: dict[str, list[tuple[str, str]]]) -> None:
+        """Index every listed file's chunks at once, for a knowledge base made before the keyword index was kept.
+        The caller holds the store's write lock, so no file is listed meanwhile."""
+        with self.db() as db:
+            keywords.drop(db, collection)
+            keywords.create(db, collection)
+            for ingest_id, chunks in chunks_by_ingest.items():
+                keywords.add(db, collection, ingest_id, chunks)
 
     # ---- marks --------------------------------------------------------------------------------------------
     def mark_pending(self, ingest_ids: list[str], collection: str) -> None:

@@ -2,8 +2,6 @@
 search. Owns the store and the retriever for one data folder."""
 from __future__ import annotations
 
-import logging
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -33,14 +31,9 @@ def check_question(question: str) -> str:
 
 
 class KnowledgeBases:
-    def __init__(self, settings: Settings, store: Store, models: Models, quota: Quota,
-                 background_indexing: bool = False):
-        """`background_indexing`: rebuild the keyword index in a thread after each change, for a long-running app.
-        Off by default: a short-lived process (the CLI) would exit with that thread inside Chroma's native code,
-        which crashed the interpreter at exit (seen as a segfault with two CLI ingests at once)."""
+    def __init__(self, settings: Settings, store: Store, models: Models, quota: Quota):
         self.settings, self.store, self.models, self.quota = settings, store, models, quota
         self.retriever = Retriever(store)
-        self.background_indexing = background_indexing
 
     # ---- listing ------------------------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -132,8 +125,6 @@ class KnowledgeBases:
         self.store.set_chunking(kb, chunking)
         stale = [f for f in self.store.files(kb) if (f.chunk_size, f.chunk_overlap) != (chunking.size, chunking.overlap)]
         results = reindex_files(kb, stale, chunking, self.store, self.models.embedder, progress) if stale else []
-        if any(r.status == "updated" for r in results):
-            self._prepare_keyword_index(kb)
         return {"name": kb, **chunking.to_dict(), "results": [r.to_dict() for r in results]}
 
     def rename(self, kb: str, new_name: str) -> str:
@@ -144,7 +135,6 @@ class KnowledgeBases:
 
     def delete_file(self, kb: str, name: str) -> dict:
         record = self.store.delete_file(kb, name)
-        self._prepare_keyword_index(kb)
         return {"file": record.name, "chunks_removed": record.chunks}
 
     def ingest(self, paths: list[str | Path], kb: str = DEFAULT_KB, progress: ProgressFn | None = None,
@@ -169,26 +159,9 @@ class KnowledgeBases:
                 f"that, re-index it (Knowledge base tab, or: python -m core kb configure {kb} --chunk-size N "
                 f"--overlap N)", subject=kb)
         # In demo mode web pages are fetched only from public addresses (core.web.fetch_url, public_only).
-        results = ingest_files(paths, kb, chunking, self.settings.embed_model, self.settings.max_file_mb,
-                               self.store, self.models.embedder, progress, public_only=self.settings.demo_mode,
-                               recursive=recursive, should_stop=should_stop)
-        if any(r.status in ("added", "updated") for r in results):
-            self._prepare_keyword_index(kb)
-        return results
-
-    def _prepare_keyword_index(self, kb: str) -> None:
-        """Rebuild the keyword index in the background after a change, so the next question does not wait for it
-        (about 11 s at 100k chunks, see docs/BENCHMARKS.md)."""
-        if not self.background_indexing:
-            return
-
-        def build():
-            try:
-                self.retriever.keyword_index(kb)
-            except Exception:  # noqa: BLE001 - a failed warm-up only means the next search builds it
-                logging.getLogger(__name__).exception("background keyword index build failed")
-
-        threading.Thread(target=build, name=f"keyword-index-{kb}").start()  # not a daemon: finishes before exit
+        return ingest_files(paths, kb, chunking, self.settings.embed_model, self.settings.max_file_mb,
+                            self.store, self.models.embedder, progress, public_only=self.settings.demo_mode,
+                            recursive=recursive, should_stop=should_stop)
 
     # ---- searching -----------------------------------------------------------------------------------------------
     def search(self, question: str, kb: str = DEFAULT_KB, top_k: int | None = None) -> tuple[list[Hit], float]:

@@ -33,16 +33,15 @@ from core.votes import VoteStore
 
 
 class Lab:
-    def __init__(self, settings: Settings | None = None, background_indexing: bool = False,
-                 limits: DemoLimits | None = None, device_lock_dir: Path | None = None):
-        """`background_indexing`: see KnowledgeBases. `limits`: a demo workspace's caps and rate limits;
+    def __init__(self, settings: Settings | None = None, limits: DemoLimits | None = None,
+                 device_lock_dir: Path | None = None):
+        """`limits`: a demo workspace's caps and rate limits;
         `device_lock_dir`: where training jobs queue for the device, when several data folders share one."""
         self.settings = settings = settings or load_settings()
         data_dir = settings.data_dir
         self.models = Models(settings)
         self.quota = Quota(limits)
-        self.kbs = KnowledgeBases(settings, open_store(data_dir, settings.chroma_url), self.models, self.quota,
-                                  background_indexing)
+        self.kbs = KnowledgeBases(settings, open_store(data_dir, settings.chroma_url), self.models, self.quota)
         self.datasets = Datasets(data_dir, self.kbs, self.models, self.quota)
         self.adapters = AdapterStore(data_dir)
         self.jobs = JobStore(data_dir, device_lock_dir)

@@ -1,53 +1,16 @@
-"""Keyword search (BM25) and reciprocal rank fusion, to merge it with vector search.
+"""Hybrid search: vector search merged with keyword search (BM25, core/keywords.py) by reciprocal rank fusion.
 
 Vector search finds passages that mean the same thing; BM25 finds the exact names, numbers and rare words that
 small embedding models blur. Reciprocal rank fusion merges the two rankings without calibrating their scores.
 """
 from __future__ import annotations
 
-import re
-import threading
 from dataclasses import dataclass
-from functools import lru_cache
 
+from core.keywords import matched_spans
 from core.store import Store
 
 RRF_K = 60  # the constant from Cormack et al. (2009); damps the weight of the very top ranks
-
-
-def _stemmer():
-    import Stemmer
-
-    return Stemmer.Stemmer("english")
-
-
-_WORD = re.compile(r"\w+")
-
-
-@lru_cache(maxsize=1)
-def _bm25s():
-    import logging
-
-    import bm25s
-
-    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG, which the CLI would print
-    return bm25s
-
-
-@lru_cache(maxsize=1)
-def _stopwords() -> frozenset:
-    from bm25s.stopwords import STOPWORDS_EN
-
-    return frozenset(STOPWORDS_EN)
-
-
-def matched_spans(query: str, text: str) -> list[tuple[int, int]]:
-    """(start, end) of the words in `text` that match a word of the query the way keyword search matches them:
-    same English stem, stop words ignored. For highlighting passages."""
-    stemmer, stop = _stemmer(), _stopwords()
-    wanted = {stemmer.stemWord(w) for w in (m.group().lower() for m in _WORD.finditer(query)) if w not in stop}
-    return [(m.start(), m.end()) for m in _WORD.finditer(text)
-            if (w := m.group().lower()) not in stop and stemmer.stemWord(w) in wanted]
 
 
 @dataclass
@@ -75,37 +38,6 @@ def hit_to_source(hit: Hit, question: str | None = None) -> dict:
             "matched": matched}
 
 
-@dataclass
-class KeywordIndex:
-    """A BM25 index over one knowledge base's chunks, identified by their Chroma ids."""
-
-    ids: list[str]
-    _bm25: object
-    _stemmer: object
-
-    @classmethod
-    def build(cls, ids: list[str], texts: list[str]) -> "KeywordIndex":
-        bm25s = _bm25s()
-        stemmer = _stemmer()
-        bm25 = bm25s.BM25()
-        if texts:
-            bm25.index(bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False), show_progress=False)
-        return cls(list(ids), bm25, stemmer)
-
-    def search(self, query: str, limit: int) -> list[tuple[str, float]]:
-        """Chunk ids with a positive BM25 score for the query, best first."""
-        bm25s = _bm25s()
-        if not self.ids:
-            return []
-        tokens = bm25s.tokenize([query], stopwords="en", stemmer=self._stemmer, return_ids=False, show_progress=False)
-        vocabulary = self._bm25.vocab_dict
-        tokens = [[t for t in tokens[0] if t in vocabulary]]
-        if not tokens[0]:
-            return []
-        docs, scores = self._bm25.retrieve(tokens, k=min(limit, len(self.ids)), show_progress=False, n_threads=1)
-        return [(self.ids[int(d)], float(s)) for d, s in zip(docs[0], scores[0]) if s > 0]
-
-
 def reciprocal_rank_fusion(rankings: list[list[str]], k: int = RRF_K) -> list[tuple[str, float]]:
     """Merge rankings of ids: each id scores sum(1 / (k + rank)) over the rankings it appears in."""
     fused: dict[str, float] = {}
@@ -116,29 +48,10 @@ def reciprocal_rank_fusion(rankings: list[list[str]], k: int = RRF_K) -> list[tu
 
 
 class Retriever:
-    """Hybrid search over one store: vector search merged with BM25 keyword search by reciprocal rank fusion.
-    Keeps each knowledge base's keyword index, rebuilt only when its list of files has changed (in any process)."""
+    """Hybrid search over one store's knowledge bases."""
 
     def __init__(self, store: Store):
         self.store = store
-        self._keyword_indexes: dict[str, tuple[frozenset, KeywordIndex]] = {}  # kb -> (listed ingest ids, index)
-        self._lock = threading.Lock()
-
-    def keyword_index(self, kb: str, listed: frozenset | None = None) -> KeywordIndex:
-        listed = self.store.listed_ingest_ids(kb) if listed is None else listed
-        cached = self._keyword_indexes.get(kb)
-        if cached is None or cached[0] != listed:
-            ids, texts = [], []
-            for page in self.store.all_chunks(kb):
-                for chunk_id, text, meta in zip(page["ids"], page["documents"], page["metadatas"]):
-                    if meta.get("ingest_id") in listed:
-                        ids.append(chunk_id)
-                        texts.append(text)
-            cached = (listed, KeywordIndex.build(ids, texts))
-            if len(ids) == self.store.catalog.listed_chunk_total(kb):  # else a write raced this read: build again
-                with self._lock:
-                    self._keyword_indexes[kb] = cached
-        return cached[1]
 
     def search(self, kb: str, embedding: list[float], top_k: int, text: str | None = None) -> list[Hit]:
         """Top passages: vector search, fused with keyword search when `text` is given."""
@@ -157,7 +70,7 @@ class Retriever:
         vector_ranking = list(by_id)
         if text is None:
             return [by_id[i] for i in vector_ranking[:top_k]]
-        keyword_ranking = [chunk_id for chunk_id, _ in self.keyword_index(kb, listed).search(text, candidates)]
+        keyword_ranking = [chunk_id for chunk_id, _ in self.store.keyword_search(kb, text, candidates)]
         chosen = [chunk_id for chunk_id, _ in reciprocal_rank_fusion([vector_ranking, keyword_ranking])[:top_k]]
         missing = [chunk_id for chunk_id in chosen if chunk_id not in by_id]
         if missing:  # found by keywords alone: fetch them, and score them by cosine like the rest
@@ -168,5 +81,5 @@ class Retriever:
         for rank, chunk_id in enumerate(keyword_ranking, start=1):
             if chunk_id in by_id:
                 by_id[chunk_id].keyword_rank = rank
-        # A chunk found by keywords alone may have been deleted since the index was built: skip it.
+        # A chunk found by keywords alone may have been deleted since: skip it.
         return [by_id[chunk_id] for chunk_id in chosen if chunk_id in by_id]

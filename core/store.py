@@ -7,7 +7,8 @@ Why it looks like this:
 - A file's chunks are written under a fresh ingest id and only then listed in the catalog (and the old version's
   chunks dropped), so a killed ingest leaves either the old file or the new one, never half of one; leftovers of
   an interrupted write are removed the next time the store opens (`recover`).
-- Searching (vector, keyword, fusion) is core/retrieval.py's job; this module only stores and lists.
+- Searching (vector, keyword, fusion) is core/retrieval.py's job; this module stores and lists. The keyword index
+  lives in the catalog (core/keywords.py), changed in the transaction that lists or unlists a file.
 """
 from __future__ import annotations
 
@@ -189,7 +190,9 @@ class Store:
                     metadatas.append({**node.metadata, "ingest_id": record.ingest_id})
             self.chroma.add(collection, ids, texts, vectors, metadatas)
             self.chroma.bump_generation()
-            replaced = self.catalog.list_files([(record, pages) for record, _, pages in items], collection)
+            listing = [(record, pages, [(node.node_id, node.get_content()) for node in nodes])
+                       for record, nodes, pages in items]
+            replaced = self.catalog.list_files(listing, collection)
             for ingest_id in replaced:
                 self._remove_chunks(collection, ingest_id)
 
@@ -239,6 +242,21 @@ class Store:
         return cleared
 
     # ---- reading ----------------------------------------------------------------------------------------------
+    def keyword_search(self, kb: str, query: str, limit: int) -> list[tuple[str, float]]:
+        """Listed chunk ids matching the query's words (core/keywords.py), best first, with their BM25 scores."""
+        collection = self.collection_name(kb)
+        found = self.catalog.keyword_search(collection, query, limit)
+        if found is None:  # a knowledge base from before the index was kept: index it once, under the write lock
+            with self.writing():
+                if not self.catalog.has_keyword_index(collection):
+                    chunks: dict[str, list[tuple[str, str]]] = {i: [] for i in self.listed_ingest_ids(kb)}
+                    for page in self.all_chunks(kb):
+                        for chunk_id, text, meta in zip(page["ids"], page["documents"], page["metadatas"]):
+                            if meta.get("ingest_id") in chunks:
+                                chunks[meta["ingest_id"]].append((chunk_id, text))
+                    self.catalog.build_keyword_index(collection, chunks)
+            found = self.catalog.keyword_search(collection, query, limit)
+        return found
     def chunk_count(self, kb: str) -> int:
         return self.collection(kb).count() if self.has_kb(kb) else 0
 

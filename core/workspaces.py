@@ -32,15 +32,15 @@ class Workspaces:
     SWEEP_EVERY_S = 60.0
 
     def __init__(self, settings: Settings | None = None, demo: bool = False, limits: DemoLimits | None = None,
-                 background_indexing: bool = False, clock=time.time):
+                 clock=time.time):
         self.settings = settings or load_settings()
         self.demo, self.limits = demo, (limits or DemoLimits()) if demo else None
-        self.background_indexing, self.clock = background_indexing, clock
+        self.clock = clock
         self.root = self.settings.data_dir / "workspaces"
         self._labs: dict[str, Lab] = {}
         self._lock = threading.Lock()
         self._last_sweep = 0.0
-        self.shared = None if demo else Lab(self.settings, background_indexing=background_indexing)
+        self.shared = None if demo else Lab(self.settings)
 
     def lab(self, visitor: str | None):
         """The visitor's Lab (created on first use); the shared one outside demo mode."""
@@ -57,8 +57,7 @@ class Workspaces:
                 # model_cache_dir stays the shared one: model files are converted once for all visitors. A
                 # visitor's Lab is in demo mode whatever the environment says (e.g. web pages: public ones only).
                 settings = self.settings.with_(data_dir=folder, max_file_mb=self.limits.max_file_mb, demo_mode=True)
-                lab = Lab(settings, background_indexing=self.background_indexing, limits=self.limits,
-                          device_lock_dir=self.root)
+                lab = Lab(settings, limits=self.limits, device_lock_dir=self.root)
                 self._labs[folder.name] = lab
             (folder / ".last_used").touch()
             return lab

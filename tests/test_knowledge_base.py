@@ -221,6 +221,87 @@ def test_keyword_search_finds_exact_codes_the_embedding_blurs(lab, tmp_path):
     assert all(h.file == "routers.txt" for h in hits)
 
 
+def _keyword_rows(store, kb: str) -> dict[str, int]:
+    """chunk id -> its row in the knowledge base's saved keyword index."""
+    from core import keywords
+
+    with store.catalog.db() as db:
+        rows_table = keywords._tables(store.collection_name(kb))[0]
+        return dict(db.execute(f'SELECT chunk_id, id FROM "{rows_table}"').fetchall())
+
+
+def _found_by(data_dir, query: str) -> list[tuple[str, list]]:
+    """(file, found_by) of each passage a fresh process's `search` finds."""
+    done = run_cli(["search", query, "--top-k", "3", "--json"], data_dir)
+    assert done.returncode == 0, done.stderr
+    return [(hit["file"], hit["found_by"]) for hit in json.loads(done.stdout)["hits"]]
+
+
+def test_keyword_index_is_saved_and_updated_not_rebuilt(lab, handbook, tmp_path, data_dir):
+    store = lab.kbs.store
+    lab.kbs.ingest([handbook])
+    first = _keyword_rows(store, "default")
+    assert len(first) == lab.kbs.show("default")["chunks"] > 0
+    bridges = tmp_path / "bridges.txt"
+    bridges.write_text("The Quorvin Bridge was designed by Tessaly Brandt in 1962.")
+    lab.kbs.ingest([bridges])
+    both = _keyword_rows(store, "default")
+    assert {k: both[k] for k in first} == first  # the handbook's rows untouched: the bridge's rows were added
+    assert len(both) == len(first) + 1
+    # A fresh process finds a word of each file by keyword, from the saved index.
+    assert ("bridges.txt", ["vector", "keyword"]) in _found_by(data_dir, "Tessaly Brandt")
+    assert any(file == "handbook.md" and "keyword" in how for file, how in _found_by(data_dir, "cardamom porridge"))
+    # Deleting a file takes out its rows only; a changed file's old rows go and its new ones come in.
+    lab.kbs.delete_file("default", "handbook.md")
+    assert _keyword_rows(store, "default") == {k: v for k, v in both.items() if k not in first}
+    bridges.write_text("The Quorvin Bridge was repainted orange by Odile Varga in 2001.")
+    lab.kbs.ingest([bridges])
+    [(chunk_id, _)] = _keyword_rows(store, "default").items()
+    assert chunk_id not in both
+    assert not any("keyword" in how for _, how in _found_by(data_dir, "Tessaly cardamom"))
+    assert ("bridges.txt", ["vector", "keyword"]) in _found_by(data_dir, "Odile Varga")
+
+
+def test_knowledge_base_from_before_the_saved_keyword_index_gets_one_on_first_search(lab, handbook, data_dir):
+    from core import keywords
+
+    lab.kbs.ingest([handbook])
+    store = lab.kbs.store
+    with store.catalog.db() as db:  # what a catalog written by an older version looks like
+        keywords.drop(db, store.collection_name("default"))
+    assert any(file == "handbook.md" and "keyword" in how for file, how in _found_by(data_dir, "cardamom porridge"))
+    assert len(_keyword_rows(store, "default")) == lab.kbs.show("default")["chunks"]
+
+
+def test_keyword_words_match_what_is_highlighted():
+    from core.keywords import matched_spans, words
+
+    assert words("The routers are running, and RX-417's case") == ["router", "run", "rx", "417", "s", "case"]
+    text = "Routers ran; a router is running."
+    assert [text[a:b] for a, b in matched_spans("Which router runs?", text)] == ["Routers", "router", "running"]
+
+
+def test_words_in_most_chunks_are_searched_only_when_the_telling_ones_find_too_few(monkeypatch):
+    import sqlite3
+
+    from core import keywords
+
+    db = sqlite3.connect(":memory:")
+    keywords.create(db, "kb_test")
+    keywords.add(db, "kb_test", "v1", [(f"plain-{n}", f"The harbour log, entry {n}.") for n in range(30)])
+    keywords.add(db, "kb_test", "v2", [(f"treaty-{n}", f"The harbour treaty, clause {n}.") for n in range(3)])
+    found = [chunk_id for chunk_id, _ in keywords.search(db, "kb_test", "harbour treaty", 3)]
+    assert sorted(found) == ["treaty-0", "treaty-1", "treaty-2"]
+    found = [chunk_id for chunk_id, _ in keywords.search(db, "kb_test", "harbour treaty", 10)]
+    assert set(found[:3]) == {"treaty-0", "treaty-1", "treaty-2"} and len(found) == 10
+    assert {chunk_id.split("-")[0] for chunk_id in found[3:]} == {"plain"}
+    monkeypatch.setattr(keywords, "ALL_WORDS_UP_TO", 20)  # a big knowledge base: "harbour" (every chunk) is left out
+    assert len(keywords.search(db, "kb_test", "harbour treaty", 10)) == 3
+    assert keywords.search(db, "kb_test", "harbour", 10) == []
+    keywords.remove(db, "kb_test", "v2")
+    assert keywords.search(db, "kb_test", "treaty", 10) == []
+
+
 def test_hybrid_hits_carry_both_ranks_and_cosine_scores(lab, handbook):
     lab.kbs.ingest([handbook])
     [hit] = lab.kbs.search("Mirela Quanz", top_k=1)[0]
