@@ -52,8 +52,9 @@ CREATE TABLE IF NOT EXISTS dropped (collection TEXT PRIMARY KEY, since REAL NOT 
 CREATE TABLE IF NOT EXISTS pages (ingest_id TEXT NOT NULL, seq INTEGER NOT NULL, label TEXT NOT NULL,
     text TEXT NOT NULL, PRIMARY KEY (ingest_id, seq));
 """
-# Catalogs made before chunk settings were kept gain these columns (NULL: the defaults of the time).
-ADDED_COLUMNS = (("kbs", "chunk_size"), ("kbs", "chunk_overlap"), ("files", "chunk_size"), ("files", "chunk_overlap"))
+# Catalogs made before these were kept gain the columns (NULL: the defaults of the time; a page's text layer).
+ADDED_COLUMNS = (("kbs", "chunk_size", "INTEGER"), ("kbs", "chunk_overlap", "INTEGER"), ("files", "chunk_size", "INTEGER"),
+                 ("files", "chunk_overlap", "INTEGER"), ("pages", "read_by", "TEXT"))
 
 
 class Catalog:
@@ -64,9 +65,9 @@ class Catalog:
         self.path = Path(path)
         with self.db() as db:
             db.executescript(SCHEMA)
-            for table, column in ADDED_COLUMNS:
+            for table, column, kind in ADDED_COLUMNS:
                 if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} INTEGER")
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @contextmanager
     def db(self):
@@ -153,9 +154,21 @@ class Catalog:
         with self.db() as db:
             return frozenset(row[0] for row in db.execute("SELECT ingest_id FROM files WHERE kb=?", (kb,)))
 
-    def pages(self, ingest_id: str) -> list[tuple[str, str]]:
+    def pages(self, ingest_id: str) -> list[tuple[str, str, str]]:
+        """(label, text, how it was read) of each page, in order."""
         with self.db() as db:
-            return db.execute("SELECT label, text FROM pages WHERE ingest_id=? ORDER BY seq", (ingest_id,)).fetchall()
+            return db.execute("SELECT label, text, COALESCE(read_by, 'text') FROM pages WHERE ingest_id=? ORDER BY seq",
+                              (ingest_id,)).fetchall()
+
+    def ocr_pages(self, kb: str) -> dict[str, list[str]]:
+        """File name -> labels of its pages read by OCR, for the files that have any."""
+        with self.db() as db:
+            rows = db.execute("SELECT f.name, p.label FROM files f JOIN pages p ON p.ingest_id = f.ingest_id "
+                              "WHERE f.kb=? AND p.read_by='ocr' ORDER BY f.name, p.seq", (kb,)).fetchall()
+        out: dict[str, list[str]] = {}
+        for name, label in rows:
+            out.setdefault(name, []).append(label)
+        return out
 
     def list_files(self, items: list[tuple[FileRecord, list, list]], collection: str) -> list[str]:
         """List new file versions with their pages, index their chunks' words, clear their marks and mark the versions
@@ -170,8 +183,8 @@ class Catalog:
                 db.execute(f"INSERT OR REPLACE INTO files ({FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            (record.kb, record.name, record.sha256, record.pages, record.chunks, record.added,
                             record.ingest_id, record.chunk_size, record.chunk_overlap))
-                db.executemany("INSERT OR REPLACE INTO pages (ingest_id, seq, label, text) VALUES (?, ?, ?, ?)",
-                               [(record.ingest_id, seq, p.label, p.text) for seq, p in enumerate(pages)])
+                db.executemany("INSERT OR REPLACE INTO pages (ingest_id, seq, label, text, read_by) VALUES (?, ?, ?, ?, ?)",
+                               [(record.ingest_id, seq, p.label, p.text, p.read_by) for seq, p in enumerate(pages)])
                 db.execute("DELETE FROM pending WHERE ingest_id=?", (record.ingest_id,))
                 if old is not None and old[0] != record.ingest_id:
                     _mark(db, old[0], collection)

@@ -11,14 +11,21 @@ import unicodedata
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
+from typing import Callable
 
-from core import office
+from core import ocr, office
 from core.errors import InputError
+from core.pdf import read_pdf
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SUPPORTED_SUFFIXES = {
     ".pdf": "PDF", ".txt": "text", ".md": "Markdown", ".markdown": "Markdown",
     ".html": "HTML", ".htm": "HTML", ".docx": "Word", ".csv": "CSV", ".xlsx": "Excel", ".pptx": "PowerPoint",
+    **{suffix: "image (read by OCR)" for suffix in IMAGE_SUFFIXES},
 }
+# How a page's text was read: its own text, OCR of its picture, or nothing (no text layer and no OCR installed).
+READ_TEXT, READ_BY_OCR, NOT_READ = "text", "ocr", "not read"
+OnPage = Callable[[int, int, bool], None]  # (pages done, pages in all, whether that page was read by OCR)
 CSV_ROWS_PER_PAGE = 50  # a CSV's "pages" are row ranges, so a citation says which rows a passage came from
 # Rows are set apart as paragraphs: the chunker (llama-index SentenceSplitter) splits at "\n\n\n" first and keeps
 # paragraphs that fit whole, so a row is never cut in two and its values never lose their headers.
@@ -32,6 +39,7 @@ class Page:
     # page number for PDFs ("1", "2", ...); "rows 1-50" for CSV; "sheet Costs, rows 2-51" for Excel; "slide 3" for
     # PowerPoint; "" for files without pages
     label: str
+    read_by: str = READ_TEXT
 
 
 def cite(file: str, label: str) -> str:
@@ -39,6 +47,18 @@ def cite(file: str, label: str) -> str:
     if not label:
         return file
     return f"{file}, page {label}" if label.isdigit() else f"{file}, {label}"
+
+
+def page_ranges(labels: list[str]) -> str:
+    """Page labels as a reader writes them: ["1", "2", "3", "7"] -> "1-3, 7" (labels that are not numbers as they are)."""
+    parts: list[list[str]] = []
+    for label in labels:
+        last = parts[-1] if parts else None
+        if last and label.isdigit() and last[-1].isdigit() and int(label) == int(last[-1]) + 1:
+            last[1:] = [label]
+        else:
+            parts.append([label])
+    return ", ".join("-".join(part) for part in parts)
 
 
 def display_name(raw: str) -> str:
@@ -53,8 +73,9 @@ def display_name(raw: str) -> str:
     return cleaned
 
 
-def read_pages(path: Path, name: str, max_mb: int) -> list[Page]:
-    """Return the file's text as pages. Raises InputError naming the file and the reason."""
+def read_pages(path: Path, name: str, max_mb: int, on_page: OnPage | None = None) -> list[Page]:
+    """Return the file's text as pages. Raises InputError naming the file and the reason. `on_page` follows files
+    read page by page (PDFs, images), and may raise to stop the reading."""
     suffix = Path(name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         kinds = ", ".join(sorted(SUPPORTED_SUFFIXES))
@@ -68,7 +89,9 @@ def read_pages(path: Path, name: str, max_mb: int) -> list[Page]:
     if size > max_mb * 1024 * 1024:
         raise InputError(f"the file is {size / 1048576:.1f} MB, over the {max_mb} MB limit", subject=name)
     if suffix == ".pdf":
-        pages = _read_pdf(path, name)
+        pages = _read_pdf(path, name, on_page)
+    elif suffix in IMAGE_SUFFIXES:
+        pages = _read_image(path, name, on_page)
     elif suffix in (".html", ".htm"):
         pages = [Page(_read_html(path, name), "")]
     elif suffix == ".docx":
@@ -82,6 +105,8 @@ def read_pages(path: Path, name: str, max_mb: int) -> list[Page]:
     else:
         pages = [Page(_read_text(path, name), "")]
     if not any(p.text.strip() for p in pages):
+        if any(p.read_by == READ_BY_OCR for p in pages):
+            raise InputError("OCR found no words on its pages", subject=name)
         raise InputError("the file has no text in it", subject=name)
     return pages
 
@@ -261,40 +286,39 @@ def _csv_line(header: list[str], row: list[str]) -> str:
     return "; ".join(cells)
 
 
-def _read_pdf(path: Path, name: str) -> list[Page]:
-    from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+def _read_pdf(path: Path, name: str, on_page: OnPage | None) -> list[Page]:
+    pages = []
+    for page in read_pdf(path, name, on_page, ocr_available=ocr.available()):
+        read_by = READ_BY_OCR if page.ocr else NOT_READ if page.scanned else READ_TEXT
+        # PDFium ends lines with \r\n and marks a hyphen it found at a line's end as U+FFFE.
+        text = page.text.replace("\r\n", "\n").replace("\ufffe", "-\n")
+        pages.append(Page(_tidy(text), str(page.number), read_by))
+    return pages
 
+
+def _read_image(path: Path, name: str, on_page: OnPage | None) -> list[Page]:
+    """A picture of text (a scan, a photo of a page); each frame of a multi-page TIFF is a page."""
+    from PIL import Image, ImageSequence, UnidentifiedImageError
+
+    if not ocr.available():
+        raise InputError(f"an image is read by OCR; {ocr.INSTALL_HINT}", subject=name)
     try:
-        reader = PdfReader(str(path), strict=False)
-        if reader.is_encrypted:
-            try:
-                opened = reader.decrypt("")  # many "protected" PDFs open with an empty password
-            except Exception:  # noqa: BLE001 - pypdf raises several types for unsupported crypto
-                opened = 0
-            if not opened:
-                raise InputError("the PDF is password-protected; remove the password and upload it again", subject=name)
-        pages = []
-        for number, page in enumerate(reader.pages, start=1):
-            pages.append(Page(_tidy(page.extract_text() or ""), str(number)))
-    except InputError:
-        raise
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError) as exc:
-        raise InputError(f"the PDF is corrupt or truncated and cannot be read ({type(exc).__name__})", subject=name) from None
-    if not pages:
-        raise InputError("the PDF has no pages", subject=name)
-    if not any(p.text.strip() for p in pages):
-        raise InputError(
-            "the PDF has no text layer (it looks scanned); run OCR on it first, e.g. `ocrmypdf in.pdf out.pdf`",
-            subject=name,
-        )
+        with Image.open(path) as image:
+            frames = [frame.convert("L") for frame in ImageSequence.Iterator(image)]
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"the image is corrupt or not an image ({type(exc).__name__})", subject=name) from None
+    pages = []
+    for number, frame in enumerate(frames, start=1):
+        pages.append(Page(_tidy(ocr.read_image(frame, name)), str(number) if len(frames) > 1 else "", READ_BY_OCR))
+        if on_page:
+            on_page(number, len(frames), True)
     return pages
 
 
 def _tidy(text: str) -> str:
     # NFKC turns typographic ligatures (the "fi" in "misfits") back into letters, so keyword search finds them.
     text = unicodedata.normalize("NFKC", text)
-    # pypdf keeps hyphenated line breaks and runs of spaces from column layouts.
+    # PDF text layers and OCR keep hyphenated line breaks, and runs of spaces from column layouts.
     text = re.sub(r"(\w)-\n(\w)", r"\1\2", text)
     text = re.sub(r"[ \t]+", " ", text)
     return text.strip()

@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from core.documents import Page, display_name, read_pages
+from core.documents import NOT_READ, READ_BY_OCR, Page, display_name, page_ranges, read_pages
 from core.errors import InputError
 from core.file_sets import Listed, Source, expand_sources
+from core.ocr import INSTALL_HINT
 from core.progress import ProgressFn, silent
 from core.catalog import Chunking, FileRecord
 from core.store import Store
@@ -63,6 +64,26 @@ class _Note:
     """What the reader thread is doing, shown as progress by the consuming thread (the one allowed to report)."""
 
     message: str
+
+
+class _Stopped(Exception):
+    """Raised in the reader thread (from a progress note) once the ingest is cancelled: stop reading."""
+
+
+Note = Callable[[str], None]  # tells the user what the reader is doing; raises _Stopped once cancelled
+
+
+def page_summary(pages: list[Page]) -> str:
+    """What a result line adds about how pages were read: "; read by OCR: pages 2-3", and pages left unread."""
+    def labels(read_by: str) -> str:
+        return page_ranges([page.label for page in pages if page.read_by == read_by and page.label])
+
+    out = ""
+    if any(page.read_by == READ_BY_OCR for page in pages):
+        out += f"; read by OCR: page(s) {labels(READ_BY_OCR)}" if labels(READ_BY_OCR) else "; read by OCR"
+    if unread := labels(NOT_READ):
+        out += f"; page(s) {unread} have no text layer and were not read ({INSTALL_HINT})"
+    return out
 
 
 def check_chunking(chunking: Chunking, embedder) -> Chunking:
@@ -145,9 +166,9 @@ def ingest_files(
     listed as cancelled."""
     splitter = make_splitter(chunking, embedder)
 
-    def prepare(sources: list[Source | Listed],
-                work_dir: Path) -> Iterator[_Prepared | _Note | tuple[int, IngestResult]]:
-        seen: dict[str, str] = {}  # name -> sha256 of the files given in this call
+    def prepare(sources: list[Source | Listed], work_dir: Path,
+                note: Note) -> Iterator[_Prepared | _Note | tuple[int, IngestResult]]:
+        seen: dict[str, tuple[str, int]] = {}  # name -> (sha256, pages) of the files given in this call
         for index, source in enumerate(sources):
             if isinstance(source, Listed):
                 yield index, IngestResult(source.name, source.status, source.reason)
@@ -162,17 +183,23 @@ def ingest_files(
                 else:
                     path = Path(raw_path)
                 name = source.name or display_name(path.name)
-                yield _Note(f"Reading {name}")
-                pages = read_pages(path, name, max_file_mb)
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
                 existing = store.file(kb, name)
-                if seen.get(name) == digest or (existing is not None and existing.sha256 == digest):
-                    where = "given twice" if seen.get(name) == digest else "already in the knowledge base"
-                    yield index, IngestResult(name, "unchanged", f"{where} with the same content",
-                                              len(pages), existing.chunks if existing else 0)
+                # Known bytes are not read again (OCR of a scanned file takes minutes).
+                if seen.get(name, ("",))[0] == digest or (existing is not None and existing.sha256 == digest):
+                    twice = seen.get(name, ("",))[0] == digest
+                    yield index, IngestResult(
+                        name, "unchanged", f"{'given twice' if twice else 'already in the knowledge base'} with the "
+                        "same content", seen[name][1] if twice else existing.pages, 0 if twice else existing.chunks)
                     continue
+                yield _Note(f"Reading {name}")
+
+                def on_page(done: int, total: int, by_ocr: bool, name=name) -> None:
+                    note(f"Reading {name}: page {done}/{total}{' (OCR)' if by_ocr else ''}")
+
+                pages = read_pages(path, name, max_file_mb, on_page)
                 replaces = existing is not None or name in seen
-                seen[name] = digest
+                seen[name] = (digest, len(pages))
                 nodes = split_pages(name, pages, splitter)
                 if not nodes:
                     raise InputError("no text chunks could be made from the file", subject=name)
@@ -193,7 +220,7 @@ def ingest_files(
     with tempfile.TemporaryDirectory(prefix="lab-ingest-") as work_dir:
         sources = expand_sources(paths, Path(work_dir) / "unpacked", max_file_mb, recursive)
         names = [s.name or (str(s.path) if looks_like_url(s.path) else Path(s.path).name) for s in sources]
-        return _run_pipeline(prepare(sources, Path(work_dir)), names, store, embedder, progress,
+        return _run_pipeline(lambda note: prepare(sources, Path(work_dir), note), names, store, embedder, progress,
                              before_write=ensure_kb, should_stop=should_stop)
 
 
@@ -206,7 +233,7 @@ def reindex_files(kb: str, records: list[FileRecord], chunking: Chunking, store:
     def prepare() -> Iterator[_Prepared | tuple[int, IngestResult]]:
         for index, old in enumerate(records):
             t0 = time.perf_counter()
-            pages = [Page(text, label) for label, text in store.pages(old)]
+            pages = [Page(text, label, read_by) for label, text, read_by in store.pages(old)]
             if not pages:
                 yield index, IngestResult(old.name, "failed", "its text was stored before re-indexing was possible; "
                                           "add the file again to re-index it")
@@ -216,14 +243,17 @@ def reindex_files(kb: str, records: list[FileRecord], chunking: Chunking, store:
                                 chunking.size, chunking.overlap)
             yield _Prepared(index, record, pages, nodes, True, t0, ("updated", f"re-indexed (was {old.chunks} chunks)"))
 
-    return _run_pipeline(prepare(), [r.name for r in records], store, embedder, progress)
+    return _run_pipeline(lambda note: prepare(), [r.name for r in records], store, embedder, progress)
 
 
 CANCELLED = "not added: the ingest was cancelled before this file was stored"
 
 
-def _run_pipeline(items: Iterator, names: list[str], store: Store, embedder, progress: ProgressFn | None,
-                  before_write=None, should_stop: Callable[[], bool] | None = None) -> list[IngestResult]:
+def _run_pipeline(make_items: Callable[[Note], Iterator], names: list[str], store: Store, embedder,
+                  progress: ProgressFn | None, before_write=None,
+                  should_stop: Callable[[], bool] | None = None) -> list[IngestResult]:
+    """`make_items(note)`: the reader's items (prepared files, results, notes); `note` lets a long read (a page at a
+    time) say how far it is, and stops it once the ingest is cancelled."""
     report = progress or silent
     total = len(names)
     stopping = should_stop or (lambda: False)
@@ -243,11 +273,21 @@ def _run_pipeline(items: Iterator, names: list[str], store: Store, embedder, pro
                 continue
         return False
 
+    def note(message: str) -> None:
+        if stop.is_set() or stopping():
+            raise _Stopped
+        try:
+            handoff.put_nowait(_Note(message))
+        except queue.Full:
+            pass  # the consumer is busy: this note would be stale by the time it was read
+
     def produce():
         try:
-            for item in items:
+            for item in make_items(note):
                 if not offer(item):
                     return
+        except _Stopped:
+            pass
         except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread, which raises it
             failure.append(exc)
         finally:
@@ -301,7 +341,7 @@ def _run_pipeline(items: Iterator, names: list[str], store: Store, embedder, pro
             status_word, verb = item.verb
             results[item.index] = IngestResult(
                 item.record.name, status_word,
-                f"{verb}: {item.record.pages} page(s), {item.record.chunks} chunks",
+                f"{verb}: {item.record.pages} page(s), {item.record.chunks} chunks{page_summary(item.pages)}",
                 item.record.pages, item.record.chunks, round(time.perf_counter() - item.t0, 3))
 
     try:

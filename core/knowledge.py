@@ -56,8 +56,9 @@ class KnowledgeBases:
     def show(self, kb: str) -> dict:
         kb = self.store.require_kb(kb)
         chunking = self.chunking(kb)
+        ocr_pages = self.store.catalog.ocr_pages(kb)
         files = [
-            {"file": f.name, "pages": f.pages, "chunks": f.chunks,
+            {"file": f.name, "pages": f.pages, "chunks": f.chunks, "ocr_pages": ocr_pages.get(f.name, []),
              "added": time.strftime("%Y-%m-%d %H:%M", time.localtime(f.added)), "sha256": f.sha256,
              "chunk_size": f.chunk_size, "chunk_overlap": f.chunk_overlap,
              # split with other settings than the knowledge base's (an interrupted re-index): re-index finishes it

@@ -199,8 +199,8 @@ class Store:
     def put_file(self, record: FileRecord, nodes: list, pages: list | None = None) -> None:
         self.put_files([(record, nodes, pages or [])])
 
-    def pages(self, record: FileRecord) -> list[tuple[str, str]]:
-        """The stored text of a listed file, as (page label, text), in page order."""
+    def pages(self, record: FileRecord) -> list[tuple[str, str, str]]:
+        """The stored text of a listed file, as (page label, text, how it was read), in page order."""
         return self.catalog.pages(record.ingest_id)
 
     def delete_file(self, kb: str, name: str) -> FileRecord:

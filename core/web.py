@@ -33,9 +33,12 @@ CONTENT_TYPES = {
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document": ".docx",
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": ".xlsx",
     "application/vnd.openxmlformats-officedocument.presentationml.presentation": ".pptx",
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/tiff": ".tiff",
 }
 TEXT_EXTENSIONS = {".html", ".txt", ".md", ".csv"}
-SAME_EXTENSION = {".htm": ".html", ".markdown": ".md"}
+SAME_EXTENSION = {".htm": ".html", ".markdown": ".md", ".jpeg": ".jpg", ".tif": ".tiff"}
 USER_AGENT = "Mozilla/5.0 (compatible; rag-finetune-lab/1.0; document fetcher)"
 ACCEPT = "text/html,application/xhtml+xml,application/pdf,text/markdown,text/plain;q=0.9,text/csv;q=0.8,*/*;q=0.1"
 MAX_SECONDS = 300  # the whole download, however slowly the bytes trickle in

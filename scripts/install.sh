@@ -24,4 +24,14 @@ if [ ! -f "$stamp" ]; then
   # A test install also satisfies the app.
   [ "$extra" = test ] && touch "${stamp%-test}-app"
 fi
+# Scanned pages and images are read by Tesseract, a system program: Debian's package where we can install it.
+if ! command -v tesseract >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "Installing Debian's tesseract-ocr (OCR of scanned pages)..." >&2
+    { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr >/dev/null; } ||
+      echo "Could not install tesseract-ocr: scanned pages and images will not be read." >&2
+  else
+    echo "Note: scanned pages and images need Tesseract (apt install tesseract-ocr / brew install tesseract)." >&2
+  fi
+fi
 exit 0

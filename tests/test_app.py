@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -367,12 +368,35 @@ def test_browser_bad_files_are_reported_and_not_added(app_server, client, page, 
     assert by_file[empty.name].startswith("Not added"), lines
     assert "empty" in by_file[empty.name].removeprefix(f"Not added · {empty.name}"), lines
     assert by_file[scanned.name].startswith("Not added"), lines
-    assert "OCR" in by_file[scanned.name], lines
+    # A page with only a drawing on it: OCR reads it and finds no words (or, without Tesseract, says to install it).
+    why = "OCR found no words" if shutil.which("tesseract") else "install Tesseract"
+    assert why in by_file[scanned.name], lines
     assert "Added ·" not in page.locator("#kb-status").inner_text()
 
     # Nothing was added: not in the page's table (updated by the same event) and not on the server.
     assert sorted(dom_file_names(page)) == sorted(before)
     assert sorted(stored_files(app_server)) == sorted(before)
+
+
+@pytest.mark.browser
+@needs_chromium
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="Tesseract is not installed (scripts/install.sh installs it as root)")
+def test_browser_file_list_shows_the_pages_read_by_ocr(app_server, page, tmp_path):
+    from test_ocr import page_picture, text_then_pictures
+
+    url, _ = app_server
+    picture = page_picture(write_pdf(tmp_path / "src.pdf", ["The Brindle Canal has nine locks and one aqueduct."]), 0)
+    scan = text_then_pictures(tmp_path / "canal_scan.pdf", "Canal survey, cover page.", [picture])
+    open_app(page, url)
+    pick_kb(page, "default", "kb-select")
+    upload(page, [scan])
+    page.locator("#kb-add").click()
+    wait_for_text(page, "kb-status", "Added", scan.name, timeout=GENERATION_TIMEOUT_MS)
+    assert "read by OCR: page(s) 2" in page.locator("#kb-status").inner_text()
+    page.wait_for_function("(name) => [...document.querySelectorAll('#kb-files [role=row]')]"
+                           ".some(r => r.textContent.includes(name))", arg=scan.name)
+    row = next(r for r in dom_rows(page, "kb-files") if r[0] == scan.name)
+    assert (row[1], row[3]) == ("2", "2"), row  # 2 pages, page 2 read by OCR
 
 
 def test_client_can_use_a_knowledge_base_created_after_start(app_server, client, tmp_path):

@@ -19,6 +19,7 @@ def test_pdf_pages_keep_their_numbers(tmp_path):
     path = write_pdf(tmp_path / "two.pdf", ["Alpha page text.", "Beta page text."])
     pages = read_pages(path, "two.pdf", 50)
     assert [(p.label, p.text) for p in pages] == [("1", "Alpha page text."), ("2", "Beta page text.")]
+    assert {p.read_by for p in pages} == {"text"}  # short pages of real text keep their text layer: no OCR
 
 
 def test_text_and_markdown(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from core.demo import load_demo
+from core.documents import page_ranges
 from core.lab import Lab
 from core.catalog import Chunking
 from core.web import as_url
@@ -12,14 +13,15 @@ from ui.choices import kb_choices, kb_to_show
 from ui.formatting import STATUS_LABEL, escape_plain, user_errors
 from ui.workspace import LabOf
 
-FILE_HEADERS = ["File", "Pages", "Chunks", "Added"]
+FILE_HEADERS = ["File", "Pages", "Chunks", "Read by OCR", "Added"]
 PREVIEW_HEADERS = ["#", "Page", "Tokens", "Chunk text"]
 
 
 def file_rows(lab: Lab | None, kb: str) -> list[list]:
     if not lab or not lab.kbs.exists(kb):
         return []
-    return [[f["file"], f["pages"], f["chunks"], f["added"]] for f in lab.kbs.show(kb)["files"]]
+    return [[f["file"], f["pages"], f["chunks"], page_ranges(f["ocr_pages"]) or ("all" if f["ocr_pages"] else ""),
+             f["added"]] for f in lab.kbs.show(kb)["files"]]
 
 
 def kb_view(lab: Lab, kb_name: str) -> tuple:
@@ -160,9 +162,9 @@ def build(lab_of: LabOf):
     with gr.Tab("1 · Knowledge base", id="kb") as tab:
         gr.Markdown(
             "Add your documents here. They are split into short passages, embedded, and stored on this machine "
-            "so the **RAG** answers in the *Compare* tab can quote them. Supported: **PDF** (with a text layer), "
-            "**.txt**, **.md**, **.html**, **.docx** (Word), **.xlsx** (Excel), **.pptx** (PowerPoint) and **.csv**, "
-            "a **.zip** of such files (a line for each file in it), and **web pages** by address (their main "
+            "so the **RAG** answers in the *Compare* tab can quote them. Supported: **PDF** (scanned pages are "
+            "read by OCR), **.txt**, **.md**, **.html**, **.docx** (Word), **.xlsx** (Excel), **.pptx** (PowerPoint), "
+            "**.csv**, images of text (**.png**, **.jpg**, **.tiff**, read by OCR), a **.zip** of such files (a line for each file in it), and **web pages** by address (their main "
             "text is kept; menus and scripts are dropped). Adding the same content again changes nothing; "
             "a changed file or page replaces its old version."
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from core.documents import cite
+from core.documents import cite, page_ranges
 from core.variants import VARIANTS
 
 
@@ -63,7 +63,11 @@ def kb_show(payload: dict, args) -> None:
           f"(chunk size {payload['chunk_size']}, overlap {payload['chunk_overlap']})")
     for f in payload["files"]:
         stale = "\tneeds re-index (kb configure)" if f["needs_reindex"] else ""
-        print(f"  {f['file']}\t{f['pages']} pages\t{f['chunks']} chunks\tadded {f['added']}{stale}")
+        ocr = ""
+        if f["ocr_pages"]:
+            ranges = page_ranges(f["ocr_pages"])
+            ocr = f"\tread by OCR: page(s) {ranges}" if ranges else "\tread by OCR"
+        print(f"  {f['file']}\t{f['pages']} pages\t{f['chunks']} chunks\tadded {f['added']}{ocr}{stale}")
 
 
 def kb_configure(payload: dict, args) -> None:
