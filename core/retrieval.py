@@ -76,6 +76,8 @@ class Retriever:
         if missing:  # found by keywords alone: fetch them, and score them by cosine like the rest
             got = self.store.collection(kb).get(ids=missing, include=["documents", "metadatas", "embeddings"])
             for chunk_id, doc, meta, vector in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"]):
+                if meta.get("ingest_id") not in listed:
+                    continue  # unlisted since (the keyword index changes with the listing, so only in a race)
                 cosine = float(sum(a * b for a, b in zip(embedding, vector)))  # both are unit length
                 by_id[chunk_id] = Hit(doc, meta.get("file", "?"), str(meta.get("page", "")), cosine, chunk_id)
         for rank, chunk_id in enumerate(keyword_ranking, start=1):

@@ -124,9 +124,7 @@ def test_a_delete_interrupted_after_the_catalog_is_finished_on_next_open(lab, ha
     lab.kbs.ingest([handbook, other])
     store = lab.kbs.store
     record = store.file("default", "handbook.md")
-    with store.catalog.db() as db:  # what delete_file does first, then the process dies
-        db.execute("DELETE FROM files WHERE kb='default' AND name='handbook.md'")
-        db.execute("INSERT INTO pending VALUES (?, ?, 0)", (record.ingest_id, store.collection_name("default")))
+    store.catalog.unlist_file(record, store.collection_name("default"))  # what delete_file does first; then it dies
     assert {h.file for h in lab.kbs.search("Mirela Quanz Zorblat", top_k=5)[0]} == {"other.txt"}  # already unlisted
     assert store.recover() == 1
     assert store.chunk_count("default") == store.file("default", "other.txt").chunks
