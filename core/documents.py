@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from core import ocr, office
-from core.errors import InputError
+from core.errors import InputError, NoTextFound
 from core.pdf import read_pdf
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -105,6 +105,8 @@ def read_pages(path: Path, name: str, max_mb: int, on_page: OnPage | None = None
     else:
         pages = [Page(_read_text(path, name), "")]
     if not any(p.text.strip() for p in pages):
+        if suffix in IMAGE_SUFFIXES:  # a logo or a photo among the documents, most likely
+            raise NoTextFound("OCR found no words in this image (a picture without text)", subject=name)
         if any(p.read_by == READ_BY_OCR for p in pages):
             raise InputError("OCR found no words on its pages", subject=name)
         raise InputError("the file has no text in it", subject=name)

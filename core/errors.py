@@ -14,5 +14,9 @@ class InputError(LabError):
         self.reason = message
 
 
+class NoTextFound(InputError):
+    """A file that was read but holds no words: a picture without text. Listed as skipped, not as failed."""
+
+
 class ModelError(LabError):
     """A model could not be found or loaded."""

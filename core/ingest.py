@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from core.documents import NOT_READ, READ_BY_OCR, Page, display_name, page_ranges, read_pages
-from core.errors import InputError
+from core.errors import InputError, NoTextFound
 from core.file_sets import Listed, Source, expand_sources
 from core.ocr import INSTALL_HINT
 from core.progress import ProgressFn, silent
@@ -35,7 +35,7 @@ _NOT_EMBEDDED = ["file", "page", "ingest_id", "chunk"]  # stored with each chunk
 @dataclass
 class IngestResult:
     file: str
-    status: str  # added | updated | unchanged | skipped (a kind of file not read) | failed | cancelled
+    status: str  # added | updated | unchanged | skipped (a kind of file not read, a picture without words) | failed | cancelled
     message: str
     pages: int = 0
     chunks: int = 0
@@ -207,6 +207,8 @@ def ingest_files(
                                     chunking.size, chunking.overlap)
                 verb = ("updated", "replaced the older version") if replaces else ("added", "added")
                 yield _Prepared(index, record, pages, nodes, replaces, t0, verb)
+            except NoTextFound as exc:
+                yield index, IngestResult(name, "skipped", exc.reason)
             except InputError as exc:
                 yield index, IngestResult(name, "failed", exc.reason)
             except OSError as exc:  # unreadable file (permissions, vanished): this file fails, the others go on

@@ -96,11 +96,18 @@ def test_without_tesseract_scanned_pages_are_named_and_text_pages_still_go_in(la
 
 
 @needs_tesseract
-def test_a_corrupt_image_is_refused_with_a_reason(tmp_path):
+def test_a_corrupt_image_is_refused_and_a_picture_without_words_skipped(lab, tmp_path):
+    from PIL import Image, ImageDraw
+
     fake = tmp_path / "photo.jpg"
     fake.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
-    with pytest.raises(InputError, match="corrupt or not an image"):
-        read_pages(fake, fake.name, 50)
+    logo = tmp_path / "logo.png"
+    picture = Image.new("L", (300, 300), 255)
+    ImageDraw.Draw(picture).ellipse((40, 40, 260, 260), fill=0)
+    picture.save(logo)
+    results = {r.file: r for r in lab.kbs.ingest([fake, logo])}
+    assert results["photo.jpg"].status == "failed" and "corrupt or not an image" in results["photo.jpg"].message
+    assert results["logo.png"].status == "skipped" and "no words" in results["logo.png"].message
 
 
 @needs_tesseract
