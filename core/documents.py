@@ -11,11 +11,10 @@ import unicodedata
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
-from typing import Callable
 
 from core import ocr, office
 from core.errors import InputError, NoTextFound
-from core.pdf import read_pdf
+from core.pdf import OnPage, read_pdf
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SUPPORTED_SUFFIXES = {
@@ -25,7 +24,6 @@ SUPPORTED_SUFFIXES = {
 }
 # How a page's text was read: its own text, OCR of its picture, or nothing (no text layer and no OCR installed).
 READ_TEXT, READ_BY_OCR, NOT_READ = "text", "ocr", "not read"
-OnPage = Callable[[int, int, bool], None]  # (pages done, pages in all, whether that page was read by OCR)
 CSV_ROWS_PER_PAGE = 50  # a CSV's "pages" are row ranges, so a citation says which rows a passage came from
 # Rows are set apart as paragraphs: the chunker (llama-index SentenceSplitter) splits at "\n\n\n" first and keeps
 # paragraphs that fit whole, so a row is never cut in two and its values never lose their headers.
