@@ -6,8 +6,8 @@ rows (the in-memory BM25 index before it was rebuilt from every chunk after each
 
 Words are lower-cased, English stop words dropped and the rest stemmed (Snowball) before FTS5 sees them, so a
 search, its index and the highlighting of matched words (`matched_spans`) agree on what matches. FTS5 ranks with
-its own bm25() (k1 1.2, b 0.75). Each knowledge base has its own two tables, named after its Chroma collection
-(which a rename never changes), since BM25's word statistics are per corpus.
+its own bm25() (k1 1.2, b 0.75). Each knowledge base has its own tables (rows, index, word counts), named after its
+Chroma collection (which a rename never changes), since BM25's word statistics are per corpus.
 
 Every function takes an open connection: the catalog decides the transaction.
 """
