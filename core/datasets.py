@@ -3,7 +3,8 @@ keep them as named datasets with a fixed train / validation / test split, and pr
 
 Every example is stored the same way, as a chat: {"messages": [{"role": ..., "content": ...}, ...]} ending with the
 assistant message to learn, plus optional "source" (where a generated example came from) and "gold" (the short
-answer, for evaluation).
+answer, for evaluation). A preference dataset (for DPO) holds pairs instead, in core/preference_data.py's form:
+{"prompt": [...], "chosen": [...], "rejected": [...]}; a file is one kind or the other.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from core.documents import decode_text
 from core.errors import InputError
 from core.fileio import FolderRegistry, write_json
 from core.names import check_name
+from core.preference_data import is_preference, preference_pair
 
 ROLES = ("system", "user", "assistant")
 QUESTION_COLUMNS = ("question", "prompt", "instruction", "input", "query")
@@ -38,6 +40,7 @@ class DatasetInfo:
     created: float
     split: dict = field(default_factory=dict)  # part -> list of example indices
     seed: int = 0
+    kind: str = "sft"  # "sft": Q&A examples to learn; "preference": chosen/rejected pairs (DPO)
 
     def summary(self) -> dict:
         out = asdict(self)
@@ -47,8 +50,8 @@ class DatasetInfo:
 
 
 def parse_examples(path: Path, name: str | None = None) -> tuple[list[dict], str]:
-    """Read a Q&A file into chat examples and say which format it was. Raises InputError naming the file and
-    the first problems with their line (or item) numbers."""
+    """Read a Q&A or preference file into stored examples and say which format it was. Raises InputError naming
+    the file and the first problems with their line (or item) numbers."""
     name = name or path.name
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".json", ".csv"):
@@ -95,12 +98,23 @@ def _jsonl_records(text: str, errors: list[str]) -> list[tuple[str, object]]:
 
 def _from_records(records: list[tuple[str, object]], errors: list[str]) -> tuple[list[dict], str]:
     examples, kinds = [], set()
+    first_kind = None  # a file is Q&A examples or preference pairs, not both
     for where, record in records:
         if not isinstance(record, dict):
             errors.append(f"{where}: expected an object, got {type(record).__name__}")
             continue
+        kind = "preference" if is_preference(record) else "sft"
+        first_kind = first_kind or (kind, where)
+        if kind != first_kind[0]:
+            errors.append(f"{where}: a {_KIND_WORDS[kind]}, but {first_kind[1]} is a {_KIND_WORDS[first_kind[0]]}; "
+                          "a file holds one kind")
+            continue
         try:
-            if "messages" in record:
+            if kind == "preference":
+                pair, layout = preference_pair(record)
+                examples.append(pair)
+                kinds.add(f"preference-{layout}")
+            elif "messages" in record:
                 examples.append(_check_chat(record["messages"]))
                 kinds.add("openai-chat")
             elif "instruction" in record and "output" in record:
@@ -114,7 +128,8 @@ def _from_records(records: list[tuple[str, object]], errors: list[str]) -> tuple
                 kinds.add("question-answer")
             else:
                 raise ValueError(f"has keys {sorted(record)[:6]}; expected 'messages' (chat), 'instruction' and "
-                                 f"'output' (Alpaca), or 'question' and 'answer'")
+                                 f"'output' (Alpaca), 'question' and 'answer', or 'prompt', 'chosen' and "
+                                 f"'rejected' (preference pairs)")
         except ValueError as exc:
             errors.append(f"{where}: {exc}")
             continue
@@ -122,6 +137,13 @@ def _from_records(records: list[tuple[str, object]], errors: list[str]) -> tuple
             if key in record:
                 examples[-1][key] = record[key]
     return examples, "+".join(sorted(kinds)) or "empty"
+
+
+_KIND_WORDS = {"sft": "Q&A example", "preference": "preference pair"}
+
+
+def dataset_kind(examples: list[dict]) -> str:
+    return "preference" if examples and "chosen" in examples[0] else "sft"
 
 
 def _text(value, what: str) -> str:
@@ -159,12 +181,18 @@ def _check_chat(messages) -> dict:
 def _from_csv(text: str, errors: list[str], name: str) -> tuple[list[dict], str]:
     reader = csv.DictReader(io.StringIO(text))
     headers = {h.strip().lower(): h for h in (reader.fieldnames or []) if h}
+    if "chosen" in headers or "rejected" in headers:  # preference pairs: prompt (or question), chosen, rejected
+        records = [(f"line {number}", {key: (row.get(header) or "") for key, header in headers.items()})
+                   for number, row in enumerate(reader, 2)]
+        examples, _ = _from_records(records, errors)
+        return examples, "preference-csv"
     question = next((headers[c] for c in QUESTION_COLUMNS if c in headers), None)
     answer = next((headers[c] for c in ANSWER_COLUMNS if c in headers), None)
     if question is None or answer is None:
         missing = "question" if question is None else "answer"
         raise InputError(f"no {missing} column; the header has {list(headers.values())}, expected e.g. "
-                         f"'question' and 'answer'", subject=name)
+                         f"'question' and 'answer' (or 'prompt', 'chosen' and 'rejected' for preference pairs)",
+                         subject=name)
     examples = []
     for number, row in enumerate(reader, 2):
         try:
@@ -203,7 +231,7 @@ class DatasetStore(FolderRegistry):
                              subject=name)
         body = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples)
         info = DatasetInfo(name, len(examples), fmt, source, hashlib.sha256(body.encode()).hexdigest(), time.time(),
-                           make_split(len(examples), validation, test, seed), seed)
+                           make_split(len(examples), validation, test, seed), seed, dataset_kind(examples))
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f".{name}.{time.time_ns()}"
         staging.mkdir()
@@ -241,7 +269,13 @@ def make_split(count: int, validation: float, test: float, seed: int) -> dict:
 
 
 def render(example: dict, tokenizer) -> dict:
-    """An example exactly as training sees it: the chat template applied; the prompt part is not learned."""
+    """An example exactly as training sees it: the chat template applied; the prompt part is not learned. A
+    preference pair shows its prompt with the chosen answer, and the rejected answer beside it."""
+    if "chosen" in example:
+        shown = render({"messages": example["prompt"] + example["chosen"]}, tokenizer)
+        rejected = render({"messages": example["prompt"] + example["rejected"]}, tokenizer)
+        return {**shown, "rejected": "\n".join(m["content"] for m in example["rejected"]),
+                "rejected_tokens": rejected["answer_tokens"]}
     prompt = tokenizer.apply_chat_template(example["messages"][:-1], tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(example["messages"], tokenize=False)
     prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])

@@ -30,8 +30,9 @@ CLASSIFY_INSTRUCTION = "Answer with one word: yes, no or maybe."
 
 
 def example_to_item(example: dict) -> dict:
-    """A training-format example (chat messages) as a test item: question, gold answer, gold source file."""
-    messages = example["messages"]
+    """A training-format example (chat messages) as a test item: question, gold answer, gold source file. A
+    preference pair's gold answer is its chosen one."""
+    messages = example.get("messages") or example["prompt"] + example["chosen"]
     question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
     if question.startswith("Passages:") and "\n\nQuestion: " in question:  # a RAFT example: the bare question
         question = question.rsplit("\n\nQuestion: ", 1)[1]

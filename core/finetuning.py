@@ -2,6 +2,7 @@
 (core/jobs.py runs it), and exporting an adapter merged into its base model."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from core.adapters import AdapterStore
@@ -11,7 +12,9 @@ from core.errors import InputError
 from core.jobs import JobStore
 from core.limits import Quota
 from core.models import Models, resolve_base_model
-from core.training import TrainSettings, estimate, memory_advice
+from core.training import TrainSettings, estimate, memory_advice, use_4bit
+
+MIN_PREFERENCE_PAIRS = 4  # fewer teach nothing that generalises and make the margin a coin toss
 
 
 def memory_parts_text(parts_gb: dict) -> str:
@@ -25,9 +28,15 @@ class Training:
         self.settings, self.datasets, self.adapters, self.jobs = settings, datasets, adapters, jobs
         self.models, self.quota = models, quota
 
-    @staticmethod
-    def preset(name: str = "quick", **overrides) -> TrainSettings:
+    def preset(self, name: str = "quick", dataset: str | None = None, **overrides) -> TrainSettings:
+        """A preset with overrides; with `dataset` and no method given, the method the dataset calls for (DPO for
+        preference pairs), with that method's preset values."""
+        if dataset and overrides.get("method") in (None, "auto"):
+            overrides["method"] = self.method_for(dataset)
         return TrainSettings.from_preset(name, **overrides)
+
+    def method_for(self, dataset: str) -> str:
+        return "dpo" if self.datasets.info(dataset).kind == "preference" else "sft"
 
     def estimate(self, dataset: str, settings: TrainSettings) -> dict:
         """Memory and time this fine-tune needs here, and whether it fits; computed before loading anything big."""
@@ -36,23 +45,54 @@ class Training:
         train = self.datasets.examples(dataset, "train")
         tokenizer = self.models.generator.tokenizer
         rendered = [render(e, tokenizer) for e in train]
-        lengths = [min(r["prompt_tokens"] + r["answer_tokens"], settings.max_length) for r in rendered]
-        answers = sum(min(r["answer_tokens"], n) for r, n in zip(rendered, lengths))
+        dpo = self._method(dataset, settings) == "dpo"
+        if dpo:  # both answers of a pair run through the model, each after the prompt, and all tokens reach the head
+            lengths = [min(r["prompt_tokens"] + max(r["answer_tokens"], r["rejected_tokens"]), settings.max_length)
+                       * 2 for r in rendered]
+            answers = None
+        else:
+            lengths = [min(r["prompt_tokens"] + r["answer_tokens"], settings.max_length) for r in rendered]
+            answers = sum(min(r["answer_tokens"], n) for r, n in zip(rendered, lengths))
         config = AutoConfig.from_pretrained(resolve_base_model(self.settings.base_model, self.settings))
         plan = estimate(config, sum(lengths), len(train), settings, self.settings.resolved_device, max(lengths),
                         answers)
+        if dpo:  # + the reference model's forward pass (half a training step's work per token)
+            plan["minutes"] = round(plan["minutes"] * 1.5, 1)
+        plan["method"] = "dpo" if dpo else "sft"
         # What to change when it does not fit: the same words before a run (here and in start) and on an OOM.
         plan["advice"] = None if plan["fits"] else memory_advice(settings, plan["quantized_4bit"],
                                                                  plan["memory_parts_gb"])
         return plan
 
-    def start(self, dataset: str, settings: TrainSettings, adapter: str | None = None, processes: int = 1) -> dict:
+    def _method(self, dataset: str, settings: TrainSettings) -> str:
+        """The method this run uses (auto: the dataset's), refused where the dataset holds the other kind."""
+        kind = self.method_for(dataset)
+        method = kind if settings.method == "auto" else settings.method
+        if method == "dpo" and kind != "dpo":
+            raise InputError("DPO learns from preference pairs (prompt, chosen, rejected), and this dataset holds "
+                             "Q&A examples: import a preference file or make one from your votes "
+                             "(dataset from-votes)", subject=dataset)
+        if method == "sft" and kind == "dpo":
+            raise InputError("this dataset holds preference pairs: train it with DPO (method dpo), or pick a Q&A "
+                             "dataset", subject=dataset)
+        return method
+
+    def start(self, dataset: str, settings: TrainSettings, adapter: str | None = None, processes: int = 1,
+              from_adapter: str | None = None) -> dict:
         """Check, estimate, and launch a fine-tune in its own process; returns the job (poll jobs.get).
-        `processes` > 1 trains data-parallel under `accelerate launch` (one process per GPU, or CPU workers)."""
+        `processes` > 1 trains data-parallel under `accelerate launch` (one process per GPU, or CPU workers).
+        `from_adapter`: go on training a trained adapter (for DPO: the usual start, from an SFT adapter)."""
         if not 1 <= processes <= 64:
             raise InputError(f"processes must be between 1 and 64, got {processes}")
-        if not self.datasets.info(dataset).split.get("train"):
+        train_count = len(self.datasets.info(dataset).split.get("train") or [])
+        if not train_count:
             raise InputError("the dataset has no training examples", subject=dataset)
+        settings = replace(settings, method=self._method(dataset, settings))
+        if settings.method == "dpo" and train_count < MIN_PREFERENCE_PAIRS:
+            raise InputError(f"DPO needs at least {MIN_PREFERENCE_PAIRS} preference pairs to train on and this "
+                             f"dataset has {train_count}: vote on more comparisons in Compare, or import more pairs",
+                             subject=dataset)
+        start_from = self._start_from(from_adapter)
         plan = self.estimate(dataset, settings)
         self.quota.check_train_minutes(plan["minutes"], dataset)
         self.quota.spend("train")
@@ -64,8 +104,22 @@ class Training:
         name = self.adapters.free_name(adapter or f"{dataset}-{settings.preset}")
         job_id = self.jobs.start({"dataset": dataset, "settings": settings.to_dict(), "adapter": name,
                                   "base_model": self.settings.base_model, "device": self.settings.device,
-                                  "estimate": plan, "processes": processes})
+                                  "estimate": plan, "processes": processes, **start_from})
         return self.jobs.get(job_id)
+
+    def _start_from(self, adapter: str | None) -> dict:
+        """The job fields for going on from a trained adapter (read in place when the job starts), which must
+        belong to the base model in use and its precision."""
+        if not adapter:
+            return {}
+        info = self.adapters.info(adapter)
+        if info.get("base_model") != self.settings.base_model:
+            raise InputError(f"was trained on {info.get('base_model')}, not on the base model in use "
+                             f"({self.settings.base_model})", subject=adapter)
+        if info.get("quantized_4bit") != use_4bit(TrainSettings(**info["settings"]), self.settings.resolved_device):
+            raise InputError("was trained on a base model in another precision (4-bit or not) than a run here "
+                             "would use", subject=adapter)
+        return {"from_adapter": adapter, "from_adapter_path": str(self.adapters.path(adapter))}
 
     def export_merged(self, name: str, folder: str | Path) -> Path:
         """The base model with the adapter merged in, saved as a full-precision model folder (loadable with plain

@@ -2,6 +2,7 @@
 batch, each row with its own adapter or none, each row's tokens streamed separately with per-row timings."""
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -105,13 +106,48 @@ def stream_chat(generator: Generator, conversations: list[list[dict]], config: G
     Prompts are prefilled in groups of similar length (see plan_batches), each row's first token is streamed as
     soon as its group is prefilled, and then every row is decoded together, one token per row per step, in one
     batch. `adapters` names each row's LoRA adapter (from models.attach_adapter) or None for the base model: rows
-    with different adapters share the batch (peft's mixed-adapter batches), so the weights are never copied.
+    with different adapters share the batch (peft's mixed-adapter batches), so the weights are never copied. A DoRA
+    adapter's rows, which peft cannot mix, run after them as a batch of their own with that adapter switched on.
     Closing the iterator (a cancelled request, a closed page) stops generation at the next step."""
     adapters = adapters or [None] * len(conversations)
     limit = getattr(generator.model.config, "max_position_embeddings", 2048)
     fitted = [_fit_prompt(generator.tokenizer, c, limit - config.max_new_tokens) for c in conversations]
     with generator.lock:
-        yield from _Decoder(generator, fitted, adapters, config).run()
+        for rows, switched_on in _batches_by_adapter(generator, adapters):
+            decoder = _Decoder(generator, [fitted[r] for r in rows], [adapters[r] for r in rows], config,
+                               per_row_adapters=switched_on is None)
+            with _switched_on(generator, switched_on):
+                for event in decoder.run():
+                    event.row = rows[event.row]
+                    yield event
+
+
+def _batches_by_adapter(generator: Generator, adapters: list[str | None]) -> list[tuple[list[int], str | None]]:
+    """Rows peft can decode in one batch, naming each row's adapter (the base model and LoRA adapters), and the
+    rows of each adapter it cannot (DoRA), as (rows, the adapter to switch on for all of them, or None)."""
+    configs = getattr(generator.model, "peft_config", {})
+    whole = sorted({a for a in adapters if a and getattr(configs.get(a), "use_dora", False)})
+    mixed = [i for i, a in enumerate(adapters) if a not in whole]
+    return ([(mixed, None)] if mixed else []) + [([i for i, a in enumerate(adapters) if a == name], name)
+                                                  for name in whole]
+
+
+@contextlib.contextmanager
+def _switched_on(generator: Generator, adapter: str | None):
+    """`adapter` active in every layer while the block runs (none otherwise: rows name their own)."""
+    if adapter is None:
+        yield
+        return
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in generator.model.modules() if isinstance(m, BaseTunerLayer)]
+    try:
+        for layer in layers:
+            layer.set_adapter([adapter])
+        yield
+    finally:
+        for layer in layers:
+            layer.set_adapter([])
 
 
 def _fit_prompt(tokenizer, conversation: list[dict], budget: int) -> tuple[str, int]:
@@ -137,7 +173,7 @@ class _Decoder:
     """One multi-row generation: grouped prefill, then a joint decode loop over a merged KV cache."""
 
     def __init__(self, generator: Generator, fitted: list[tuple[str, int]], adapters: list[str | None],
-                 config: GenerationConfig):
+                 config: GenerationConfig, per_row_adapters: bool = True):
         import torch
 
         self.torch = torch
@@ -145,7 +181,8 @@ class _Decoder:
         self.prompts, self.lengths = [p for p, _ in fitted], [n for _, n in fitted]
         self.model, self.tokenizer = generator.model, generator.tokenizer
         self.keeps_last_logits = accepts_logits_to_keep(self.model)  # asked once, not at every decode step
-        self.adapter_names = [name or "__base__" for name in adapters] if generator.adapters else None
+        self.adapter_names = ([name or "__base__" for name in adapters] if generator.adapters and per_row_adapters
+                              else None)
         self.eos = _eos_ids(generator)
         self.picker = _TokenPicker(config, self.eos)
         rows = len(fitted)

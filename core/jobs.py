@@ -91,8 +91,7 @@ class JobStore(FolderRegistry):
         job = json.loads((folder / "job.json").read_text())
         status = _read_json(folder / "status.json") or {"state": "queued"}
         if status.get("state") in ACTIVE and not process_alive(folder):
-            status = {**status, "state": "failed",
-                      "error": "the training process ended unexpectedly (see the log)"}
+            status = {**status, "state": "failed", "error": crash_reason(folder, self.log_tail(job_id, 20))}
         return {**job, **status, "log_tail": self.log_tail(job_id, 20)}
 
     def list(self) -> list[dict]:
@@ -174,9 +173,36 @@ def process_alive(folder: Path) -> bool:
     except PermissionError:
         return True
     try:  # a finished child of this process lingers as a zombie until reaped: that is not alive
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+        reaped, code = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         return True
+    if reaped:  # how it ended is known only here, once: kept for crash_reason
+        (folder / "exit").write_text(str(-os.WTERMSIG(code) if os.WIFSIGNALED(code) else os.WEXITSTATUS(code)))
+    return not reaped
+
+
+def crash_reason(folder: Path, log_tail: str) -> str:
+    """Why a job's process ended without saying so in its status: its signal or exit code where this process
+    launched it, and the last line of its log."""
+    import signal
+
+    try:
+        code = int((folder / "exit").read_text())
+    except (OSError, ValueError):
+        code = None
+    last = next((line.strip() for line in reversed(log_tail.splitlines()) if line.strip()), "")
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        why = f"the training process was killed ({name})"
+        if -code == signal.SIGKILL:
+            why += ": most often the system ran out of memory (lower the batch size or the max length), or it was " \
+                   "stopped from outside"
+    else:
+        why = "the training process ended unexpectedly" + (f" (exit code {code})" if code is not None else "")
+    return why + (f"; the last line of its log: {last[:300]}" if last else "; its log is empty")
 
 
 # ---- inside the job's process ------------------------------------------------------------------------------
@@ -229,7 +255,8 @@ def run_job(folder: Path) -> int:
             "job": job["id"], "created": time.time(), "complete": not cancelled,
             **{k: result.get(k) for k in ("train_loss", "eval_loss", "steps", "total_steps", "seconds",
                                           "tokens_per_s", "device", "quantized_4bit", "precision", "packing",
-                                          "optimizer", "trainer", "peak_gpu_memory_gb", "history")},
+                                          "optimizer", "trainer", "peak_gpu_memory_gb", "peak_memory_gb",
+                                          "history", "method", "tuning", "from_adapter", "margins")},
         }
         name = job["adapter"]
         if name in adapters.names() and adapters.info(name).get("job") == job["id"]:

@@ -11,12 +11,13 @@ from core.limits import Quota
 from core.models import Models
 from core.progress import ProgressFn, silent
 from core.qa_generation import generate_pairs, model_question_writer, raft_examples
+from core.votes import VoteStore
 
 
 class Datasets(DatasetStore):
-    def __init__(self, data_dir: Path, kbs: KnowledgeBases, models: Models, quota: Quota):
+    def __init__(self, data_dir: Path, kbs: KnowledgeBases, models: Models, quota: Quota, votes: VoteStore):
         super().__init__(data_dir)
-        self.kbs, self.models, self.quota = kbs, models, quota
+        self.kbs, self.models, self.quota, self.votes = kbs, models, quota, votes
 
     def import_file(self, path: str | Path, name: str | None = None, replace: bool = False,
                     validation: float = 0.1, test: float = 0.1, seed: int = 42) -> dict:
@@ -49,6 +50,19 @@ class Datasets(DatasetStore):
         report(1.0, "Done")
         by_model = sum(e["source"]["question_by"] == "model" for e in examples)
         return {**info.summary(), "questions_by_model": by_model, "questions_by_template": len(examples) - by_model}
+
+    def from_votes(self, name: str = "votes", kb: str | None = None, replace: bool = True,
+                   validation: float = 0.1, seed: int = 42) -> dict:
+        """The Compare tab's decided votes as a preference dataset (one pair per winner and other answer), for
+        DPO. Replaces an earlier one of the same name by default: the votes only grow."""
+        pairs = self.votes.preference_pairs(kb)
+        if not pairs:
+            where = f" on knowledge base {kb}" if kb else ""
+            raise InputError(f"no usable votes{where} yet: in Compare, ask a question in two or more columns and "
+                             "vote for the best answer (ties, all-bad votes and identical answers give no pair)")
+        info = self.save(name, pairs, "preference-votes", f"votes{f' on {kb}' if kb else ''}", replace,
+                         validation if len(pairs) >= 10 else 0.0, 0.0, seed)
+        return info.summary()
 
     def show(self, name: str, part: str = "train", limit: int = 3) -> dict:
         """A dataset's summary and its first examples exactly as the model sees them, with token counts."""

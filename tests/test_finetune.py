@@ -127,6 +127,37 @@ def test_fine_tuned_model_answers_facts_the_base_model_does_not_know(trained):
     assert base <= 1 and tuned >= 10
 
 
+def test_a_dora_adapter_learns_the_facts_and_answers_in_one_call_with_lora_rows(trained):
+    """DoRA (the Advanced panel's adapter type) trains with the Quick preset and learns the facts. peft cannot mix a
+    DoRA adapter's rows into a batch that names each row's adapter, so they decode as a batch of their own: the
+    base, LoRA and DoRA rows of one call each answer exactly as they do alone."""
+    from core.generation import stream_chat
+
+    lab, _ = trained
+    job = lab.training.start("facts", lab.training.preset("quick", tuning="dora"), adapter="facts-dora")
+    final = lab.jobs.wait(job["id"])
+    assert final["state"] == "completed", (final.get("error"), final["log_tail"])
+    info = lab.adapters.info("facts-dora")
+    assert (info["method"], info["tuning"]) == ("sft", "dora")
+    assert json.loads((lab.adapters.path("facts-dora") / "adapter_config.json").read_text())["use_dora"] is True
+    right = correct(lab, "facts-dora")
+    print(f"facts answered with DoRA: base {right['base']}/12, fine-tuned {right['finetuned']}/12")
+    assert right["finetuned"] >= 10
+
+    question = [{"role": "user", "content": facts()[0]["messages"][0]["content"]}]
+    keys = [None, lab.answers.use_adapter("facts-lora"), lab.answers.use_adapter("facts-dora")]
+    config = GenerationConfig(max_new_tokens=16)
+
+    def texts(rows):
+        done = [e for e in stream_chat(lab.models.generator, [question] * len(rows), config, rows)
+                if type(e).__name__ == "RowDone"]
+        return [e.text for e in sorted(done, key=lambda e: e.row)]
+
+    together = texts(keys)
+    assert together == [texts([key])[0] for key in keys], together
+    assert "Quanz" not in together[0] and "Quanz" in together[1] and "Quanz" in together[2], together
+
+
 def test_adapter_records_what_made_it_and_exports(trained, tmp_path):
     lab, _ = trained
     info = lab.adapters.info("facts-lora")
@@ -200,7 +231,8 @@ def test_one_batch_serves_all_four_columns(trained, tmp_path):
     assert together["finetuned+rag"].sources and together["base"].sources == []
     # One attached adapter, no second copy of the model: the version cut short by Ctrl-C (attached by the Ctrl-C
     # test) was detached when the finished one replaced it.
-    assert len(lab.models.generator.adapters) == 1
+    attached = [identity for identity in lab.models.generator.adapters if "/facts-lora@" in identity]
+    assert len(attached) == 1, lab.models.generator.adapters
 
 
 def test_cli_compares_four_columns_and_exports_votes(trained, tmp_path):
@@ -343,6 +375,26 @@ def test_a_failing_job_fails_alone_with_its_reason(lab):
     assert final["state"] == "failed" and "no_such_proj" in final["error"]
     assert re.search(r'File ".*/core/\w+\.py", line \d+', final["log_tail"])  # the traceback is in the job's log
     assert lab.adapters.names() == []
+
+
+def test_a_killed_worker_says_how_it_ended_in_the_job_and_the_cli(lab):
+    """A training process killed from outside (here SIGKILL, as the kernel's out-of-memory killer does) leaves no
+    status of its own: the job says it was killed, what that usually means, and its log's last line."""
+    import signal
+
+    lab.datasets.import_file(FACTS, "facts", validation=0, test=0)
+    job = lab.training.start("facts", lab.training.preset("quick"))
+    folder = lab.jobs.path(job["id"])
+    deadline = time.time() + 120
+    while lab.jobs.get(job["id"])["state"] != "running" and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(int((folder / "pid").read_text()), signal.SIGKILL)
+    final = lab.jobs.wait(job["id"], poll_s=0.2)
+    assert final["state"] == "failed"
+    assert final["error"].startswith("the training process was killed (SIGKILL): most often the system ran out of "
+                                     "memory"), final["error"]
+    shown = cli_here(["jobs", "show", job["id"]], lab.settings.data_dir)
+    assert "killed (SIGKILL)" in shown.stdout, shown.stdout
 
 
 def test_estimate_refuses_what_cannot_fit(lab, tmp_path):

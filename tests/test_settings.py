@@ -31,8 +31,14 @@ def test_the_advanced_form_is_made_from_the_declaration():
     assert isinstance(form["quantize"], gr.Dropdown) and isinstance(form["target_modules"], gr.Textbox)
     assert form["rank"].precision == 0 and form["learning_rate"].precision is None
     assert form["epochs"].elem_id == "ft-epochs"
-    values = values_of(TrainSettings, list(form), [8.0, 16, 0.1, 1e-3, 0.05, 2, 4, 1, 256, 7, "", "none"])
+    assert form["method"].choices and form["tuning"].choices and isinstance(form["beta"], gr.Number)
+    typed = {"method": "sft", "tuning": "dora", "rank": 8.0, "alpha": 16, "dropout": 0.1, "learning_rate": 1e-3,
+             "weight_decay": 0.05, "epochs": 2, "batch_size": 4, "grad_accum": 1, "max_length": 256, "seed": 7,
+             "target_modules": "", "beta": 0.2, "dpo_sft_weight": 0.0, "quantize": "none"}
+    assert set(typed) == set(form)
+    values = values_of(TrainSettings, list(form), [typed[name] for name in form])
     assert values["rank"] == 8 and isinstance(values["rank"], int) and "target_modules" not in values
+    assert values["tuning"] == "dora" and values["dpo_sft_weight"] == 0.0
     assert TrainSettings.from_preset("quick", **values).weight_decay == 0.05
     with pytest.raises(InputError, match="weight decay"):
         TrainSettings.from_preset("quick", weight_decay=1.5)

@@ -1,5 +1,6 @@
-"""Fine-tune tab: import training data, see it as the model will, pick a preset, launch a job in its own process,
-watch it live (a refresh re-attaches), cancel or resume it, and manage the adapters it makes."""
+"""Fine-tune tab: import training data (Q&A, or preference pairs from a file or the Compare tab's votes), see it as
+the model will, pick a preset, launch a job in its own process (SFT or DPO), watch it live (a refresh re-attaches),
+cancel or resume it, and manage the adapters it makes."""
 from __future__ import annotations
 
 import tempfile
@@ -16,7 +17,8 @@ from ui.formatting import escape_plain, user_errors
 from ui.settings_form import settings_fields, values_of
 from ui.workspace import LabOf
 
-ADAPTER_HEADERS = ["Adapter", "Dataset", "Steps", "Train loss", "Validation loss", "Minutes", "Finished", "Created"]
+ADAPTER_HEADERS = ["Adapter", "Method", "Dataset", "Steps", "Train loss", "Validation loss", "Minutes", "Finished",
+                   "Created"]
 ACTIVE = ("queued", "running")
 
 
@@ -27,9 +29,24 @@ def preset_text(name: str) -> str:
 def adapter_rows(lab: Lab | None) -> list[list]:
     if lab is None:
         return []
-    return [[a["name"], a.get("dataset"), f"{a.get('steps')}/{a.get('total_steps')}", a.get("train_loss"),
+    return [[a["name"], method_text(a), a.get("dataset"), f"{a.get('steps')}/{a.get('total_steps')}", a.get("train_loss"),
              a.get("eval_loss"), round((a.get("seconds") or 0) / 60, 1), "yes" if a.get("complete") else "stopped early",
              time.strftime("%Y-%m-%d %H:%M", time.localtime(a.get("created", 0)))] for a in lab.adapters.list()]
+
+
+def method_text(adapter: dict) -> str:
+    """How an adapter was trained, e.g. "sft · lora" or "dpo · dora, from demo-quick"."""
+    settings = adapter.get("settings") or {}
+    text = f"{adapter.get('method') or 'sft'} · {settings.get('tuning') or 'lora'}"
+    return text + (f", from {adapter['from_adapter']}" if adapter.get("from_adapter") else "")
+
+
+def votes_text(lab: Lab | None) -> str:
+    pairs = len(lab.votes.preference_pairs()) if lab else 0
+    return (f"Your votes in **Compare** give **{pairs}** usable preference pair{'s' if pairs != 1 else ''} (each "
+            "winner against each other answer shown; ties, all-bad votes and identical answers give none). DPO "
+            "teaches the model to prefer the answers you chose; start it from a fine-tuned adapter to improve that "
+            "one.")
 
 
 def dataset_text(lab: Lab, name: str | None) -> str:
@@ -41,11 +58,32 @@ def dataset_text(lab: Lab, name: str | None) -> str:
     except LabError as exc:
         return f"**Not found** · {escape_plain(str(exc))}"
     split = shown["split"]
-    head = (f"**{escape_plain(shown['name'])}** · {shown['examples']} examples ({shown['format']}) · "
-            f"train {split['train']}, validation {split['validation']}, test {split['test']} (seed {shown['seed']})")
-    blocks = [f"Example {i} · {e['prompt_tokens']} prompt tokens + {e['answer_tokens']} answer tokens "
-              f"(only the answer is learned):\n```\n{e['text']}\n```" for i, e in enumerate(shown["preview"], 1)]
+    pairs = shown.get("kind") == "preference"
+    head = (f"**{escape_plain(shown['name'])}** · {shown['examples']} {'preference pairs' if pairs else 'examples'} "
+            f"({shown['format']}) · train {split['train']}, validation {split['validation']}, test {split['test']} "
+            f"(seed {shown['seed']})" + (" · trains with **DPO**: the chosen answer over the rejected one" if pairs
+                                         else ""))
+    if pairs:
+        blocks = [f"Pair {i} · {e['prompt_tokens']} prompt tokens; chosen answer ({e['answer_tokens']} tokens):"
+                  f"\n```\n{e['text']}\n```\nrejected answer ({e['rejected_tokens']} tokens):\n```\n{e['rejected']}\n```"
+                  for i, e in enumerate(shown["preview"], 1)]
+    else:
+        blocks = [f"Example {i} · {e['prompt_tokens']} prompt tokens + {e['answer_tokens']} answer tokens "
+                  f"(only the answer is learned):\n```\n{e['text']}\n```" for i, e in enumerate(shown["preview"], 1)]
     return "\n\n".join([head, *blocks])
+
+
+def margins_text(result: dict) -> str | None:
+    """A DPO run's proof: the chosen answers' margin over the rejected ones, before and after."""
+    margins = result.get("margins") or {}
+    parts = []
+    for part in ("train", "validation"):
+        before, after = margins.get(f"{part}_before"), margins.get(f"{part}_after")
+        if before and after:
+            parts.append(f"{part} pairs ({before['pairs']}): log-probability margin of chosen over rejected "
+                         f"{before['mean_margin']} → **{after['mean_margin']}**, chosen the more likely in "
+                         f"{before['chosen_more_likely']:.0%} → **{after['chosen_more_likely']:.0%}**")
+    return " · ".join(parts) or None
 
 
 def job_view(lab: Lab, job_id: str | None):
@@ -75,8 +113,13 @@ def job_view(lab: Lab, job_id: str | None):
         lines.append(" · ".join(parts))
     if job.get("message"):
         lines.append(escape_plain(job["message"]))
+    if margins_text(job.get("result") or {}):
+        lines.append(margins_text(job["result"]))
     if job.get("error"):
         lines.append(f"**Error** · {escape_plain(job['error'])}")
+    if state != "queued":  # every job writes its curves as TensorBoard event files
+        lines.append(f"Curves in TensorBoard: `tensorboard --logdir {lab.jobs.root}` (every job), then open "
+                     "http://localhost:6006")
     history = job.get("history") or {}
     rows = [(s, l, "train") for s, l in history.get("train", [])] + [(s, l, "validation") for s, l in history.get("eval", [])]
     chart = pd.DataFrame(rows, columns=["step", "loss", "series"]) if rows else empty
@@ -112,15 +155,35 @@ class FineTuneHandlers:
         self.lab_of = lab_of
         self.advanced_names = advanced_names
 
-    def settings_from(self, preset_name, values) -> TrainSettings:
-        return TrainSettings.from_preset(preset_name, **values_of(TrainSettings, self.advanced_names, values))
+    def settings_from(self, lab: Lab, dataset, preset_name, values) -> TrainSettings:
+        return lab.training.preset(preset_name, dataset, **values_of(TrainSettings, self.advanced_names, values))
 
-    def on_preset(self, name):
-        chosen = TrainSettings.from_preset(name)
-        return (preset_text(name), *[getattr(chosen, key) for key in self.advanced_names])
+    def on_preset(self, name, dataset, request: gr.Request):
+        """The preset's values in the Advanced panel, for the method the dataset calls for (DPO's pace differs),
+        and that method (the panel's state)."""
+        lab = self.lab_of(request)
+        with user_errors():
+            chosen = lab.training.preset(name, dataset if dataset in lab.datasets.names() else None)
+        method = chosen.method if chosen.method != "auto" else "sft"
+        return (preset_text(name), *[getattr(chosen, key) for key in self.advanced_names], method)
 
-    def show_dataset(self, name, request: gr.Request):
-        return dataset_text(self.lab_of(request), name)
+    def show_dataset(self, name, preset_name, panel_method, request: gr.Request):
+        """The dataset's preview; the Advanced panel changes only when the dataset calls for another method than
+        the one its values are for (the user's own edits stay otherwise)."""
+        lab = self.lab_of(request)
+        wanted = lab.training.method_for(name) if name in lab.datasets.names() else panel_method
+        if wanted == panel_method:
+            return (dataset_text(lab, name), *[gr.update() for _ in self.advanced_names], panel_method)
+        return (dataset_text(lab, name), *self.on_preset(preset_name or "quick", name, request)[1:])
+
+    def votes_to_dataset(self, request: gr.Request):
+        lab = self.lab_of(request)
+        with user_errors():
+            info = lab.datasets.from_votes()
+        message = (f"**Made** · {escape_plain(info['name'])}: {info['examples']} preference pairs from your votes. "
+                   "Press **Start training** below to train with DPO.")
+        return (message, gr.update(choices=dataset_choices(lab), value=info["name"]),
+                dataset_text(lab, info["name"]), votes_text(lab))
 
     def import_data(self, path, name, request: gr.Request):
         lab = self.lab_of(request)
@@ -151,19 +214,20 @@ class FineTuneHandlers:
         if not name:
             raise gr.Error("Import or pick a dataset first.")
         with user_errors():
-            result = lab.training.estimate(name, self.settings_from(preset_name, values))
+            result = lab.training.estimate(name, self.settings_from(lab, name, preset_name, values))
         verdict = "fits" if result["fits"] else f"**does not fit**: {result['advice']}"
         return (f"About **{result['minutes']} min** for {result['steps']} steps; needs ~{result['memory_gb']} GB "
                 f"({memory_parts_text(result['memory_parts_gb'])}) of {result['available_gb']} GB free ({verdict}); "
-                f"{'4-bit QLoRA' if result['quantized_4bit'] else 'full-precision LoRA'}, "
+                f"{result['method'].upper()}, {'4-bit QLoRA' if result['quantized_4bit'] else 'full-precision LoRA'}, "
                 f"{result['lora_parameters'] / 1e6:.1f}M trainable parameters.")
 
-    def start(self, request: gr.Request, name, preset_name, wanted, *values):
+    def start(self, request: gr.Request, name, preset_name, wanted, start_from, *values):
         lab = self.lab_of(request)
         if not name:
             raise gr.Error("Import or pick a dataset first.")
         with user_errors():
-            started = lab.training.start(name, self.settings_from(preset_name, values), (wanted or "").strip() or None)
+            started = lab.training.start(name, self.settings_from(lab, name, preset_name, values),
+                                         (wanted or "").strip() or None, from_adapter=start_from or None)
         status, chart, log = job_view(lab, started["id"])
         return (gr.update(choices=job_choices(lab), value=started["id"]), status, chart, log,
                 gr.Timer(active=True))
@@ -221,7 +285,7 @@ class FineTuneHandlers:
         chosen = (active or [current if current in known else None] or [None])[0] or (known or [None])[0]
         return (gr.update(choices=job_choices(lab), value=chosen), *job_updates(lab, chosen)[:4],
                 gr.update(choices=datasets, value=dataset), adapter_rows(lab), gr.update(choices=adapter_choices(lab)),
-                gr.update(choices=lab.kbs.names()))
+                gr.update(choices=lab.kbs.names()), votes_text(lab), gr.update(choices=adapter_choices(lab)))
 
 
 def _require_adapter(name) -> None:
@@ -241,7 +305,8 @@ def build(lab_of: LabOf) -> None:
             gr.Markdown(
                 "Upload **.jsonl** (OpenAI chat: `{\"messages\": [...]}`, or Alpaca: `instruction`/`input`/`output`), "
                 "**.json** (a list of those) or **.csv** with `question` and `answer` columns. Part of it is kept "
-                "apart: *validation* to watch for over-fitting, and *test* for the evaluation later."
+                "apart: *validation* to watch for over-fitting, and *test* for the evaluation later. A file of "
+                "**preference pairs** (`prompt`, `chosen`, `rejected`) trains with DPO instead."
             )
             with gr.Row():
                 data_file = gr.File(label="Q&A file", file_types=[".jsonl", ".json", ".csv"], type="filepath",
@@ -270,6 +335,9 @@ def build(lab_of: LabOf) -> None:
                     gen_distractors = gr.Number(3, label="RAFT distractor passages", precision=0, minimum=0)
                     gen_share = gr.Number(0.8, label="RAFT share with the answering passage", minimum=0, maximum=1)
                 generate_button = gr.Button("Generate", elem_id="ft-generate")
+            with gr.Accordion("…or learn from your votes (DPO)", open=False):
+                votes_about = gr.Markdown(votes_text(first), elem_id="ft-votes-about")
+                votes_button = gr.Button("Make the preference dataset “votes”", elem_id="ft-votes")
             data_status = gr.Markdown(elem_id="ft-data-status")
             dataset = gr.Dropdown(choices=dataset_choices(first), value=dataset_to_show(first),
                                   label="Dataset", elem_id="ft-dataset", allow_custom_value=True)
@@ -279,8 +347,15 @@ def build(lab_of: LabOf) -> None:
             preset_about = gr.Markdown(preset_text("quick"))
             with gr.Accordion("Advanced", open=False):
                 # Made from TrainSettings' declaration, as the CLI's flags are: a new setting is one field there.
-                advanced = settings_fields(TrainSettings, TrainSettings.from_preset("quick"))
-            adapter_name = gr.Textbox(label="Adapter name", placeholder="default: DATASET-PRESET", elem_id="ft-adapter-name")
+                initial = (first.training.preset("quick", dataset_to_show(first)) if first
+                           else TrainSettings.from_preset("quick"))
+                advanced = settings_fields(TrainSettings, initial)
+            with gr.Row():
+                adapter_name = gr.Textbox(label="Adapter name", placeholder="default: DATASET-PRESET",
+                                          elem_id="ft-adapter-name")
+                start_from = gr.Dropdown(choices=adapter_choices(first), value=None, label="Start from adapter",
+                                         info="optional: go on training one (e.g. DPO on top of a Q&A fine-tune)",
+                                         elem_id="ft-start-from")
             with gr.Row():
                 estimate_button = gr.Button("Estimate time and memory", elem_id="ft-estimate")
                 start_button = gr.Button("Start training", variant="primary", elem_id="ft-start")
@@ -314,17 +389,22 @@ def build(lab_of: LabOf) -> None:
         job_outputs = [job_status, loss_chart, log_tail, timer, adapters_table, adapter_pick]
         adapter_inputs = [adapter_pick, new_adapter_name]
         adapter_outputs = [adapter_status, adapters_table, adapter_pick, export_file]
-        preset.change(handlers.on_preset, [preset], [preset_about, *settings_inputs], api_visibility="private")
+        panel_method = gr.State("dpo" if initial.method == "dpo" else "sft")  # what the Advanced panel's values are for
+        preset.change(handlers.on_preset, [preset, dataset], [preset_about, *settings_inputs, panel_method],
+                      api_visibility="private")
+        votes_button.click(handlers.votes_to_dataset, None, [data_status, dataset, preview, votes_about],
+                           api_name="dataset_from_votes")
         import_button.click(handlers.import_data, [data_file, data_name], [data_status, dataset, preview],
                             api_name="import_dataset")
         generate_button.click(handlers.generate_data,
                               [gen_kb, gen_name, gen_count, gen_model, gen_raft, gen_distractors, gen_share],
                               [data_status, dataset, preview], api_name="generate_dataset",
                               concurrency_id="generate", concurrency_limit=1, show_progress_on=[data_status])
-        dataset.change(handlers.show_dataset, [dataset], [preview], api_visibility="private")
+        dataset.change(handlers.show_dataset, [dataset, preset, panel_method], [preview, *settings_inputs, panel_method],
+                       api_visibility="private")
         estimate_button.click(handlers.estimate_plan, [dataset, preset, *settings_inputs], [plan],
                               api_name="estimate_training")
-        start_button.click(handlers.start, [dataset, preset, adapter_name, *settings_inputs],
+        start_button.click(handlers.start, [dataset, preset, adapter_name, start_from, *settings_inputs],
                            [job, job_status, loss_chart, log_tail, timer],
                            api_name="start_training", concurrency_id="training", concurrency_limit=1)
         job.change(handlers.poll, [job], job_outputs, api_visibility="private")
@@ -335,5 +415,5 @@ def build(lab_of: LabOf) -> None:
         export_button.click(handlers.export_adapter, adapter_inputs, adapter_outputs, api_name="export_adapter")
         delete_button.click(handlers.delete_adapter, adapter_inputs, adapter_outputs, api_name="delete_adapter")
         tab.select(handlers.reattach, [job, dataset], [job, job_status, loss_chart, log_tail, timer, dataset,
-                                                       adapters_table, adapter_pick, gen_kb],
+                                                       adapters_table, adapter_pick, gen_kb, votes_about, start_from],
                    api_visibility="private")

@@ -198,7 +198,8 @@ def advice(advice: dict, args) -> None:
 
 # ---- training data and training ---------------------------------------------------------------------------------
 def dataset_summary(out: dict, args) -> None:
-    print(f"{out['name']}: {out['examples']} examples ({out['format']}), split {out['split']}")
+    what = "preference pairs (trains with DPO)" if out.get("kind") == "preference" else "examples"
+    print(f"{out['name']}: {out['examples']} {what} ({out['format']}), split {out['split']}")
 
 
 def dataset_list(payload: dict, args) -> None:
@@ -209,6 +210,11 @@ def dataset_list(payload: dict, args) -> None:
 def dataset_show(out: dict, args) -> None:
     print(f"{out['name']}: {out['examples']} examples ({out['format']}, from {out['source']}), split {out['split']}")
     for i, e in enumerate(out["preview"], 1):
+        if "rejected" in e:
+            print(f"--- {out['part']} pair {i}: {e['prompt_tokens']} prompt tokens; chosen answer "
+                  f"({e['answer_tokens']} tokens) in the template, then the rejected one ({e['rejected_tokens']} "
+                  f"tokens)\n{e['text']}\n--- rejected:\n{e['rejected']}")
+            continue
         print(f"--- {out['part']} example {i}: {e['prompt_tokens']} prompt + {e['answer_tokens']} answer tokens "
               f"(only the answer is learned)\n{e['text']}")
 
@@ -244,10 +250,21 @@ def train(out: dict, args) -> None:
         print(out["job"])
     elif out["state"] == "failed":
         print(f"failed: {out.get('error')}")
+        if out.get("log_tail"):
+            print("last lines of the job's log:\n" + out["log_tail"])
     else:
         result = out.get("result") or {}
         print(f"{out['state']}: adapter {out.get('adapter')}, {result.get('steps')} steps in {result.get('seconds')} s, "
               f"train loss {result.get('train_loss')}, validation loss {result.get('eval_loss')}")
+        if result.get("tensorboard"):
+            print(f"  curves: tensorboard --logdir {result['tensorboard']}")
+        margins = result.get("margins") or {}
+        for part in ("train", "validation"):
+            before, after = margins.get(f"{part}_before"), margins.get(f"{part}_after")
+            if before and after:
+                print(f"  {part} pairs ({before['pairs']}): chosen over rejected log-probability margin "
+                      f"{before['mean_margin']} -> {after['mean_margin']}, chosen the more likely in "
+                      f"{before['chosen_more_likely']:.0%} -> {after['chosen_more_likely']:.0%}")
 
 
 def adapters_list(payload: dict, args) -> None:

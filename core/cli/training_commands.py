@@ -35,6 +35,16 @@ def dataset_generate(lab, args, out):
                                  progress=out.progress)
 
 
+@command("dataset from-votes", "make a preference dataset (for DPO) from the Compare tab's votes",
+         "One pair per vote's winner and each other answer shown; ties, all-bad votes and identical answers give "
+         "none. Replaces an earlier dataset of the same name (the votes only grow).",
+         args=[arg("--name", default="votes", help="dataset name (default: votes)"),
+               arg("--kb", help="only the votes on this knowledge base")],
+         text=render.dataset_summary)
+def dataset_from_votes(lab, args, out):
+    return lab.datasets.from_votes(args.name, args.kb)
+
+
 @command("dataset list", "list datasets", text=render.dataset_list)
 def dataset_list(lab, args, out):
     return {"datasets": [lab.datasets.info(n).summary() for n in lab.datasets.names()]}
@@ -64,10 +74,12 @@ def dataset_delete(lab, args, out):
 TrainOverrides = overrides_dataclass(TrainSettings)  # every CLI-offered training setting, None unless given
 
 
-@command("train", "fine-tune the base model on a dataset (LoRA on CPU, QLoRA on CUDA)",
+@command("train", "fine-tune the base model on a dataset (LoRA on CPU, QLoRA on CUDA; SFT or DPO)",
          "Fine-tune in a separate process; progress goes to stderr and the result to stdout. Presets: quick, "
-         "balanced, thorough; any setting can be overridden (unset ones come from the preset).",
+         "balanced, thorough; any setting can be overridden (unset ones come from the preset). A preference "
+         "dataset (prompt, chosen, rejected) trains with DPO, a Q&A one with SFT.",
          args=[arg("--dataset", required=True),
+               arg("--from-adapter", help="go on training this adapter (e.g. DPO on top of an SFT adapter)"),
                arg("--preset", default="quick", help="quick, balanced or thorough (default: quick)"),
                arg("--adapter", help="name for the trained adapter (default: DATASET-PRESET)"),
                arg("--processes", type=int, default=1,
@@ -79,11 +91,11 @@ def train(lab, args, out):
     from dataclasses import fields
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainOverrides)}
-    settings = lab.training.preset(args.preset, **overrides)
+    settings = lab.training.preset(args.preset, args.dataset, **overrides)
     if args.estimate:
         plan = lab.training.estimate(args.dataset, settings)
         return plan, 0 if plan["fits"] else EXIT_FAILED
-    job = lab.training.start(args.dataset, settings, args.adapter, args.processes)
+    job = lab.training.start(args.dataset, settings, args.adapter, args.processes, args.from_adapter)
     out.note(f"job {job['id']}: training adapter {job['adapter']} (cancel: python -m core jobs cancel {job['id']})")
     if args.detach:
         return {"job": job["id"], "adapter": job["adapter"]}
@@ -94,6 +106,8 @@ def train(lab, args, out):
         out.note("cancelling; the last checkpoint is kept as an adapter")
         final = lab.jobs.wait(job["id"])
     summary = {k: final.get(k) for k in ("id", "state", "adapter", "error", "message", "result")}
+    if final["state"] == "failed":  # the reason, and what the worker printed last
+        summary["log_tail"] = final.get("log_tail")
     return summary, 0 if final["state"] in ("completed", "cancelled") else EXIT_FAILED
 
 
