@@ -223,7 +223,9 @@ class DatasetStore(FolderRegistry):
         return [rows[i] for i in info.split[part]]
 
     def save(self, name: str, examples: list[dict], fmt: str, source: str, replace: bool = False,
-             validation: float = 0.1, test: float = 0.1, seed: int = 42) -> DatasetInfo:
+             validation: float = 0.1, test: float = 0.1, seed: int = 42, split: dict | None = None) -> DatasetInfo:
+        """Store examples under `name`, split by the shares and seed (or as `split` says), written whole or not at
+        all."""
         name = check_name(name, "dataset")
         final = self.root / name
         if final.exists() and not replace:
@@ -231,7 +233,7 @@ class DatasetStore(FolderRegistry):
                              subject=name)
         body = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples)
         info = DatasetInfo(name, len(examples), fmt, source, hashlib.sha256(body.encode()).hexdigest(), time.time(),
-                           make_split(len(examples), validation, test, seed), seed, dataset_kind(examples))
+                           split or make_split(len(examples), validation, test, seed), seed, dataset_kind(examples))
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f".{name}.{time.time_ns()}"
         staging.mkdir()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.dataset_cleaning import check
 from core.datasets import DatasetStore, parse_examples, render
 from core.errors import InputError
 from core.knowledge import KnowledgeBases
@@ -63,6 +64,41 @@ class Datasets(DatasetStore):
         info = self.save(name, pairs, "preference-votes", f"votes{f' on {kb}' if kb else ''}", replace,
                          validation if len(pairs) >= 10 else 0.0, 0.0, seed)
         return info.summary()
+
+    def clean(self, name: str, apply: bool = False, to: str | None = None, max_length: int = 384) -> dict:
+        """Check a dataset for duplicates, near-duplicates, answers without words, examples over `max_length`
+        tokens, test questions in the training part and encoding debris (core/dataset_cleaning.py). With `apply`,
+        save the fixed examples as a new dataset (`to`, by default NAME-clean) with the same split: the original
+        stays as it is, and so does what adapters trained on it record."""
+        if not 32 <= max_length <= 32768:
+            raise InputError(f"max length must be between 32 and 32768 tokens, got {max_length}")
+        info = self.info(name)
+        examples = self.examples(name)
+        tokenizer = self.models.generator.tokenizer
+        lengths = []
+        for shown in (render(e, tokenizer) for e in examples):
+            lengths.append(shown["prompt_tokens"] + max(shown["answer_tokens"], shown.get("rejected_tokens", 0)))
+        found = check(examples, info.split, lengths, max_length)
+        repaired = found.pop("repaired")
+        out = {"name": name, "max_length": max_length, **found, "repaired": sorted(repaired),
+               "clean": not found["removed"] and not repaired}
+        if not apply:
+            return out
+        if out["clean"]:
+            raise InputError("nothing to fix", subject=name)
+        target = to or f"{name}-clean"
+        if target == name:
+            raise InputError("the cleaned copy needs another name: the original stays as it is", subject=name)
+        cleaned_from = f"cleaned from {name}"
+        replace = target in self.names() and self.info(target).source == cleaned_from
+        kept = [i for i in range(len(examples)) if i not in set(found["removed"])]
+        new_index = {old: new for new, old in enumerate(kept)}
+        split = {part: [new_index[i] for i in indices if i in new_index] for part, indices in info.split.items()}
+        if not split.get("train"):
+            raise InputError("the fixes would leave nothing to train on", subject=name)
+        saved = self.save(target, [repaired.get(i, examples[i]) for i in kept], info.format, cleaned_from, replace,
+                          seed=info.seed, split=split)
+        return {**out, "saved_as": saved.summary()}
 
     def show(self, name: str, part: str = "train", limit: int = 3) -> dict:
         """A dataset's summary and its first examples exactly as the model sees them, with token counts."""

@@ -496,6 +496,9 @@ def test_browser_fine_tune_survives_a_page_refresh_and_feeds_compare(app_server,
     page.locator("#ft-import").click()
     wait_for_text(page, "ft-data-status", "Imported", "12 examples")
     wait_for_text(page, "ft-preview", "<|im_start|>assistant", "only the answer is learned")
+    page.locator("#ft-check").click()  # the data check before training: these 12 facts are clean
+    wait_for_text(page, "ft-check-report", "No problems found", "12 examples")
+    assert not page.locator("#ft-fix").is_visible()
     page.get_by_text("Advanced").click()
     set_number(page, "#ft-epochs input", "2")
     page.locator("#ft-estimate").click()

@@ -73,6 +73,22 @@ def dataset_text(lab: Lab, name: str | None) -> str:
     return "\n\n".join([head, *blocks])
 
 
+def cleaning_text(found: dict) -> str:
+    """The dataset check as Markdown: each problem with its count, fix and first examples."""
+    problems = {kind: p for kind, p in found["problems"].items() if p["count"]}
+    if not problems:
+        return f"**No problems found** in {escape_plain(found['name'])} ({found['examples']} examples)."
+    lines = [f"**{escape_plain(found['name'])}** · {found['examples']} examples: {len(found['removed'])} would be "
+             f"removed and {len(found['repaired'])} repaired."]
+    for kind, problem in problems.items():
+        shown = "; ".join(f"{item['part']} #{item['index']}: {escape_plain(item['preview'])}"
+                          + (f" ({escape_plain(item['detail'])})" if item["detail"] else "")
+                          for item in problem["found"])
+        lines.append(f"- **{kind.replace('_', ' ').capitalize()}: {problem['count']}** · {problem['about']} · "
+                     f"fix: {problem['fix']}. {shown}")
+    return "\n".join(lines)
+
+
 def margins_text(result: dict) -> str | None:
     """A DPO run's proof: the chosen answers' margin over the rejected ones, before and after."""
     margins = result.get("margins") or {}
@@ -175,6 +191,26 @@ class FineTuneHandlers:
         if wanted == panel_method:
             return (dataset_text(lab, name), *[gr.update() for _ in self.advanced_names], panel_method)
         return (dataset_text(lab, name), *self.on_preset(preset_name or "quick", name, request)[1:])
+
+    def check_data(self, name, max_length, request: gr.Request):
+        lab = self.lab_of(request)
+        if not name:
+            raise gr.Error("Import or pick a dataset first.")
+        with user_errors():
+            found = lab.datasets.clean(name, max_length=int(max_length or 384))
+        return cleaning_text(found), gr.update(visible=not found["clean"])
+
+    def apply_fixes(self, name, max_length, request: gr.Request):
+        lab = self.lab_of(request)
+        if not name:
+            raise gr.Error("Import or pick a dataset first.")
+        with user_errors():
+            done = lab.datasets.clean(name, apply=True, max_length=int(max_length or 384))
+        saved = done["saved_as"]
+        message = (f"**Saved** · {escape_plain(saved['name'])}: {saved['examples']} examples, the same split "
+                   f"({escape_plain(name)} is unchanged). It is selected for training.")
+        return (message, gr.update(visible=False), gr.update(choices=dataset_choices(lab), value=saved["name"]),
+                dataset_text(lab, saved["name"]))
 
     def votes_to_dataset(self, request: gr.Request):
         lab = self.lab_of(request)
@@ -341,6 +377,10 @@ def build(lab_of: LabOf) -> None:
             data_status = gr.Markdown(elem_id="ft-data-status")
             dataset = gr.Dropdown(choices=dataset_choices(first), value=dataset_to_show(first),
                                   label="Dataset", elem_id="ft-dataset", allow_custom_value=True)
+            with gr.Row():
+                check_button = gr.Button("Check the data", elem_id="ft-check")
+                fix_button = gr.Button("Save a fixed copy (NAME-clean)", visible=False, elem_id="ft-fix")
+            check_report = gr.Markdown(elem_id="ft-check-report")
             preview = gr.Markdown(elem_id="ft-preview")
         with gr.Accordion("2. Settings", open=True):
             preset = gr.Radio(list(PRESETS), value="quick", label="Preset", elem_id="ft-preset")
@@ -392,6 +432,10 @@ def build(lab_of: LabOf) -> None:
         panel_method = gr.State("dpo" if initial.method == "dpo" else "sft")  # what the Advanced panel's values are for
         preset.change(handlers.on_preset, [preset, dataset], [preset_about, *settings_inputs, panel_method],
                       api_visibility="private")
+        check_button.click(handlers.check_data, [dataset, advanced["max_length"]], [check_report, fix_button],
+                           api_name="check_dataset")
+        fix_button.click(handlers.apply_fixes, [dataset, advanced["max_length"]],
+                         [check_report, fix_button, dataset, preview], api_name="clean_dataset")
         votes_button.click(handlers.votes_to_dataset, None, [data_status, dataset, preview, votes_about],
                            api_name="dataset_from_votes")
         import_button.click(handlers.import_data, [data_file, data_name], [data_status, dataset, preview],

@@ -202,6 +202,25 @@ def dataset_summary(out: dict, args) -> None:
     print(f"{out['name']}: {out['examples']} {what} ({out['format']}), split {out['split']}")
 
 
+def dataset_clean(out: dict, args) -> None:
+    problems = {kind: p for kind, p in out["problems"].items() if p["count"]}
+    if not problems:
+        print(f"{out['name']}: {out['examples']} examples, no problems found")
+        return
+    print(f"{out['name']}: {out['examples']} examples; {len(out['removed'])} would be removed and "
+          f"{len(out['repaired'])} repaired")
+    for kind, problem in problems.items():
+        print(f"- {kind.replace('_', ' ')}: {problem['count']} ({problem['about']}; fix: {problem['fix']})")
+        for item in problem["found"]:
+            detail = f" ({item['detail']})" if item["detail"] else ""
+            print(f"    {item['part']} example {item['index']}: {item['preview']}{detail}")
+    if out.get("saved_as"):
+        saved = out["saved_as"]
+        print(f"saved the fixed copy as {saved['name']}: {saved['examples']} examples, split {saved['split']}")
+    else:
+        print(f"to save a fixed copy: python -m core dataset clean {out['name']} --apply")
+
+
 def dataset_list(payload: dict, args) -> None:
     for d in payload["datasets"]:
         print(f"{d['name']}\t{d['examples']} examples\t{d['format']}\tsplit {d['split']}")

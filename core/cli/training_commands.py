@@ -45,6 +45,18 @@ def dataset_from_votes(lab, args, out):
     return lab.datasets.from_votes(args.name, args.kb)
 
 
+@command("dataset clean", "check a dataset for duplicates, empty or over-long answers, test leakage, encoding debris",
+         "Reports each kind of problem with its count and first examples. --apply saves the fixed examples as a new "
+         "dataset (default NAME-clean) with the same split; the original is never changed.",
+         args=[arg("name"), arg("--apply", action="store_true", help="save the fixed copy"),
+               arg("--to", help="name of the fixed copy (default: NAME-clean)"),
+               arg("--max-length", type=int, default=384,
+                   help="training length in tokens to check against (default: 384, the Quick preset's)")],
+         text=render.dataset_clean)
+def dataset_clean(lab, args, out):
+    return lab.datasets.clean(args.name, args.apply, args.to, args.max_length)
+
+
 @command("dataset list", "list datasets", text=render.dataset_list)
 def dataset_list(lab, args, out):
     return {"datasets": [lab.datasets.info(n).summary() for n in lab.datasets.names()]}
