@@ -2,10 +2,11 @@
 of its own; each capability lives in its service:
 
   lab.kbs         knowledge bases: create, ingest, search, files        (core/knowledge.py)
-  lab.datasets    training data: import, generate, show, split          (core/training_data.py)
+  lab.datasets    training data: import, generate, check, show, split   (core/training_data.py)
   lab.training    fine-tuning: presets, estimate, start, merged export  (core/finetuning.py)
   lab.jobs        training jobs in their own processes                  (core/jobs.py)
   lab.adapters    trained adapters                                      (core/adapters.py)
+  lab.exports     GGUF files and an Ollama Modelfile, checked           (core/model_export.py)
   lab.answers     ask, stream, compare, the record of a comparison      (core/answers.py)
   lab.votes       votes, leaderboard, preference export                 (core/votes.py)
   lab.evaluation  test items, scored runs, costs, advice                (core/evaluation.py)
@@ -25,6 +26,7 @@ from core.finetuning import Training
 from core.jobs import JobStore
 from core.knowledge import KnowledgeBases
 from core.limits import DemoLimits, Quota
+from core.model_export import ModelExport
 from core.models import Models, describe_model
 from core.store import close_store, open_store
 from core.study import Studies
@@ -48,6 +50,7 @@ class Lab:
         self.jobs = JobStore(data_dir, device_lock_dir)
         self.training = Training(settings, self.datasets, self.adapters, self.jobs, self.models, self.quota)
         self.answers = Answers(settings, self.kbs, self.adapters, self.models)
+        self.exports = ModelExport(self.training, self.answers, self.adapters, self.datasets)
         self.evals = EvalStore(data_dir)
         self.evaluation = Evaluation(settings, self.evals, self.answers, self.kbs, self.datasets, self.adapters,
                                      self.models, self.quota)

@@ -211,6 +211,43 @@ def towns_kb(lab, folder: Path) -> None:
     lab.kbs.ingest([notes], kb="towns")  # unchanged when already there
 
 
+def test_gguf_export_answers_like_the_app_when_loaded_back_and_carries_its_chat_template(trained, tmp_path):
+    """`adapters export --gguf`: f16 and Q8_0 files and an Ollama Modelfile. Loaded back by transformers (as
+    another tool would read them: model, tokenizer and chat template from the file), each gives the in-app
+    fine-tuned variant's greedy answers. What cannot be exported is refused before anything is written."""
+    from gguf import GGUFReader
+    from transformers import GPT2Config
+
+    from core.gguf_export import check_exportable
+
+    lab, _ = trained
+    folder = tmp_path / "gguf"
+    exported = cli_here(["adapters", "export", "facts-lora", str(folder), "--gguf", "--json"], lab.settings.data_dir)
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    f16, q8 = json.loads(exported.stdout)["files"]
+    print(f"GGUF f16 {f16['size_mb']} MB {f16['seconds']} s, q8_0 {q8['size_mb']} MB {q8['seconds']} s; same answers "
+          f"{f16['same_answers']}/{f16['checked']} and {q8['same_answers']}/{q8['checked']}")
+    assert f16["checked"] == 5 and f16["same_answers"] == 5, f16["differences"]
+    assert q8["same_answers"] >= 4, q8["differences"]  # 8-bit weights may part at a near-tie
+    assert q8["size_mb"] < 0.6 * f16["size_mb"]
+    fields = GGUFReader(q8["path"]).fields
+    tokenizer = lab.models.generator.tokenizer
+    assert fields["tokenizer.chat_template"].contents() == tokenizer.chat_template
+    assert fields["tokenizer.ggml.eos_token_id"].contents() == tokenizer.eos_token_id
+    assert fields["general.architecture"].contents() == "llama"
+    modelfile = (folder / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./facts-lora-q8_0.gguf\n") and 'PARAMETER stop "<|im_end|>"' in modelfile
+
+    again = cli_here(["adapters", "export", "facts-lora", str(folder), "--gguf", "--no-check"], lab.settings.data_dir)
+    assert again.returncode == 1 and "the folder exists and is not empty" in again.stderr + again.stdout
+    with pytest.raises(InputError, match="GGUF export supports .* this model is GPT2LMHeadModel"):
+        check_exportable(GPT2Config(architectures=["GPT2LMHeadModel"]))
+    refused = cli_here(["adapters", "export", "facts-lora", str(tmp_path / "q4"), "--gguf", "--types", "q4_k"],
+                       lab.settings.data_dir)
+    assert refused.returncode == 1 and "GGUF types are f16, q8_0" in refused.stderr + refused.stdout
+    assert not (tmp_path / "q4").exists()
+
+
 def test_one_batch_serves_all_four_columns(trained, tmp_path):
     """The base model is loaded once; the adapter is switched per row inside one decode batch, and each column
     says exactly what it says when asked alone."""

@@ -286,6 +286,20 @@ def train(out: dict, args) -> None:
                       f"{before['chosen_more_likely']:.0%} -> {after['chosen_more_likely']:.0%}")
 
 
+def adapter_export(out: dict, args) -> None:
+    if "files" not in out:
+        key_values(out, args)
+        return
+    for file in out["files"]:
+        check = (f", greedy answers the same as in the app on {file['same_answers']}/{file['checked']} questions"
+                 if "checked" in file else "")
+        print(f"{file['path']}: {file['type']}, {file['size_mb']} MB, {file['seconds']} s{check}")
+        for difference in file.get("differences", []):
+            print(f"  differs on {difference['question']!r}: app {difference['in_app']!r}, "
+                  f"GGUF {difference['gguf']!r}")
+    print(f"Ollama: {out['ollama']}")
+
+
 def adapters_list(payload: dict, args) -> None:
     for a in payload["adapters"]:
         print(f"{a['name']}\t{a['dataset']}\t{a.get('steps')} steps\ttrain loss {a.get('train_loss')}\t"

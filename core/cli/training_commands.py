@@ -170,12 +170,21 @@ def adapters_rename(lab, args, out):
     return {"renamed": args.name, "to": lab.adapters.rename(args.name, args.new_name)}
 
 
-@command("adapters export", "write the adapter folder as a zip, or the merged model with --merged",
-         args=[arg("name"), arg("path", help="a .zip file or a folder (with --merged: a new, empty folder)"),
+@command("adapters export", "write the adapter folder as a zip, the merged model with --merged, or GGUF with --gguf",
+         "--gguf merges the adapter into its base and writes NAME-f16.gguf and NAME-q8_0.gguf (chat template and "
+         "special tokens inside) and an Ollama Modelfile, then loads each file back with transformers and compares "
+         "its greedy answers with the in-app fine-tuned variant's.",
+         args=[arg("name"), arg("path", help="a .zip file or a folder (with --merged or --gguf: a new, empty folder)"),
                arg("--merged", action="store_true",
-                   help="save the base model with the adapter merged in (full precision, plain transformers)")],
-         text=render.key_values)
+                   help="save the base model with the adapter merged in (full precision, plain transformers)"),
+               arg("--gguf", action="store_true", help="write GGUF files and an Ollama Modelfile"),
+               arg("--types", default="f16,q8_0", help="GGUF types, comma-separated (default: f16,q8_0)"),
+               arg("--no-check", action="store_true", help="skip loading the GGUF files back to compare answers")],
+         text=render.adapter_export)
 def adapters_export(lab, args, out):
+    if args.gguf:
+        kinds = tuple(t.strip() for t in args.types.split(",") if t.strip())
+        return lab.exports.gguf(args.name, args.path, kinds, check=not args.no_check)
     if args.merged:
         return {"exported": args.name, "merged_model": str(lab.training.export_merged(args.name, args.path))}
     return {"exported": args.name, "path": str(lab.adapters.export_zip(args.name, args.path))}
