@@ -30,7 +30,9 @@ REMOVED_BY = ("exact_duplicates", "near_duplicates", "empty_answers", "too_long"
 
 
 def example_text(example: dict) -> tuple[str, list[str]]:
-    """(the prompt's text, the answers' texts) of a Q&A example or a preference pair."""
+    """(the prompt's text, the answers' texts) of a Q&A example, a preference pair, or a passage (no prompt)."""
+    if "text" in example and "messages" not in example:
+        return "", [example["text"]]
     if "chosen" in example:
         prompt = example["prompt"]
         answers = ["\n".join(m["content"] for m in example[key]) for key in ("chosen", "rejected")]
@@ -69,7 +71,7 @@ def check(examples: list[dict], split: dict, lengths: list[int], max_length: int
             note("empty_answers", i)
         if lengths[i] > max_length:
             note("too_long", i, f"{lengths[i]} tokens, training keeps {max_length}")
-    test_questions = {_normal(texts[i][0]): i for i in split.get("test", [])}
+    test_questions = {_normal(texts[i][0]): i for i in split.get("test", []) if texts[i][0]}
     for i in order:
         if part_of.get(i) != "test" and _normal(texts[i][0]) in test_questions and i not in exact:
             note("test_leakage", i, f"test example {test_questions[_normal(texts[i][0])]} asks the same")
@@ -125,6 +127,8 @@ def _repaired(example: dict) -> tuple[dict, bool]:
         lost = lost or "\ufffd" in message["content"]
         return {**message, "content": ftfy.fix_text(message["content"], config).replace("\u200b", "")}
 
+    if "text" in example and "messages" not in example:
+        return {**example, "text": fix({"content": example["text"]})["content"]}, lost
     keys = ("prompt", "chosen", "rejected") if "chosen" in example else ("messages",)
     return {**example, **{key: [fix(m) for m in example[key]] for key in keys}}, lost
 

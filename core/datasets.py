@@ -4,7 +4,8 @@ keep them as named datasets with a fixed train / validation / test split, and pr
 Every example is stored the same way, as a chat: {"messages": [{"role": ..., "content": ...}, ...]} ending with the
 assistant message to learn, plus optional "source" (where a generated example came from) and "gold" (the short
 answer, for evaluation). A preference dataset (for DPO) holds pairs instead, in core/preference_data.py's form:
-{"prompt": [...], "chosen": [...], "rejected": [...]}; a file is one kind or the other.
+{"prompt": [...], "chosen": [...], "rejected": [...]}; a text dataset (continued pre-training) holds passages,
+{"text": ...}, all of it learned. A file is one kind only.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class DatasetInfo:
     created: float
     split: dict = field(default_factory=dict)  # part -> list of example indices
     seed: int = 0
-    kind: str = "sft"  # "sft": Q&A examples to learn; "preference": chosen/rejected pairs (DPO)
+    kind: str = "sft"  # "sft": Q&A examples to learn; "preference": chosen/rejected pairs (DPO); "text": passages
 
     def summary(self) -> dict:
         out = asdict(self)
@@ -103,7 +104,7 @@ def _from_records(records: list[tuple[str, object]], errors: list[str]) -> tuple
         if not isinstance(record, dict):
             errors.append(f"{where}: expected an object, got {type(record).__name__}")
             continue
-        kind = "preference" if is_preference(record) else "sft"
+        kind = record_kind(record)
         first_kind = first_kind or (kind, where)
         if kind != first_kind[0]:
             errors.append(f"{where}: a {_KIND_WORDS[kind]}, but {first_kind[1]} is a {_KIND_WORDS[first_kind[0]]}; "
@@ -114,6 +115,11 @@ def _from_records(records: list[tuple[str, object]], errors: list[str]) -> tuple
                 pair, layout = preference_pair(record)
                 examples.append(pair)
                 kinds.add(f"preference-{layout}")
+            elif kind == "text":
+                examples.append({"text": _text(record["text"], "text")})
+                if not examples[-1]["text"]:
+                    raise ValueError("the text is empty")
+                kinds.add("text")
             elif "messages" in record:
                 examples.append(_check_chat(record["messages"]))
                 kinds.add("openai-chat")
@@ -128,8 +134,8 @@ def _from_records(records: list[tuple[str, object]], errors: list[str]) -> tuple
                 kinds.add("question-answer")
             else:
                 raise ValueError(f"has keys {sorted(record)[:6]}; expected 'messages' (chat), 'instruction' and "
-                                 f"'output' (Alpaca), 'question' and 'answer', or 'prompt', 'chosen' and "
-                                 f"'rejected' (preference pairs)")
+                                 f"'output' (Alpaca), 'question' and 'answer', 'prompt', 'chosen' and "
+                                 f"'rejected' (preference pairs), or 'text' (passages to read)")
         except ValueError as exc:
             errors.append(f"{where}: {exc}")
             continue
@@ -139,11 +145,17 @@ def _from_records(records: list[tuple[str, object]], errors: list[str]) -> tuple
     return examples, "+".join(sorted(kinds)) or "empty"
 
 
-_KIND_WORDS = {"sft": "Q&A example", "preference": "preference pair"}
+_KIND_WORDS = {"sft": "Q&A example", "preference": "preference pair", "text": "text passage"}
+
+
+def record_kind(record: dict) -> str:
+    if is_preference(record):
+        return "preference"
+    return "text" if "text" in record and "messages" not in record and "question" not in record else "sft"
 
 
 def dataset_kind(examples: list[dict]) -> str:
-    return "preference" if examples and "chosen" in examples[0] else "sft"
+    return record_kind(examples[0]) if examples else "sft"
 
 
 def _text(value, what: str) -> str:
@@ -273,6 +285,9 @@ def make_split(count: int, validation: float, test: float, seed: int) -> dict:
 def render(example: dict, tokenizer) -> dict:
     """An example exactly as training sees it: the chat template applied; the prompt part is not learned. A
     preference pair shows its prompt with the chosen answer, and the rejected answer beside it."""
+    if "text" in example and "messages" not in example:  # a passage: every token is learned
+        return {"text": example["text"], "prompt_tokens": 0,
+                "answer_tokens": len(tokenizer(example["text"], add_special_tokens=False)["input_ids"])}
     if "chosen" in example:
         shown = render({"messages": example["prompt"] + example["chosen"]}, tokenizer)
         rejected = render({"messages": example["prompt"] + example["rejected"]}, tokenizer)

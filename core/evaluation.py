@@ -31,7 +31,10 @@ CLASSIFY_INSTRUCTION = "Answer with one word: yes, no or maybe."
 
 def example_to_item(example: dict) -> dict:
     """A training-format example (chat messages) as a test item: question, gold answer, gold source file. A
-    preference pair's gold answer is its chosen one."""
+    preference pair's gold answer is its chosen one; a passage of text has no question."""
+    if "text" in example and "messages" not in example:
+        raise InputError("a text dataset (passages for continued pre-training) has no questions to evaluate on: "
+                         "pick a Q&A dataset, or generate questions from the knowledge base")
     messages = example.get("messages") or example["prompt"] + example["chosen"]
     question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
     if question.startswith("Passages:") and "\n\nQuestion: " in question:  # a RAFT example: the bare question
@@ -281,6 +284,12 @@ def overlap_warnings(datasets: DatasetStore, items: list[dict], trained_on: str 
     """Test questions the adapter has seen in training, or that were made from passages it trained on."""
     if trained_on not in datasets.names():
         return []
+    if datasets.info(trained_on).kind == "text":  # continued pre-training: it read passages, not questions
+        read = {(e.get("source") or {}).get("chunk_id") for e in datasets.examples(trained_on, "train")}
+        shared = sum(i.get("chunk_id") in read for i in items if i.get("chunk_id"))
+        return [f"{shared} of {len(items)} test questions were made from passages the adapter read in training "
+                f"({trained_on}): that is the point of continued pre-training, but new material would be harder"
+                ] if shared else []
     train = [example_to_item(e) for e in datasets.examples(trained_on, "train")]
     seen = {normalise(t["question"]) for t in train}
     passages = {t["chunk_id"] for t in train if t.get("chunk_id")}

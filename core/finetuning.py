@@ -14,6 +14,8 @@ from core.limits import Quota
 from core.models import Models, resolve_base_model
 from core.training import TrainSettings, estimate, memory_advice, use_4bit
 
+METHOD_OF_KIND = {"sft": "sft", "preference": "dpo", "text": "continued"}
+KIND_WORDS = {"sft": "Q&A examples", "preference": "preference pairs", "text": "passages of text"}
 MIN_PREFERENCE_PAIRS = 4  # fewer teach nothing that generalises and make the margin a coin toss
 
 
@@ -36,7 +38,7 @@ class Training:
         return TrainSettings.from_preset(name, **overrides)
 
     def method_for(self, dataset: str) -> str:
-        return "dpo" if self.datasets.info(dataset).kind == "preference" else "sft"
+        return METHOD_OF_KIND[self.datasets.info(dataset).kind]
 
     def estimate(self, dataset: str, settings: TrainSettings) -> dict:
         """Memory and time this fine-tune needs here, and whether it fits; computed before loading anything big."""
@@ -45,37 +47,41 @@ class Training:
         train = self.datasets.examples(dataset, "train")
         tokenizer = self.models.generator.tokenizer
         rendered = [render(e, tokenizer) for e in train]
-        dpo = self._method(dataset, settings) == "dpo"
+        method = self._method(dataset, settings)
+        dpo = method == "dpo"
         if dpo:  # both answers of a pair run through the model, each after the prompt, and all tokens reach the head
             lengths = [min(r["prompt_tokens"] + max(r["answer_tokens"], r["rejected_tokens"]), settings.max_length)
                        * 2 for r in rendered]
             answers = None
+        elif method == "continued":  # every token of a passage, in windows of the training length
+            lengths = [min(settings.max_length, r["answer_tokens"] - start) for r in rendered
+                       for start in range(0, max(r["answer_tokens"], 1), settings.max_length)]
+            answers = sum(lengths)
         else:
             lengths = [min(r["prompt_tokens"] + r["answer_tokens"], settings.max_length) for r in rendered]
             answers = sum(min(r["answer_tokens"], n) for r, n in zip(rendered, lengths))
         config = AutoConfig.from_pretrained(resolve_base_model(self.settings.base_model, self.settings))
-        plan = estimate(config, sum(lengths), len(train), settings, self.settings.resolved_device, max(lengths),
-                        answers)
+        plan = estimate(config, sum(lengths), len(lengths) if method == "continued" else len(train), settings,
+                        self.settings.resolved_device, max(lengths), answers)
         if dpo:  # + the reference model's forward pass (half a training step's work per token)
             plan["minutes"] = round(plan["minutes"] * 1.5, 1)
-        plan["method"] = "dpo" if dpo else "sft"
+        plan["method"] = method
         # What to change when it does not fit: the same words before a run (here and in start) and on an OOM.
         plan["advice"] = None if plan["fits"] else memory_advice(settings, plan["quantized_4bit"],
                                                                  plan["memory_parts_gb"])
         return plan
 
     def _method(self, dataset: str, settings: TrainSettings) -> str:
-        """The method this run uses (auto: the dataset's), refused where the dataset holds the other kind."""
-        kind = self.method_for(dataset)
-        method = kind if settings.method == "auto" else settings.method
-        if method == "dpo" and kind != "dpo":
-            raise InputError("DPO learns from preference pairs (prompt, chosen, rejected), and this dataset holds "
-                             "Q&A examples: import a preference file or make one from your votes "
-                             "(dataset from-votes)", subject=dataset)
-        if method == "sft" and kind == "dpo":
-            raise InputError("this dataset holds preference pairs: train it with DPO (method dpo), or pick a Q&A "
-                             "dataset", subject=dataset)
-        return method
+        """The method this run uses (auto: the dataset's), refused where the dataset holds another kind of data."""
+        wanted = self.method_for(dataset)
+        if settings.method in ("auto", wanted):
+            return wanted
+        needs = {"sft": "Q&A examples (a question and its answer)",
+                 "dpo": "preference pairs (prompt, chosen, rejected): import a preference file or make one from "
+                        "your votes (dataset from-votes)",
+                 "continued": "passages of text: make them from a knowledge base (train --kb NAME)"}
+        raise InputError(f"{settings.method} learns from {needs[settings.method]}, and this dataset holds "
+                         f"{KIND_WORDS[self.datasets.info(dataset).kind]} (method {wanted})", subject=dataset)
 
     def start(self, dataset: str, settings: TrainSettings, adapter: str | None = None, processes: int = 1,
               from_adapter: str | None = None) -> dict:

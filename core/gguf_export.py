@@ -65,6 +65,8 @@ def write_gguf(model_dir: Path, target: Path, kind: str, name: str) -> Path:
     writer.add_rope_freq_base(float(getattr(config, "rope_theta", None)
                                     or (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
     writer.add_rope_dimension_count(head_dim)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
     _add_tokenizer(writer, model_dir, tokenizer_file, config, arch)
@@ -137,14 +139,21 @@ def _add_tokenizer(writer, model_dir: Path, tokenizer_file: dict, config, arch: 
         tokens.append(by_id[i])
         types.append(gguf.TokenType.CONTROL if added.get(i, {}).get("special") else
                      gguf.TokenType.USER_DEFINED if i in added else gguf.TokenType.NORMAL)
+    from transformers import AutoTokenizer
+
     writer.add_tokenizer_model("gpt2")
-    vocab_size = len(vocab) + len(added)
-    pre = PRE_TOKENIZERS.get((arch, vocab_size)) or PRE_TOKENIZERS.get((arch, None)) or "default"
+    pre = PRE_TOKENIZERS.get((arch, size)) or PRE_TOKENIZERS.get((arch, None)) or "default"
     writer.add_tokenizer_pre(pre)
+    # Whether a prompt starts with the BOS token, as the tokenizer itself does it (llama.cpp's default for a Llama
+    # model without this field is to add one).
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    starts = hf_tokenizer("x")["input_ids"][:1]
+    writer.add_add_bos_token(hf_tokenizer.bos_token_id is not None and starts == [hf_tokenizer.bos_token_id])
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     special = gguf.SpecialVocab(str(model_dir), load_merges=True, n_vocab=size)
-    special.add_to_gguf(writer)  # merges, bos/eos/pad/unk ids, add_bos_token, the chat template
+    special.add_special_token.pop("bos", None)  # written above, from what the tokenizer does
+    special.add_to_gguf(writer)  # merges, bos/eos/pad/unk ids, the chat template
 
 
 def ollama_modelfile(gguf_name: str, tokenizer, chat_template: str | None) -> str:

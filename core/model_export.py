@@ -90,6 +90,8 @@ class ModelExport:
         if dataset in self.datasets.names():
             for part in ("test", "validation", "train"):
                 for example in self.datasets.examples(dataset, part):
+                    if "text" in example and "messages" not in example:
+                        break  # passages (continued pre-training): no questions
                     prompt = example["messages"][:-1] if "messages" in example else example["prompt"]
                     question = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), None)
                     if question and question not in questions:

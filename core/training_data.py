@@ -100,6 +100,18 @@ class Datasets(DatasetStore):
                           seed=info.seed, split=split)
         return {**out, "saved_as": saved.summary()}
 
+    def from_kb(self, kb: str, name: str | None = None) -> dict:
+        """A knowledge base's passages as a text dataset for continued pre-training (every token learned), named
+        KB-text by default and made again each time (the knowledge base may have changed)."""
+        chunks = self.kbs.fact_chunks(kb)
+        examples = [{"text": c["text"], "source": {"file": c["file"], "page": c["page"], "chunk_id": c["id"]}}
+                    for c in chunks if c["text"].strip()]
+        target = name or f"{kb}-text"
+        made_from = f"knowledge base {kb}"
+        replace = target in self.names() and self.info(target).source == made_from
+        info = self.save(target, examples, "kb-text", made_from, replace, 0.1 if len(examples) >= 20 else 0.0, 0.0)
+        return info.summary()
+
     def show(self, name: str, part: str = "train", limit: int = 3) -> dict:
         """A dataset's summary and its first examples exactly as the model sees them, with token counts."""
         info = self.info(name)

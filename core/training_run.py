@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from core.training import TrainSettings, cpu_bf16, optimizer_for, to_prompt_completion, use_4bit
+from core.training import TrainSettings, cpu_bf16, optimizer_for, passage_windows, to_prompt_completion, use_4bit
 
 
 def train(job: dict, job_dir: Path, report, should_stop) -> dict:
@@ -33,12 +33,20 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
     settings = TrainSettings(**job["settings"])
     device = lab_settings.resolved_device
     datasets = DatasetStore(lab_settings.data_dir)
-    dpo = settings.method == "dpo"
-    rows = (lambda part: datasets.examples(job["dataset"], part)) if dpo else (
-        lambda part: [to_prompt_completion(e) for e in datasets.examples(job["dataset"], part)])
-    train_rows, eval_rows = rows("train"), rows("validation")
+    dpo, continued = settings.method == "dpo", settings.method == "continued"
     source = resolve_base_model(job["base_model"], lab_settings)
     tokenizer = AutoTokenizer.from_pretrained(source)
+
+    def rows(part: str) -> list[dict]:
+        examples = datasets.examples(job["dataset"], part)
+        if dpo:
+            return examples
+        if continued:  # every token of every passage, in pieces that fit the training length
+            return [{"text": piece} for e in examples
+                    for piece in passage_windows(e["text"], tokenizer, settings.max_length)]
+        return [to_prompt_completion(e) for e in examples]
+
+    train_rows, eval_rows = rows("train"), rows("validation")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     cuda, quantized = device.startswith("cuda"), use_4bit(settings, device)
@@ -124,7 +132,7 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
     else:
         config = SFTConfig(
             **common,
-            completion_only_loss=True,
+            completion_only_loss=not continued,  # continued pre-training learns every token of a passage
             # On CUDA, packing without padding needs varlen attention kernels (FlashAttention); without them
             # batches are grouped by length so padding stays small. On CPU every batch is padding-free
             # (core/sft.py).

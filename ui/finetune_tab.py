@@ -58,6 +58,11 @@ def dataset_text(lab: Lab, name: str | None) -> str:
     except LabError as exc:
         return f"**Not found** · {escape_plain(str(exc))}"
     split = shown["split"]
+    if shown.get("kind") == "text":
+        blocks = [f"Passage {i} · {e['answer_tokens']} tokens, all learned:\n```\n{e['text']}\n```"
+                  for i, e in enumerate(shown["preview"], 1)]
+        return "\n\n".join([f"**{escape_plain(shown['name'])}** · {shown['examples']} passages ({shown['format']}) "
+                              f"· trains by **continued pre-training**", *blocks])
     pairs = shown.get("kind") == "preference"
     head = (f"**{escape_plain(shown['name'])}** · {shown['examples']} {'preference pairs' if pairs else 'examples'} "
             f"({shown['format']}) · train {split['train']}, validation {split['validation']}, test {split['test']} "
@@ -212,6 +217,17 @@ class FineTuneHandlers:
         return (message, gr.update(visible=False), gr.update(choices=dataset_choices(lab), value=saved["name"]),
                 dataset_text(lab, saved["name"]))
 
+    def kb_to_text_dataset(self, kb_name, request: gr.Request):
+        lab = self.lab_of(request)
+        if not kb_name:
+            raise gr.Error("Pick a knowledge base first.")
+        with user_errors():
+            info = lab.datasets.from_kb(kb_name)
+        message = (f"**Made** · {escape_plain(info['name'])}: {info['examples']} passages of {escape_plain(kb_name)}. "
+                   "Press **Start training** below: the model reads them (continued pre-training), and Compare "
+                   "then shows whether that helps it answer without RAG.")
+        return message, gr.update(choices=dataset_choices(lab), value=info["name"]), dataset_text(lab, info["name"])
+
     def votes_to_dataset(self, request: gr.Request):
         lab = self.lab_of(request)
         with user_errors():
@@ -336,7 +352,8 @@ class FineTuneHandlers:
         chosen = (active or [current if current in known else None] or [None])[0] or (known or [None])[0]
         return (gr.update(choices=job_choices(lab), value=chosen), *job_updates(lab, chosen)[:4],
                 gr.update(choices=datasets, value=dataset), adapter_rows(lab), gr.update(choices=adapter_choices(lab)),
-                gr.update(choices=lab.kbs.names()), votes_text(lab), gr.update(choices=adapter_choices(lab)))
+                gr.update(choices=lab.kbs.names()), votes_text(lab), gr.update(choices=adapter_choices(lab)),
+                gr.update(choices=lab.kbs.names()))
 
 
 def _require_adapter(name) -> None:
@@ -386,6 +403,13 @@ def build(lab_of: LabOf) -> None:
                     gen_distractors = gr.Number(3, label="RAFT distractor passages", precision=0, minimum=0)
                     gen_share = gr.Number(0.8, label="RAFT share with the answering passage", minimum=0, maximum=1)
                 generate_button = gr.Button("Generate", elem_id="ft-generate")
+            with gr.Accordion("…or read a knowledge base's text (continued pre-training)", open=False):
+                gr.Markdown("The model learns every word of the passages, with no questions: a test of whether "
+                            "reading your documents in training helps it answer, against giving them to it (RAG).")
+                with gr.Row():
+                    text_kb = gr.Dropdown(choices=first.kbs.names() if first else [], label="Knowledge base",
+                                          elem_id="ft-text-kb", allow_custom_value=True)
+                    text_button = gr.Button("Make the text dataset", elem_id="ft-text")
             with gr.Accordion("…or learn from your votes (DPO)", open=False):
                 votes_about = gr.Markdown(votes_text(first), elem_id="ft-votes-about")
                 votes_button = gr.Button("Make the preference dataset “votes”", elem_id="ft-votes")
@@ -453,6 +477,8 @@ def build(lab_of: LabOf) -> None:
                            api_name="check_dataset")
         fix_button.click(handlers.apply_fixes, [dataset, advanced["max_length"]],
                          [check_report, fix_button, dataset, preview], api_name="clean_dataset")
+        text_button.click(handlers.kb_to_text_dataset, [text_kb], [data_status, dataset, preview],
+                          api_name="dataset_from_kb")
         votes_button.click(handlers.votes_to_dataset, None, [data_status, dataset, preview, votes_about],
                            api_name="dataset_from_votes")
         import_button.click(handlers.import_data, [data_file, data_name], [data_status, dataset, preview],
@@ -478,5 +504,6 @@ def build(lab_of: LabOf) -> None:
                           concurrency_id="generate", concurrency_limit=1)
         delete_button.click(handlers.delete_adapter, adapter_inputs, adapter_outputs, api_name="delete_adapter")
         tab.select(handlers.reattach, [job, dataset], [job, job_status, loss_chart, log_tail, timer, dataset,
-                                                       adapters_table, adapter_pick, gen_kb, votes_about, start_from],
+                                                       adapters_table, adapter_pick, gen_kb, votes_about, start_from,
+                                                       text_kb],
                    api_visibility="private")

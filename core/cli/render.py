@@ -198,7 +198,8 @@ def advice(advice: dict, args) -> None:
 
 # ---- training data and training ---------------------------------------------------------------------------------
 def dataset_summary(out: dict, args) -> None:
-    what = "preference pairs (trains with DPO)" if out.get("kind") == "preference" else "examples"
+    what = {"preference": "preference pairs (trains with DPO)",
+            "text": "passages (continued pre-training)"}.get(out.get("kind"), "examples")
     print(f"{out['name']}: {out['examples']} {what} ({out['format']}), split {out['split']}")
 
 
@@ -229,6 +230,9 @@ def dataset_list(payload: dict, args) -> None:
 def dataset_show(out: dict, args) -> None:
     print(f"{out['name']}: {out['examples']} examples ({out['format']}, from {out['source']}), split {out['split']}")
     for i, e in enumerate(out["preview"], 1):
+        if out.get("kind") == "text":
+            print(f"--- {out['part']} passage {i}: {e['answer_tokens']} tokens, all learned\n{e['text']}")
+            continue
         if "rejected" in e:
             print(f"--- {out['part']} pair {i}: {e['prompt_tokens']} prompt tokens; chosen answer "
                   f"({e['answer_tokens']} tokens) in the template, then the rejected one ({e['rejected_tokens']} "

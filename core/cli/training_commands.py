@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import core.cli.render as render
 from core.cli.registry import EXIT_FAILED, SPLIT_ARGS, arg, command
+from core.errors import InputError
 from core.schema import overrides_dataclass
 from core.training import TrainSettings
 
@@ -57,6 +58,15 @@ def dataset_clean(lab, args, out):
     return lab.datasets.clean(args.name, args.apply, args.to, args.max_length)
 
 
+@command("dataset from-kb", "a knowledge base's passages as a text dataset (for continued pre-training)",
+         "Every passage is learned whole. Made again each time under the same name (the knowledge base may have "
+         "changed).",
+         args=[arg("--kb", required=True), arg("--name", help="dataset name (default: KB-text)")],
+         text=render.dataset_summary)
+def dataset_from_kb(lab, args, out):
+    return lab.datasets.from_kb(args.kb, args.name)
+
+
 @command("dataset list", "list datasets", text=render.dataset_list)
 def dataset_list(lab, args, out):
     return {"datasets": [lab.datasets.info(n).summary() for n in lab.datasets.names()]}
@@ -89,8 +99,10 @@ TrainOverrides = overrides_dataclass(TrainSettings)  # every CLI-offered trainin
 @command("train", "fine-tune the base model on a dataset (LoRA on CPU, QLoRA on CUDA; SFT or DPO)",
          "Fine-tune in a separate process; progress goes to stderr and the result to stdout. Presets: quick, "
          "balanced, thorough; any setting can be overridden (unset ones come from the preset). A preference "
-         "dataset (prompt, chosen, rejected) trains with DPO, a Q&A one with SFT.",
-         args=[arg("--dataset", required=True),
+         "dataset (prompt, chosen, rejected) trains with DPO, a Q&A one with SFT; --kb NAME reads a knowledge "
+         "base's passages (continued pre-training).",
+         args=[arg("--dataset", help="the training data (or --kb)"),
+               arg("--kb", help="continued pre-training on this knowledge base's passages (dataset KB-text)"),
                arg("--from-adapter", help="go on training this adapter (e.g. DPO on top of an SFT adapter)"),
                arg("--preset", default="quick", help="quick, balanced or thorough (default: quick)"),
                arg("--adapter", help="name for the trained adapter (default: DATASET-PRESET)"),
@@ -102,6 +114,11 @@ TrainOverrides = overrides_dataclass(TrainSettings)  # every CLI-offered trainin
 def train(lab, args, out):
     from dataclasses import fields
 
+    if bool(args.dataset) == bool(args.kb):
+        raise InputError("give the training data: --dataset NAME, or --kb NAME for continued pre-training")
+    if args.kb:
+        args.dataset = lab.datasets.from_kb(args.kb)["name"]
+        out.note(f"dataset {args.dataset}: the passages of knowledge base {args.kb}")
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainOverrides)}
     settings = lab.training.preset(args.preset, args.dataset, **overrides)
     if args.estimate:
