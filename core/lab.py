@@ -7,6 +7,7 @@ of its own; each capability lives in its service:
   lab.jobs        training jobs in their own processes                  (core/jobs.py)
   lab.adapters    trained adapters                                      (core/adapters.py)
   lab.exports     GGUF files and an Ollama Modelfile, checked           (core/model_export.py)
+  lab.hub         a model card and upload to the Hugging Face Hub       (core/hub_upload.py)
   lab.answers     ask, stream, compare, the record of a comparison      (core/answers.py)
   lab.votes       votes, leaderboard, preference export                 (core/votes.py)
   lab.evaluation  test items, scored runs, costs, advice                (core/evaluation.py)
@@ -23,6 +24,7 @@ from core.config import Settings, load_settings
 from core.eval_store import EvalStore
 from core.evaluation import Evaluation
 from core.finetuning import Training
+from core.hub_upload import HubUpload
 from core.jobs import JobStore
 from core.knowledge import KnowledgeBases
 from core.limits import DemoLimits, Quota
@@ -52,6 +54,7 @@ class Lab:
         self.answers = Answers(settings, self.kbs, self.adapters, self.models)
         self.exports = ModelExport(self.training, self.answers, self.adapters, self.datasets)
         self.evals = EvalStore(data_dir)
+        self.hub = HubUpload(self.training, self.adapters, self.evals)
         self.evaluation = Evaluation(settings, self.evals, self.answers, self.kbs, self.datasets, self.adapters,
                                      self.models, self.quota)
         self.studies = Studies(data_dir, self.kbs, self.quota, device_lock_dir)

@@ -381,6 +381,39 @@ def test_evaluating_the_fine_tuned_variants_warns_of_questions_it_trained_on(tra
         [r["answers"]["finetuned"]["answer"] for r in run["results"]]
 
 
+def test_the_hub_folder_has_the_adapter_and_a_model_card_of_where_it_came_from(trained, tmp_path):
+    """`adapters push --to-folder`: the files an upload would send, and a model card with the provenance (base,
+    dataset and its hash, method, settings, losses) and the evaluation run above. Offline, or with a bad repo
+    name, the upload is refused at once."""
+    from conftest import run_cli
+
+    lab, _ = trained
+    folder = tmp_path / "hub"
+    made = cli_here(["adapters", "push", "facts-lora", "--to-folder", str(folder), "--repo", "me/facts-lora",
+                     "--json"], lab.settings.data_dir)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert json.loads(made.stdout)["files"] == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    source = lab.adapters.path("facts-lora")
+    assert (folder / "adapter_model.safetensors").read_bytes() == (source / "adapter_model.safetensors").read_bytes()
+    card = (folder / "README.md").read_text()
+    info = lab.adapters.info("facts-lora")
+    assert card.startswith("---\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\nlibrary_name: peft\n")
+    for expected in ("# me/facts-lora", "| Dataset | `facts` |", f"| Dataset SHA-256 | `{info['dataset_sha256']}` |",
+                     "| Method | sft |", f"| Train loss | {info['train_loss']} |", '"learning_rate": 0.002',
+                     "Test set `facts+1`, 3 questions", "| finetuned |", "Q4_1 GGUF build"):
+        assert expected in card, expected
+    assert info["dataset_sha256"] == lab.datasets.info("facts").sha256
+
+    offline = cli_here(["adapters", "push", "facts-lora", "--repo", "me/facts-lora"], lab.settings.data_dir)
+    assert offline.returncode == 1 and "offline: HF_HUB_OFFLINE=1" in offline.stderr + offline.stdout
+    bad = cli_here(["adapters", "push", "facts-lora", "--repo", "not a repo"], lab.settings.data_dir)
+    assert bad.returncode == 1 and "USER/REPO" in bad.stderr + bad.stdout
+    # Online but without a token (a fresh process, a Hugging Face home with none in it): refused before any upload.
+    no_token = run_cli(["adapters", "push", "facts-lora", "--repo", "me/facts-lora"], lab.settings.data_dir,
+                       HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf-home"), HF_TOKEN="")
+    assert no_token.returncode == 1 and "no Hugging Face token" in no_token.stderr + no_token.stdout, no_token.stderr
+
+
 def test_a_run_whose_validation_loss_stops_improving_stops_early(lab):
     """Validation after every step with a patience of 2: a learning rate this high wrecks the model after its first
     (warm-up) step, the validation loss never gets back to where it started, and the run ends two checks later

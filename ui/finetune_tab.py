@@ -334,6 +334,15 @@ class FineTuneHandlers:
                    f"then `ollama create {name} -f Modelfile`.")
         return adapters_after(lab, message, export=gr.update(value=[file["path"], done["modelfile"]], visible=True))
 
+    def push_adapter(self, name, repo, request: gr.Request, progress=gr.Progress()):
+        lab = self.lab_of(request)
+        _require_adapter(name)
+        progress(0.2, desc="Uploading to the Hugging Face Hub")
+        with user_errors():
+            done = lab.hub.push(name, (repo or "").strip())
+        return adapters_after(lab, f"**Uploaded** · {escape_plain(name)} with its model card to "
+                                   f"[{done['repo']}]({done['url']}) (private).")
+
     def delete_adapter(self, name, new, request: gr.Request):
         lab = self.lab_of(request)
         _require_adapter(name)
@@ -460,6 +469,11 @@ def build(lab_of: LabOf) -> None:
                 export_button = gr.Button("Export as .zip")
                 gguf_button = gr.Button("Export for Ollama (GGUF)", elem_id="ft-export-gguf")
                 delete_button = gr.Button("Delete", variant="stop")
+            with gr.Row():
+                hub_repo = gr.Textbox(label="Hub repository", placeholder="USER/REPO",
+                                      info="uploads the adapter and a model card of where it came from (private); "
+                                           "needs a network and a token", elem_id="ft-hub-repo")
+                push_button = gr.Button("Push to the Hub", elem_id="ft-push")
             adapter_status = gr.Markdown(elem_id="ft-adapter-status")
             export_file = gr.File(label="Exported files", visible=False, file_count="multiple",
                                   elem_id="ft-export-files")
@@ -500,6 +514,7 @@ def build(lab_of: LabOf) -> None:
         resume_button.click(handlers.resume, [job], job_outputs, api_name="resume_training")
         rename_button.click(handlers.rename_adapter, adapter_inputs, adapter_outputs, api_name="rename_adapter")
         export_button.click(handlers.export_adapter, adapter_inputs, adapter_outputs, api_name="export_adapter")
+        push_button.click(handlers.push_adapter, [adapter_pick, hub_repo], adapter_outputs, api_name="push_adapter")
         gguf_button.click(handlers.export_gguf, adapter_inputs, adapter_outputs, api_name="export_gguf",
                           concurrency_id="generate", concurrency_limit=1)
         delete_button.click(handlers.delete_adapter, adapter_inputs, adapter_outputs, api_name="delete_adapter")

@@ -207,3 +207,20 @@ def adapters_export(lab, args, out):
     return {"exported": args.name, "path": str(lab.adapters.export_zip(args.name, args.path))}
 
 
+
+
+@command("adapters push", "upload an adapter (or the merged model) with its model card to the Hugging Face Hub",
+         "The model card records the base model, the dataset and its hash, the method, settings, losses and the "
+         "evaluation runs that used the adapter. Needs a network and a token (huggingface-cli login); "
+         "--to-folder writes the same files locally instead.",
+         args=[arg("name"), arg("--repo", help="USER/REPO on the Hub"),
+               arg("--merged", action="store_true", help="the base model with the adapter merged in"),
+               arg("--to-folder", help="write the files here (a new, empty folder) instead of uploading"),
+               arg("--public", action="store_true", help="make a new repository public (default: private)")],
+         text=render.key_values)
+def adapters_push(lab, args, out):
+    if args.to_folder:
+        return lab.hub.folder(args.name, args.to_folder, args.repo, args.merged)
+    if not args.repo:
+        raise InputError("give --repo USER/REPO to upload, or --to-folder DIR to write the files locally")
+    return lab.hub.push(args.name, args.repo, args.merged, private=not args.public)
