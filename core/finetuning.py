@@ -76,12 +76,14 @@ class Training:
         wanted = self.method_for(dataset)
         if settings.method in ("auto", wanted):
             return wanted
-        needs = {"sft": "Q&A examples (a question and its answer)",
-                 "dpo": "preference pairs (prompt, chosen, rejected): import a preference file or make one from "
-                        "your votes (dataset from-votes)",
-                 "continued": "passages of text: make them from a knowledge base (train --kb NAME)"}
-        raise InputError(f"{settings.method} learns from {needs[settings.method]}, and this dataset holds "
-                         f"{KIND_WORDS[self.datasets.info(dataset).kind]} (method {wanted})", subject=dataset)
+        needs = {"sft": ("Q&A examples", "import a Q&A file"),
+                 "dpo": ("preference pairs (prompt, chosen, rejected)",
+                         "import a preference file or make one from your votes (dataset from-votes)"),
+                 "continued": ("passages of text", "make them from a knowledge base (train --kb NAME)")}
+        what, hint = needs[settings.method]
+        raise InputError(f"method {settings.method} learns from {what}, and this dataset holds "
+                         f"{KIND_WORDS[self.datasets.info(dataset).kind]}: train it with {wanted} (method auto "
+                         f"picks it), or {hint}", subject=dataset)
 
     def start(self, dataset: str, settings: TrainSettings, adapter: str | None = None, processes: int = 1,
               from_adapter: str | None = None) -> dict:

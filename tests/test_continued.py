@@ -27,7 +27,7 @@ def test_a_knowledge_base_is_read_in_training_and_the_adapter_answers(lab, handb
                                           config=GenerationConfig(max_new_tokens=16))
     assert answer.answer and not answer.error
 
-    with pytest.raises(InputError, match="sft learns from Q&A examples .* holds passages of text"):
+    with pytest.raises(InputError, match="method sft learns from Q&A examples, and this dataset holds passages of text: train it with continued"):
         lab.training.start("notes-text", lab.training.preset("quick", method="sft"))
     with pytest.raises(InputError, match="has no questions to evaluate on"):
         lab.evaluation.items(dataset="notes-text", part="train")

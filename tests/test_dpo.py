@@ -90,7 +90,7 @@ def test_votes_train_dpo_which_prefers_the_chosen_answers_and_answers_more_like_
     dataset = json.loads(made.stdout)
     assert (dataset["name"], dataset["kind"], dataset["examples"]) == ("votes", "preference", 12)
 
-    with pytest.raises(InputError, match="holds preference pairs: train it with DPO"):  # the method fits the data
+    with pytest.raises(InputError, match="method sft learns from Q&A examples, and this dataset holds preference pairs: train it with dpo"):  # the method fits the data
         lab.training.start("votes", lab.training.preset("quick", method="sft"))
     trained = cli_here(["train", "--dataset", "votes", "--adapter", "votes-dpo", "--json"], lab.settings.data_dir)
     assert trained.returncode == 0, trained.stdout + trained.stderr
@@ -130,7 +130,8 @@ def test_dpo_needs_enough_pairs_and_a_preference_dataset(lab, tmp_path):
     with pytest.raises(InputError, match="at least 4 preference pairs .* has 3"):
         lab.training.start("few", lab.training.preset("quick", "few"))
     lab.datasets.import_file(FACTS, "facts", validation=0, test=0)
-    with pytest.raises(InputError, match="DPO learns from preference pairs"):
+    with pytest.raises(InputError, match=r"method dpo learns from preference pairs .* holds Q&A examples: train "
+                                         r"it with sft .* make one from your votes"):
         lab.training.start("facts", lab.training.preset("quick", method="dpo"))
     with pytest.raises(InputError, match="no usable votes yet"):
         lab.datasets.from_votes()

@@ -134,7 +134,8 @@ def test_a_dora_adapter_learns_the_facts_and_answers_in_one_call_with_lora_rows(
     from core.generation import stream_chat
 
     lab, _ = trained
-    job = lab.training.start("facts", lab.training.preset("quick", tuning="dora"), adapter="facts-dora")
+    # 18 of Quick's 30 steps: the loss is below 0.02 by step 16 (measured), and the suite stays short
+    job = lab.training.start("facts", lab.training.preset("quick", tuning="dora", max_steps=18), adapter="facts-dora")
     final = lab.jobs.wait(job["id"])
     assert final["state"] == "completed", (final.get("error"), final["log_tail"])
     info = lab.adapters.info("facts-dora")
