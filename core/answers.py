@@ -13,7 +13,8 @@ from core.config import Settings
 from core.errors import InputError, LabError
 from core.generation import Delta, GenerationConfig, RowDone, stream_chat
 from core.knowledge import KnowledgeBases, check_question
-from core.models import Models, attach_adapter, describe_model, load_embedder, load_generator, parameter_count
+from core.models import (Models, attach_adapter, describe_model, load_embedder, load_full_model, load_generator,
+                         parameter_count)
 from core.reading import NOT_IN_DOCUMENTS, Reading, check_reading, passages_to_read, read
 from core.names import DEFAULT_KB
 from core.retrieval import hit_to_source, relevant
@@ -62,10 +63,14 @@ def search_query(question: str, history: list[dict] | None) -> str:
     return f"{earlier[-1]}\n{question}" if earlier else question
 
 
+FULL_MODEL = "full:"  # the start of an adapter key that names a fully fine-tuned model (its own Generator)
+
+
 class Answers:
     def __init__(self, settings: Settings, kbs: KnowledgeBases, adapters: AdapterStore, models: Models):
         self.settings, self.kbs, self.adapters, self.models = settings, kbs, adapters, models
         self._parameters: int | None = None
+        self._full_models: dict = {}  # FULL_MODEL key -> the Generator of a fully fine-tuned model
 
     def use_adapter(self, name: str) -> str:
         """Attach a registered adapter to the served model (once); refuse one trained on another base model.
@@ -75,7 +80,12 @@ class Answers:
             raise InputError(
                 f"trained on {describe_model(info.get('base_model', '?'))}, but the app uses "
                 f"{describe_model(self.settings.base_model)}", subject=name)
-        return attach_adapter(self.models.generator, self.adapters.path(name), str(info.get("created")))
+        path, version = self.adapters.path(name), str(info.get("created"))
+        if (info.get("settings") or {}).get("tuning") == "full":  # a whole model of its own, beside the base
+            key = f"{FULL_MODEL}{path}@{version}"
+            self._full_models[key] = load_full_model(path, version, self.models.generator.device)
+            return key
+        return attach_adapter(self.models.generator, path, version)
 
     def ask_stream(self, question: str, variants: list[str] = ("base", "rag"), kb: str = DEFAULT_KB,
                    top_k: int | None = None, config: GenerationConfig | None = None, system_prompt: str | None = None,
@@ -196,32 +206,44 @@ class Answers:
             self._parameters = parameter_count(self.models.generator.model)
         return self._parameters
 
-    @staticmethod
-    def _decode(generator, rows: list[tuple[Answer, list[dict], str | None]],
+    def _decode(self, generator, rows: list[tuple[Answer, list[dict], str | None]],
                 config: GenerationConfig) -> Iterator[AnswerEvent]:
-        """Generate every row (answer, conversation, adapter) in one batch, filling in its Answer."""
+        """Generate every row (answer, conversation, adapter) in one batch, filling in its Answer. Rows of a fully
+        fine-tuned model are a batch of their own on that model, after the others."""
+        batches: dict[int, tuple] = {}
+        for row in rows:
+            model = self._full_models.get(row[2], generator)
+            batches.setdefault(id(model), (model, []))[1].append(row)
         try:
-            for event in stream_chat(generator, [c for _, c, _ in rows], config, [a for _, _, a in rows]):
-                answer = rows[event.row][0]
-                if isinstance(event, Delta):
-                    answer.answer += event.text
-                    yield AnswerEvent("delta", answer.variant, event.text, answer)
-                elif isinstance(event, RowDone):
-                    answer.answer = event.text.strip()
-                    s = event.stats
-                    extra = answer.timings.get("retrieval_ms", 0.0)
-                    answer.timings.update(
-                        ttft_ms=round((s.ttft_s or s.total_s) * 1000 + extra, 1),
-                        total_ms=round(s.total_s * 1000 + extra, 1),
-                        prompt_tokens=s.prompt_tokens,
-                        new_tokens=s.new_tokens,
-                        tokens_per_s=round(s.tokens_per_s, 2),
-                    )
-                    yield AnswerEvent("done", answer.variant, answer.answer, answer)
+            for model, batch in batches.values():
+                yield from self._decode_batch(model, batch, config)
         except LabError as exc:
             for answer, _, _ in rows:
-                answer.error = str(exc)
-                yield AnswerEvent("error", answer.variant, str(exc), answer)
+                if not answer.timings.get("total_ms"):
+                    answer.error = str(exc)
+                    yield AnswerEvent("error", answer.variant, str(exc), answer)
+
+    @staticmethod
+    def _decode_batch(generator, rows: list[tuple[Answer, list[dict], str | None]],
+                      config: GenerationConfig) -> Iterator[AnswerEvent]:
+        adapters = [None if (key or "").startswith(FULL_MODEL) else key for _, _, key in rows]
+        for event in stream_chat(generator, [c for _, c, _ in rows], config, adapters):
+            answer = rows[event.row][0]
+            if isinstance(event, Delta):
+                answer.answer += event.text
+                yield AnswerEvent("delta", answer.variant, event.text, answer)
+            elif isinstance(event, RowDone):
+                answer.answer = event.text.strip()
+                s = event.stats
+                extra = answer.timings.get("retrieval_ms", 0.0)
+                answer.timings.update(
+                    ttft_ms=round((s.ttft_s or s.total_s) * 1000 + extra, 1),
+                    total_ms=round(s.total_s * 1000 + extra, 1),
+                    prompt_tokens=s.prompt_tokens,
+                    new_tokens=s.new_tokens,
+                    tokens_per_s=round(s.tokens_per_s, 2),
+                )
+                yield AnswerEvent("done", answer.variant, answer.answer, answer)
 
     def ask(self, question: str, variant: str = "rag", **kwargs) -> Answer:
         answer = None

@@ -2,6 +2,7 @@
 (core/jobs.py runs it), and exporting an adapter merged into its base model."""
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -65,7 +66,7 @@ class Training:
                         self.settings.resolved_device, max(lengths), answers)
         if dpo:  # + the reference model's forward pass (half a training step's work per token)
             plan["minutes"] = round(plan["minutes"] * 1.5, 1)
-        plan["method"] = method
+        plan["method"], plan["tuning"] = method, settings.tuning
         # What to change when it does not fit: the same words before a run (here and in start) and on an OOM.
         plan["advice"] = None if plan["fits"] else memory_advice(settings, plan["quantized_4bit"],
                                                                  plan["memory_parts_gb"])
@@ -100,6 +101,8 @@ class Training:
             raise InputError(f"DPO needs at least {MIN_PREFERENCE_PAIRS} preference pairs to train on and this "
                              f"dataset has {train_count}: vote on more comparisons in Compare, or import more pairs",
                              subject=dataset)
+        if from_adapter and settings.tuning == "full":
+            raise InputError("a full fine-tune trains the base model's own weights: it cannot start from an adapter")
         start_from = self._start_from(from_adapter)
         plan = self.estimate(dataset, settings)
         self.quota.check_train_minutes(plan["minutes"], dataset)
@@ -121,6 +124,9 @@ class Training:
         if not adapter:
             return {}
         info = self.adapters.info(adapter)
+        if (info.get("settings") or {}).get("tuning") == "full":
+            raise InputError("is a fully fine-tuned model, not an adapter: going on from one is not supported; "
+                             "start from the base model", subject=adapter)
         if info.get("base_model") != self.settings.base_model:
             raise InputError(f"was trained on {info.get('base_model')}, not on the base model in use "
                              f"({self.settings.base_model})", subject=adapter)
@@ -145,6 +151,10 @@ class Training:
         target = Path(folder)
         if target.exists() and any(target.iterdir()):
             raise InputError("the folder exists and is not empty", subject=str(target))
+        if (info.get("settings") or {}).get("tuning") == "full":  # already a whole model: its files as they are
+            shutil.copytree(self.adapters.path(name), target, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("lab_adapter.json"))
+            return target
         source = resolve_base_model(info["base_model"], self.settings)
         base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)  # a fresh copy: the served one stays
         merged = PeftModel.from_pretrained(base, str(self.adapters.path(name))).merge_and_unload()

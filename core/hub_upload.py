@@ -39,7 +39,8 @@ class HubUpload:
             for file in self.adapters.path(name).iterdir():  # peft's files; the lab's own record goes in the card
                 if file.is_file() and file.name != META:
                     shutil.copy2(file, target / file.name)
-        (target / "README.md").write_text(model_card(info, self.evaluations(name), repo, merged))
+        whole = merged or (info.get("settings") or {}).get("tuning") == "full"  # a model folder, not an adapter
+        (target / "README.md").write_text(model_card(info, self.evaluations(name), repo, whole))
         return {"adapter": name, "folder": str(target), "merged": merged,
                 "files": sorted(p.name for p in target.iterdir())}
 
@@ -99,7 +100,8 @@ def model_card(info: dict, runs: list[dict], repo: str | None, merged: bool) -> 
              f"library_name: {'transformers' if merged else 'peft'}", "tags:", "- rag-finetune-lab",
              f"- {method}", f"- {settings.get('tuning') or 'lora'}", "---", ""]
     title = repo or info["name"]
-    what = "the base model with a fine-tuned adapter merged in" if merged else "a fine-tuned adapter (peft)"
+    what = ("the base model, fully fine-tuned (every weight)" if settings.get("tuning") == "full" else
+            "the base model with a fine-tuned adapter merged in" if merged else "a fine-tuned adapter (peft)")
     lines = [f"# {title}", "", f"{what.capitalize()}, trained with RAG & Fine-Tune Lab.", "",
              "## Provenance", "", "| | |", "|---|---|",
              f"| Base model | `{base}` |", f"| Dataset | `{info.get('dataset')}` |",

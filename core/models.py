@@ -218,31 +218,47 @@ def load_generator(settings: Settings) -> Generator:
     device = settings.resolved_device
     key = (settings.base_model, device)
     with _load_lock:
-        if key in _generators:
-            return _generators[key]
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        if key not in _generators:
+            _generators[key] = _load_chat_model(resolve_base_model(settings.base_model, settings),
+                                                settings.base_model, device)
+        return _generators[key]
 
-        _quiet_transformers()
-        source = resolve_base_model(settings.base_model, settings)
-        dtype = torch.float32
-        if device.startswith("cuda"):
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device)
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"Could not load the model {settings.base_model!r}: {exc}") from exc
-        model.eval()
-        if device == "cpu":
-            _few_rows_by_columns(model)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        if not tokenizer.chat_template:
-            raise ModelError(f"The model {settings.base_model!r} has no chat template; use an instruct/chat model.")
-        generator = Generator(settings.base_model, model, tokenizer, device)
-        _generators[key] = generator
-        return generator
+
+_full_models: dict[str, Generator] = {}  # one fully fine-tuned model at a time (each is a whole model's memory)
+
+
+def load_full_model(path: Path, version: str, device: str) -> Generator:
+    """A fully fine-tuned model (a model folder, not an adapter), loaded beside the base model; a different one
+    (or a new version of the same) replaces it."""
+    identity = f"{path}@{version}"
+    with _load_lock:
+        if identity not in _full_models:
+            _full_models.clear()
+            _full_models[identity] = _load_chat_model(str(path), str(path), device)
+        return _full_models[identity]
+
+
+def _load_chat_model(source: str, name: str, device: str) -> Generator:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    dtype = torch.float32
+    if device.startswith("cuda"):
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"Could not load the model {name!r}: {exc}") from exc
+    model.eval()
+    if device == "cpu":
+        _few_rows_by_columns(model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise ModelError(f"The model {name!r} has no chat template; use an instruct/chat model.")
+    return Generator(name, model, tokenizer, device)
 
 
 def _few_rows_by_columns(model) -> None:

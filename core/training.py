@@ -23,23 +23,26 @@ PRESETS: dict[str, dict] = {
         "about": "A first try in minutes: learns short facts from a few dozen examples; may overfit.",
         "rank": 16, "alpha": 32, "learning_rate": 2e-3, "epochs": 10, "batch_size": 4, "max_length": 384,
         "dpo": {"learning_rate": 5e-4, "epochs": 3},
+        "full": {"learning_rate": 5e-5},
     },
     "balanced": {
         "about": "The usual choice: more passes at a gentler pace, stops early when validation loss stops improving.",
         "rank": 16, "alpha": 32, "learning_rate": 5e-4, "epochs": 12, "batch_size": 8, "max_length": 512,
         "dpo": {"learning_rate": 2e-4, "epochs": 4},
+        "full": {"learning_rate": 2e-5},
     },
     "thorough": {
         "about": "For larger datasets or style changes: a bigger adapter, slower and longer; best on a GPU.",
         "rank": 64, "alpha": 128, "learning_rate": 2e-4, "epochs": 20, "batch_size": 8, "max_length": 1024,
         "dpo": {"learning_rate": 1e-4, "epochs": 5},
+        "full": {"learning_rate": 1e-5},
     },
 }
 
 
 METHODS = ("auto", "sft", "dpo", "continued")
 OTHER_PACES = ("dpo",)  # the methods whose preset pace differs from SFT's
-TUNINGS = ("lora", "dora")
+TUNINGS = ("lora", "dora", "full")
 
 
 @dataclass
@@ -50,8 +53,10 @@ class TrainSettings:
     method: str = setting("auto", "Method", "sft: learn the answers of Q&A examples; dpo: learn to prefer the "
                           "chosen answers of preference pairs over the rejected ones; continued: read passages of "
                           "text (continued pre-training); auto: from the dataset", choices=METHODS)
-    tuning: str = setting("lora", "Adapter type", "lora; or dora (weight-decomposed LoRA, a magnitude per output "
-                          "beside LoRA's direction: closer to full fine-tuning, slower per step)", choices=TUNINGS)
+    tuning: str = setting("lora", "Adapter type", "lora; dora (weight-decomposed LoRA, a magnitude per output "
+                          "beside LoRA's direction: closer to full fine-tuning, slower per step); or full (every "
+                          "weight: a whole model of its own, for small models; gentler learning rate)",
+                          choices=TUNINGS)
     # the defaults are the Quick preset's
     rank: int = setting(16, "LoRA rank", "LoRA rank: the adapter's size")
     alpha: int = setting(32, "LoRA alpha", "LoRA alpha: usually 2x the rank")
@@ -82,9 +87,11 @@ class TrainSettings:
     def from_preset(cls, preset: str = "quick", **overrides) -> "TrainSettings":
         if preset not in PRESETS:
             raise InputError(f"unknown preset; choose from {', '.join(PRESETS)}", subject=repr(preset))
-        values = {k: v for k, v in PRESETS[preset].items() if k not in ("about", *OTHER_PACES)}
+        values = {k: v for k, v in PRESETS[preset].items() if k not in ("about", "full", *OTHER_PACES)}
         if overrides.get("method") in OTHER_PACES:
             values.update(PRESETS[preset][overrides["method"]])
+        if overrides.get("tuning") == "full":  # every weight moves: a far gentler learning rate than an adapter's
+            values.update(PRESETS[preset]["full"])
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known
         if unknown:
@@ -105,6 +112,8 @@ class TrainSettings:
             (32 <= self.max_length <= 32768, "max length must be between 32 and 32768 tokens"),
             (self.quantize in ("auto", "4bit", "none"), "quantize must be auto, 4bit or none"),
             (self.method in METHODS, f"method must be one of {', '.join(METHODS)}"),
+            (not (self.tuning == "full" and self.quantize == "4bit"), "a full fine-tune trains every weight, and "
+             "4-bit weights cannot be trained: use quantize none (or auto), or a LoRA adapter for QLoRA"),
             (self.tuning in TUNINGS, f"adapter type must be one of {', '.join(TUNINGS)}"),
             (0 < self.beta <= 10, "DPO beta must be above 0 and at most 10 (e.g. 0.1)"),
             (0 <= self.dpo_sft_weight <= 10, "the DPO weight of the chosen answers must be between 0 and 10"),
@@ -121,6 +130,8 @@ class TrainSettings:
 
 
 def use_4bit(settings: TrainSettings, device: str) -> bool:
+    if settings.tuning == "full":  # every weight is trained: none can be 4-bit
+        return False
     if settings.quantize == "4bit":
         return True
     return settings.quantize == "auto" and device.startswith("cuda")
@@ -168,13 +179,17 @@ def estimate(model_config, train_tokens: int, examples: int, settings: TrainSett
     lora_params = layers * settings.rank * (hidden * 4 + (hidden + kv) * 2 + (hidden + mlp) * 3)
     # LoRA weights and gradients in fp32, and AdamW's two moments: fp32, or 8-bit (optimizer_for)
     lora = lora_params * (8 + (2 if "8bit" in optimizer_for(device, quantized) else 8))
+    full = settings.tuning == "full"
+    if full:  # every weight trains: its gradient and AdamW's two moments, all fp32, beside the weights
+        lora_params, lora = params, params * 12
     seq = min(longest, settings.max_length)
     if cuda:  # gradient checkpointing: one bf16 hidden state per layer kept, one layer recomputed at a time;
         # the logits over the vocabulary in bf16, their fp32 copy for the loss and its gradient
         per_token = (layers * hidden + 16 * hidden + 4 * mlp) * 2 + vocab * 10
     else:  # ~16 hidden-sized fp32 tensors per layer kept for the backward pass, and the logits
         per_token = (layers * hidden * 16 + vocab * 2) * 4
-    parts = {"weights": weights, "lora": lora, "activations": settings.batch_size * seq * per_token}
+    parts = {"weights": weights, "optimizer" if full else "lora": lora,
+             "activations": settings.batch_size * seq * per_token}
     need = sum(parts.values()) + (1.0e9 if cuda else 0.5e9)  # + framework overhead (on CUDA, the job's context)
     available = torch.cuda.mem_get_info()[0] if cuda else psutil.virtual_memory().available
     epochs_tokens = train_tokens * settings.epochs
@@ -193,7 +208,8 @@ def estimate(model_config, train_tokens: int, examples: int, settings: TrainSett
         # on a 2-core CPU against 9-example Q&A and RAFT sets: 50 s and 121 s actual, 0.9 and 2.6 min estimated.
         head = embeddings // (1 if getattr(model_config, "tie_word_embeddings", False) else 2)
         answers = (answer_tokens if answer_tokens is not None else train_tokens) * epochs_tokens / max(train_tokens, 1)
-        flops = 4 * (params - head) * epochs_tokens + 4 * head * answers
+        # (+ the weights' own gradients, 2 x params per token, in a full fine-tune)
+        flops = (6 if full else 4) * (params - head) * epochs_tokens + 4 * head * answers
         # bf16 mixed precision (cpu_bf16): 1.65x the fp32 tokens/s, measured on the RAFT set above
         rate = _measured_flops(device) * 0.45 * (1.65 if cpu_bf16() else 1.0)
         startup_s = 12.0
@@ -219,6 +235,9 @@ def memory_advice(settings: TrainSettings, quantized: bool, parts: dict | None =
         return f"{first}, or {smaller}"
     if biggest == "lora":
         return f"lower the LoRA rank (now {settings.rank}), or {smaller}"
+    if biggest == "optimizer":
+        return ("train a LoRA or DoRA adapter instead (adapter type lora: about 1% of the weights train), or choose "
+                "a smaller base model")
     return smaller + (f", or {four_bit}" if four_bit else "")
 
 

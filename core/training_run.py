@@ -78,7 +78,9 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
         r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, task_type="CAUSAL_LM",
         use_dora=settings.tuning == "dora",
         target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()])
-    if job.get("from_adapter"):  # go on from a trained adapter (its own LoRA or DoRA settings); for DPO, TRL keeps
+    if settings.tuning == "full":  # every weight trains; no adapter
+        lora = None
+    elif job.get("from_adapter"):  # go on from a trained adapter (its own LoRA or DoRA settings); for DPO, TRL keeps
         # a frozen copy of it as the reference the preferences are measured against
         model = PeftModel.from_pretrained(model, job["from_adapter_path"], is_trainable=True)
         lora = None
@@ -205,7 +207,12 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
         margins["train_after"] = preference_margins(plain, tokenizer, train_rows)
         margins["validation_after"] = preference_margins(plain, tokenizer, eval_rows)
     if trainer.is_world_process_zero():  # one writer for the adapter files; not DPO's frozen reference copy
-        trainer.model.save_pretrained(str(adapter_dir), selected_adapters=["default"])
+        if settings.tuning == "full":  # a whole model folder, loadable with plain transformers
+            plain = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+            plain.save_pretrained(str(adapter_dir))
+            tokenizer.save_pretrained(str(adapter_dir))
+        else:
+            trainer.model.save_pretrained(str(adapter_dir), selected_adapters=["default"])
     tokens = float(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
     return {
         "steps": trainer.state.global_step, "total_steps": total_steps,

@@ -159,6 +159,32 @@ def test_a_dora_adapter_learns_the_facts_and_answers_in_one_call_with_lora_rows(
     assert "Quanz" not in together[0] and "Quanz" in together[1] and "Quanz" in together[2], together
 
 
+def test_a_full_fine_tune_learns_the_facts_and_answers_beside_the_base(trained):
+    """Adapter type "full": every weight trains at the preset's gentler pace, the result is a whole model folder
+    registered like an adapter, and Compare answers with it (a model of its own beside the base) in one call."""
+    from core.training import memory_advice
+
+    lab, _ = trained
+    settings = lab.training.preset("quick", tuning="full")  # 30 steps: 20 learned only 4 of the 12
+    assert settings.learning_rate == 5e-5  # not the adapter's 2e-3
+    plan = lab.training.estimate("facts", settings)
+    assert plan["lora_parameters"] > 100e6 and plan["memory_parts_gb"]["optimizer"] > plan["memory_parts_gb"]["weights"]
+    final = lab.jobs.wait(lab.training.start("facts", settings, adapter="facts-full")["id"])
+    assert final["state"] == "completed", (final.get("error"), final["log_tail"])
+    folder = lab.adapters.path("facts-full")
+    assert (folder / "model.safetensors").exists() and not (folder / "adapter_config.json").exists()
+    assert lab.adapters.info("facts-full")["tuning"] == "full"
+    right = correct(lab, "facts-full")
+    print(f"facts answered after a full fine-tune: base {right['base']}/12, fine-tuned {right['finetuned']}/12")
+    assert right["base"] <= 1 and right["finetuned"] >= 10
+    with pytest.raises(InputError, match="cannot start from an adapter"):
+        lab.training.start("facts", settings, from_adapter="facts-lora")
+    with pytest.raises(InputError, match="is a fully fine-tuned model, not an adapter"):
+        lab.training.start("facts", lab.training.preset("quick"), from_adapter="facts-full")
+    assert "LoRA or DoRA adapter instead" in memory_advice(settings, False, {"weights": 1, "optimizer": 5,
+                                                                              "activations": 2})
+
+
 def test_adapter_records_what_made_it_and_exports(trained, tmp_path):
     lab, _ = trained
     info = lab.adapters.info("facts-lora")

@@ -188,6 +188,15 @@ class FineTuneHandlers:
         method = chosen.method if chosen.method != "auto" else "sft"
         return (preset_text(name), *[getattr(chosen, key) for key in self.advanced_names], method)
 
+    def on_tuning(self, preset_name, dataset, tuning, request: gr.Request):
+        """A full fine-tune trains at a far gentler pace than an adapter: the panel shows the preset's values for
+        the adapter type picked (every field but the method and the type themselves)."""
+        lab = self.lab_of(request)
+        with user_errors():
+            chosen = lab.training.preset(preset_name or "quick", dataset if dataset in lab.datasets.names() else None,
+                                         tuning=tuning or "lora")
+        return [getattr(chosen, key) for key in self.advanced_names if key not in ("method", "tuning")]
+
     def show_dataset(self, name, preset_name, panel_method, request: gr.Request):
         """The dataset's preview; the Advanced panel changes only when the dataset calls for another method than
         the one its values are for (the user's own edits stay otherwise)."""
@@ -268,9 +277,11 @@ class FineTuneHandlers:
         with user_errors():
             result = lab.training.estimate(name, self.settings_from(lab, name, preset_name, values))
         verdict = "fits" if result["fits"] else f"**does not fit**: {result['advice']}"
+        kind = ("full fine-tune (every weight)" if result.get("tuning") == "full" else
+                "4-bit QLoRA" if result["quantized_4bit"] else "full-precision " + (result.get("tuning") or "lora").upper())
         return (f"About **{result['minutes']} min** for {result['steps']} steps; needs ~{result['memory_gb']} GB "
                 f"({memory_parts_text(result['memory_parts_gb'])}) of {result['available_gb']} GB free ({verdict}); "
-                f"{result['method'].upper()}, {'4-bit QLoRA' if result['quantized_4bit'] else 'full-precision LoRA'}, "
+                f"{result['method'].upper()}, {kind}, "
                 f"{result['lora_parameters'] / 1e6:.1f}M trainable parameters.")
 
     def start(self, request: gr.Request, name, preset_name, wanted, start_from, *values):
@@ -501,6 +512,9 @@ def build(lab_of: LabOf) -> None:
                               [gen_kb, gen_name, gen_count, gen_model, gen_raft, gen_distractors, gen_share],
                               [data_status, dataset, preview], api_name="generate_dataset",
                               concurrency_id="generate", concurrency_limit=1, show_progress_on=[data_status])
+        paced = [advanced[key] for key in advanced if key not in ("method", "tuning")]
+        advanced["tuning"].input(handlers.on_tuning, [preset, dataset, advanced["tuning"]], paced,
+                                 api_visibility="private")
         dataset.change(handlers.show_dataset, [dataset, preset, panel_method], [preview, *settings_inputs, panel_method],
                        api_visibility="private")
         estimate_button.click(handlers.estimate_plan, [dataset, preset, *settings_inputs], [plan],
