@@ -218,6 +218,7 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
         "steps": trainer.state.global_step, "total_steps": total_steps,
         "train_loss": history["train"][-1][1] if history["train"] else round(float(result.training_loss), 4),
         "eval_loss": final_eval, "history": history, "seconds": round(time.time() - started, 1),
+        "training_seconds": round(training_s, 1),  # the training loop alone
         "tokens_per_s": round(tokens / training_s, 1) if tokens else None,
         "method": settings.method, "tuning": settings.tuning, "from_adapter": job.get("from_adapter"),
         "margins": margins, "tensorboard": str(job_dir / "tensorboard"),
