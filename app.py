@@ -7,7 +7,7 @@ import gradio as gr
 
 from core.answers import warm_up
 from core.workspaces import Workspaces, demo_mode_from_env
-from ui import compare_tab, evaluate_tab, finetune_tab, knowledge_tab, study_tab
+from ui import compare_tab, evaluate_tab, finetune_tab, knowledge_tab, models_panel, study_tab
 from ui.workspace import COOKIE_SCRIPT, LabOf
 
 DEMO_NOTE = ("**Demo mode:** your knowledge bases, datasets, adapters and votes are yours alone and are deleted "
@@ -17,19 +17,13 @@ DEMO_NOTE = ("**Demo mode:** your knowledge bases, datasets, adapters and votes 
 
 def build_app(workspaces: Workspaces) -> gr.Blocks:
     lab_of = LabOf(workspaces)
-    settings = workspaces.settings
-    from core.models import describe_model
-
-    where = "a workspace of your own" if workspaces.demo else f"`{settings.data_dir}`"
     # Uploads and exports pile up in Gradio's cache; on a public Space, files older than 2 h go (checked hourly).
     with gr.Blocks(title="RAG & Fine-Tune Lab", delete_cache=(3600, 7200) if workspaces.demo else None) as demo:
         gr.Markdown(
             "# RAG & Fine-Tune Lab\n"
-            "For your documents: should you use **RAG**, **fine-tuning**, or both? Run the whole study in one click, or go step by step: add documents, fine-tune on Q&A, compare answers, then evaluate.\n\n"
-            f"<sub>Model: **{describe_model(settings.base_model)}** · Embeddings: "
-            f"**{describe_model(settings.embed_model)}** · Device: **{settings.resolved_device.upper()}** · "
-            f"Data: {where}</sub>"
+            "For your documents: should you use **RAG**, **fine-tuning**, or both? Run the whole study in one click, or go step by step: add documents, fine-tune on Q&A, compare answers, then evaluate."
         )
+        model_panel = models_panel.build(lab_of)
         if workspaces.demo:
             limits = workspaces.limits
             gr.Markdown(DEMO_NOTE.format(hours=limits.idle_minutes / 60, mb=limits.max_file_mb,
@@ -37,7 +31,7 @@ def build_app(workspaces: Workspaces) -> gr.Blocks:
                         elem_id="demo-note")
         with gr.Tabs():
             # The study first: a new user can run the whole experiment from the first screen.
-            opened = [study_tab.build(lab_of), knowledge_tab.build(lab_of), finetune_tab.build(lab_of),
+            opened = [model_panel, study_tab.build(lab_of), knowledge_tab.build(lab_of), finetune_tab.build(lab_of),
                       compare_tab.build(lab_of), evaluate_tab.build(lab_of)]
         # Each time a page opens, the tabs show the visitor's own data: the page is built once at start-up (in demo
         # mode, empty), and knowledge bases made since (or a returning visitor's) should be there, the last used

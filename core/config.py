@@ -14,6 +14,26 @@ BUNDLED_BASE_MODEL = "bundled:SmolLM2-135M-Instruct"
 BUNDLED_EMBED_MODEL = "bundled:all-MiniLM-L6-v2"
 # Where a Space (online) gets the same base model when the bundled package is not installed.
 HUB_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# The models folder under the data folder (core.model_library), how a model in it is named, and the file that keeps
+# the model chosen in the app or with `models use`.
+MODELS_FOLDER = "models"
+LOCAL_PREFIX = "local:"
+CHOICE_FILE = "model.json"
+
+
+def hub_online() -> bool:
+    """Whether the Hub may be reached: HF_HUB_OFFLINE=0 (core sets 1 outside a Space, so defaults work offline)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("0", "", "false", "no", "off")
+
+
+def chosen_model(data_dir: Path) -> str | None:
+    """The base model last chosen for this data folder (in the app or with `models use`), if any."""
+    import json
+
+    try:
+        return json.loads((Path(data_dir) / CHOICE_FILE).read_text()).get("base_model") or None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _env_number(name: str, default, cast=int):
@@ -84,12 +104,15 @@ class Settings:
 
 
 def load_settings(**overrides) -> Settings:
-    data_dir = Path(os.environ.get("LAB_DATA_DIR") or PROJECT_ROOT / "data").expanduser().resolve()
+    """Settings from the environment; the base model is LAB_BASE_MODEL when set, else the one last chosen for the
+    data folder, else the bundled one."""
+    data_dir = Path(overrides.pop("data_dir", None) or os.environ.get("LAB_DATA_DIR") or PROJECT_ROOT / "data")
+    data_dir = data_dir.expanduser().resolve()
     cache = os.environ.get("LAB_MODEL_CACHE")
     settings = Settings(
         data_dir=data_dir,
-        model_cache_dir=Path(cache).expanduser().resolve() if cache else data_dir / "models",
-        base_model=os.environ.get("LAB_BASE_MODEL") or BUNDLED_BASE_MODEL,
+        model_cache_dir=Path(cache).expanduser().resolve() if cache else data_dir / MODELS_FOLDER,
+        base_model=os.environ.get("LAB_BASE_MODEL") or chosen_model(data_dir) or BUNDLED_BASE_MODEL,
         embed_model=os.environ.get("LAB_EMBED_MODEL") or BUNDLED_EMBED_MODEL,
         device=os.environ.get("LAB_DEVICE") or "auto",
         chunk_size=_env_number("LAB_CHUNK_SIZE", 200),

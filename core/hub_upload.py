@@ -5,13 +5,13 @@ still be written and uploaded later."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
 from pathlib import Path
 
 from core.adapters import META, AdapterStore
+from core.config import hub_online
 from core.errors import InputError
 from core.eval_store import EvalStore
 from core.finetuning import Training
@@ -51,7 +51,7 @@ class HubUpload:
             raise InputError("the Hub repository must be written USER/REPO (letters, digits, '-', '_', '.')",
                              subject=repr(repo))
         self.adapters.info(name)
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        if not hub_online():
             raise InputError("offline: HF_HUB_OFFLINE=1, the default outside a Space (set HF_HUB_OFFLINE=0 to reach "
                              "the Hub). Or write the folder with --to-folder DIR and upload it later "
                              "(huggingface-cli upload REPO DIR)")

@@ -13,6 +13,10 @@ of its own; each capability lives in its service:
   lab.evaluation  test items, scored runs, costs, advice                (core/evaluation.py)
   lab.evals       saved evaluation runs                                 (core/eval_store.py)
   lab.studies     the whole experiment in one go, and its report         (core/study.py)
+  lab.models      the loaded models: generator, embedder, reranker       (core/models.py)
+  lab.base_models the base models to choose from, downloads              (core/model_library.py)
+
+lab.use_model(name) switches the base model: loaded once, the choice kept, every service then uses it.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from core.jobs import JobStore
 from core.knowledge import KnowledgeBases
 from core.limits import DemoLimits, Quota
 from core.model_export import ModelExport
+from core.model_library import ModelLibrary
 from core.models import Models, describe_model
 from core.store import close_store, open_store
 from core.study import Studies
@@ -41,10 +46,15 @@ class Lab:
                  device_lock_dir: Path | None = None):
         """`limits`: a demo workspace's caps and rate limits;
         `device_lock_dir`: where training jobs queue for the device, when several data folders share one."""
-        self.settings = settings = settings or load_settings()
-        data_dir = settings.data_dir
-        self.models = Models(settings)
+        self.limits, self.device_lock_dir = limits, device_lock_dir
         self.quota = Quota(limits)
+        self._assemble(settings or load_settings())
+
+    def _assemble(self, settings: Settings) -> None:
+        self.settings = settings
+        data_dir, limits, device_lock_dir = settings.data_dir, self.limits, self.device_lock_dir
+        self.models = Models(settings)
+        self.base_models = ModelLibrary(settings, demo=limits is not None)
         self.kbs = KnowledgeBases(settings, open_store(data_dir, settings.chroma_url), self.models, self.quota)
         self.votes = VoteStore(data_dir)
         self.datasets = Datasets(data_dir, self.kbs, self.models, self.quota, self.votes)
@@ -57,7 +67,12 @@ class Lab:
         self.hub = HubUpload(self.training, self.adapters, self.evals)
         self.evaluation = Evaluation(settings, self.evals, self.answers, self.kbs, self.datasets, self.adapters,
                                      self.models, self.quota)
-        self.studies = Studies(data_dir, self.kbs, self.quota, device_lock_dir)
+        self.studies = Studies(data_dir, self.kbs, self.quota, device_lock_dir, base_model=settings.base_model)
+
+    def use_model(self, name: str) -> dict:
+        """Switch the base model (core.model_library says when it is refused); every service then uses it."""
+        self._assemble(self.base_models.switch(name))
+        return self.base_models.find(self.settings.base_model).to_dict()
 
     def info(self) -> dict:
         s = self.settings

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.config import BUNDLED_BASE_MODEL, BUNDLED_EMBED_MODEL, HUB_BASE_MODEL, Settings
+from core.config import BUNDLED_BASE_MODEL, BUNDLED_EMBED_MODEL, HUB_BASE_MODEL, LOCAL_PREFIX, MODELS_FOLDER, Settings
 from core.errors import ModelError
 from core.fileio import file_lock
 
@@ -48,6 +48,8 @@ def bundled_embedder_dir() -> Path | None:
 
 def describe_model(name: str) -> str:
     """Short human label for the UI header."""
+    if name.startswith(LOCAL_PREFIX):
+        return name[len(LOCAL_PREFIX):]
     return name.split(":", 1)[1] + " (bundled)" if name.startswith("bundled:") else name
 
 
@@ -125,7 +127,16 @@ def resolve_base_model(name: str, settings: Settings) -> str:
                 "or set LAB_BASE_MODEL to a Hugging Face id or local folder."
             )
         return str(converted_checkpoint(gguf, settings.model_cache_dir))
-    path = Path(name).expanduser()
+    if name.startswith(LOCAL_PREFIX):  # a folder or .gguf file in the models folder (core.model_library)
+        path = settings.data_dir / MODELS_FOLDER / name[len(LOCAL_PREFIX):]
+        if not path.exists():
+            raise ModelError(f"The model {name!r} is not in {path.parent} any more: put it back, or choose another "
+                             "(python -m core models list).")
+    else:
+        path = Path(name).expanduser()
+        downloaded = settings.data_dir / MODELS_FOLDER / name.replace("/", "--")
+        if not path.exists() and (downloaded / "download.json").exists():  # a Hub id downloaded into the models folder
+            path = downloaded
     if path.suffix == ".gguf" and path.is_file():
         return str(converted_checkpoint(path.resolve(), settings.model_cache_dir))
     return str(path) if path.exists() else name
@@ -222,6 +233,18 @@ def load_generator(settings: Settings) -> Generator:
             _generators[key] = _load_chat_model(resolve_base_model(settings.base_model, settings),
                                                 settings.base_model, device)
         return _generators[key]
+
+
+def release_generators(keep: str) -> None:
+    """Forget every loaded chat model but `keep` (after a switch of base model: a generation still running holds its
+    own reference and finishes), so the old one's memory is freed once nothing uses it."""
+    import gc
+
+    with _load_lock:
+        for key in [k for k in _generators if k[0] != keep]:
+            del _generators[key]
+        _full_models.clear()
+    gc.collect()
 
 
 _full_models: dict[str, Generator] = {}  # one fully fine-tuned model at a time (each is a whole model's memory)

@@ -55,8 +55,9 @@ def running_studies(data_dir: Path) -> list[str]:
 class Studies(FolderRegistry):
     marker, what, hint = "study.json", "study", "none yet: run one first"
 
-    def __init__(self, data_dir: Path, kbs: KnowledgeBases, quota: Quota, lock_dir: Path | None = None):
-        self.data_dir = Path(data_dir)
+    def __init__(self, data_dir: Path, kbs: KnowledgeBases, quota: Quota, lock_dir: Path | None = None,
+                 base_model: str | None = None):
+        self.data_dir, self.base_model = Path(data_dir), base_model  # the model a study started now uses
         super().__init__(self.data_dir / "studies")
         self.kbs, self.quota, self.lock_dir = kbs, quota, lock_dir
 
@@ -93,7 +94,7 @@ class Studies(FolderRegistry):
         folder.mkdir(parents=True)
         study = {"name": name, "kb": kb, "minutes": float(minutes), "questions": questions, "seed": seed,
                  "created": time.time(),
-                 "data_dir": str(self.data_dir), "qa_file": None,
+                 "data_dir": str(self.data_dir), "qa_file": None, "base_model": self.base_model,
                  "caps": {"train_minutes": limits.max_train_minutes, "eval_questions": limits.max_eval_questions}
                  if limits else None}
         if qa_file:

@@ -33,7 +33,9 @@ class StudyRun:
         self.study = read_json(folder / "study.json")
         self.name = self.study["name"]
         lock_dir = self.study.get("lock_dir")
-        self.lab = Lab(load_settings(data_dir=Path(self.study["data_dir"])),
+        # the model the study started with, even if another has been chosen since (older studies: the current one)
+        model = {"base_model": self.study["base_model"]} if self.study.get("base_model") else {}
+        self.lab = Lab(load_settings(data_dir=Path(self.study["data_dir"]), **model),
                        device_lock_dir=Path(lock_dir) if lock_dir else None)
         self.lock_dir = Path(lock_dir) if lock_dir else self.lab.jobs.root
         self.stage = None

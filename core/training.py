@@ -165,7 +165,7 @@ def estimate(model_config, train_tokens: int, examples: int, settings: TrainSett
 
     cuda = device.startswith("cuda")
     hidden, layers, vocab = model_config.hidden_size, model_config.num_hidden_layers, model_config.vocab_size
-    params = _parameter_count(model_config)
+    params = parameters_of(model_config)
     quantized = use_4bit(settings, device)
     embeddings = vocab * hidden * (1 if getattr(model_config, "tie_word_embeddings", False) else 2)
     # 4-bit: the linear layers in NF4 with double-quantized scales (~0.52 bytes a weight); the embeddings and an
@@ -259,7 +259,7 @@ def cpu_bf16() -> bool:
     return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
 
 
-def _parameter_count(config) -> int:
+def parameters_of(config) -> int:
     hidden, layers = config.hidden_size, config.num_hidden_layers
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", heads) or heads

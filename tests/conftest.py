@@ -81,6 +81,22 @@ def write_scanned_pdf(path: Path) -> Path:
     return path
 
 
+def tiny_chat_model(folder: Path, tokenizer, seed: int = 0) -> Path:
+    """A small Llama-architecture chat model with the given tokenizer (the bundled model's) and random weights
+    (~3.3M parameters, 13 MB): loads, answers and trains in seconds. Its answers are noise, by design."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

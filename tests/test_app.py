@@ -765,3 +765,46 @@ def test_demo_mode_gives_each_visitor_their_own_workspace(demo_server, browser, 
     finally:
         alice_context.close()
         bob_context.close()
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_browser_switches_the_model_from_the_header_and_answers_with_it(page, tmp_path):
+    """A model folder dropped into the models folder is offered in the header's picker with its size and memory;
+    Use switches the served model without a restart (the header says so, a new page keeps it, Compare answers with
+    it), and back."""
+    from conftest import tiny_chat_model
+    from core.config import load_settings
+    from core.models import load_generator
+
+    data_dir = tmp_path / "data"
+    tiny_chat_model(data_dir / "models" / "tiny", load_generator(load_settings(data_dir=data_dir)).tokenizer)
+    for url in start_app(data_dir):
+        open_app(page, url)
+        assert "SmolLM2-135M-Instruct (bundled)" in page.locator("#model-header").inner_text()
+        page.locator("#model-panel").get_by_text("Choose the model").click()
+        page.locator("#model-pick input").click()
+        options = page.get_by_role("option").all_inner_texts()
+        tiny = next(o for o in options if o.startswith("tiny"))
+        assert re.search(r"tiny · 3M · answer [0-9.]+ GB · train [0-9.]+ GB", tiny), options
+        assert any(o.startswith("Qwen/Qwen2.5-0.5B-Instruct") and "download 0.99 GB" in o for o in options), options
+        page.get_by_role("option", name=tiny).click()
+        page.locator("#model-use").click()
+        wait_for_text(page, "model-status", "Now answering, training and evaluating with tiny")
+        wait_for_text(page, "model-header", "Model: tiny")
+        assert json.loads((data_dir / "model.json").read_text()) == {"base_model": "local:tiny"}
+
+        open_app(page, url)  # a new page: the model chosen stays
+        wait_for_text(page, "model-header", "Model: tiny")
+        page.get_by_role("tab", name="3 · Compare").click()
+        page.get_by_label("Fine-tuned", exact=True).uncheck()
+        page.get_by_label("Fine-tuned + RAG").uncheck()
+        page.get_by_label("RAG", exact=True).uncheck()
+        page.locator("#question textarea").fill("Who designed the Quorvin Bridge?")
+        set_max_tokens(page, MAX_NEW_TOKENS)
+        page.locator("#ask").click()
+        wait_for_text(page, "stats-0", "tokens/s", timeout=GENERATION_TIMEOUT_MS)
+        # noise from random weights (maybe no visible characters), but tokens from the tiny model
+        assert int(re.search(r"(\d+) out", page.locator("#stats-0").inner_text()).group(1)) > 0
+        log = (data_dir.parent / next(p.name for p in data_dir.parent.glob("app-*.log"))).read_text()
+        assert "Traceback" not in log, log[-3000:]

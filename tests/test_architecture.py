@@ -122,6 +122,6 @@ def test_the_front_door_holds_no_logic():
     tree = ast.parse((CORE / "lab.py").read_text(encoding="utf-8"))
     lab = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Lab")
     methods = [n for n in lab.body if isinstance(n, ast.FunctionDef)]
-    long = {m.name: m.end_lineno - m.lineno for m in methods if m.name != "__init__" and m.end_lineno - m.lineno > 6}
+    long = {m.name: m.end_lineno - m.lineno for m in methods if m.name not in ("__init__", "_assemble") and m.end_lineno - m.lineno > 6}
     assert not long, long
-    assert {m.name for m in methods} <= {"__init__", "info", "close"}
+    assert {m.name for m in methods} <= {"__init__", "_assemble", "use_model", "info", "close"}

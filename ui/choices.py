@@ -28,8 +28,13 @@ def dataset_to_show(lab: Lab | None, shown: str | None = None) -> str | None:
     return max(names, key=lambda name: lab.datasets.info(name).created) if names else None
 
 
-def adapter_choices(lab: Lab | None) -> list[str]:
-    return lab.adapters.names() if lab else []
+def adapter_choices(lab: Lab | None, matching: bool = False) -> list[str]:
+    """The adapters; with `matching`, only those trained on the base model in use (the ones that can answer)."""
+    if lab is None:
+        return []
+    if not matching:
+        return lab.adapters.names()
+    return [a["name"] for a in lab.adapters.list() if a.get("base_model") == lab.settings.base_model]
 
 
 def job_choices(lab: Lab | None) -> list[tuple[str, str]]:

@@ -163,7 +163,7 @@ class CompareHandlers:
         """A page opened (or refreshed): start on the knowledge base last used."""
         lab = self.lab_of(request)
         shown = kb_to_show(lab)
-        return (gr.update(choices=kb_choices(lab), value=shown), gr.update(choices=lab.adapters.names()),
+        return (gr.update(choices=kb_choices(lab), value=shown), gr.update(choices=adapter_choices(lab, matching=True)),
                 leaderboard_rows(lab, shown))
 
     def rearrange(self, state: ArenaSession, chosen, is_blind):
@@ -194,7 +194,7 @@ class CompareHandlers:
     def refresh(self, current, request: gr.Request):
         # Choices only for the adapter: a late reply must not put back a value the user has changed meanwhile.
         lab = self.lab_of(request)
-        return (gr.update(choices=kb_choices(lab), value=current), gr.update(choices=lab.adapters.names()),
+        return (gr.update(choices=kb_choices(lab), value=current), gr.update(choices=adapter_choices(lab, matching=True)),
                 leaderboard_rows(lab, current))
 
 
@@ -232,7 +232,7 @@ def build(lab_of: LabOf):
             # accepted; the engine reports an unknown name clearly.
             kb = gr.Dropdown(choices=kb_choices(first), value=kb_to_show(first), label="Knowledge base (for RAG)",
                              allow_custom_value=True, elem_id="compare-kb", scale=2)
-            adapter = gr.Dropdown(choices=adapter_choices(first), value=None, label="Fine-tuned adapter",
+            adapter = gr.Dropdown(choices=adapter_choices(first, matching=True), value=None, label="Fine-tuned adapter",
                                   info="Picking one switches on the two fine-tuned columns.",
                                   allow_custom_value=True,
                                   elem_id="compare-adapter", scale=2)

@@ -179,7 +179,7 @@ class EvaluateHandlers:
     def refresh(self, current, request: gr.Request):
         lab = self.lab_of(request)
         return (gr.update(choices=lab.datasets.names()), gr.update(choices=kb_choices(lab)),
-                gr.update(choices=lab.adapters.names()), gr.update(choices=run_ids(lab)))
+                gr.update(choices=adapter_choices(lab, matching=True)), gr.update(choices=run_ids(lab)))
 
 
 def build_advisor(handlers: EvaluateHandlers) -> None:
@@ -216,7 +216,7 @@ def build(lab_of: LabOf):
             variants = gr.CheckboxGroup(VARIANT_CHOICES, value=["base", "rag"], label="Variants", elem_id="ev-variants")
             kb = gr.Dropdown(choices=kb_choices(first), value=kb_to_show(first), label="Knowledge base (for RAG)",
                              allow_custom_value=True, elem_id="ev-kb")
-            adapter = gr.Dropdown(choices=adapter_choices(first), value=None, label="Adapter (for fine-tuned)",
+            adapter = gr.Dropdown(choices=adapter_choices(first, matching=True), value=None, label="Adapter (for fine-tuned)",
                                   allow_custom_value=True, elem_id="ev-adapter")
         with gr.Row():
             run_button = gr.Button("Run evaluation", variant="primary", elem_id="ev-run")

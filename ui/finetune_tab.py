@@ -11,13 +11,14 @@ import gradio as gr
 from core.errors import LabError
 from core.lab import Lab
 from core.finetuning import memory_parts_text
+from core.models import describe_model
 from core.training import PRESETS, TrainSettings
 from ui.choices import adapter_choices, dataset_choices, dataset_to_show, job_choices
 from ui.formatting import escape_plain, user_errors
 from ui.settings_form import settings_fields, values_of
 from ui.workspace import LabOf
 
-ADAPTER_HEADERS = ["Adapter", "Method", "Dataset", "Steps", "Train loss", "Validation loss", "Minutes", "Finished",
+ADAPTER_HEADERS = ["Adapter", "Base model", "Method", "Dataset", "Steps", "Train loss", "Validation loss", "Minutes", "Finished",
                    "Created"]
 ACTIVE = ("queued", "running")
 
@@ -29,7 +30,7 @@ def preset_text(name: str) -> str:
 def adapter_rows(lab: Lab | None) -> list[list]:
     if lab is None:
         return []
-    return [[a["name"], method_text(a), a.get("dataset"), f"{a.get('steps')}/{a.get('total_steps')}", a.get("train_loss"),
+    return [[a["name"], describe_model(a.get("base_model") or "?"), method_text(a), a.get("dataset"), f"{a.get('steps')}/{a.get('total_steps')}", a.get("train_loss"),
              a.get("eval_loss"), round((a.get("seconds") or 0) / 60, 1), "yes" if a.get("complete") else "stopped early",
              time.strftime("%Y-%m-%d %H:%M", time.localtime(a.get("created", 0)))] for a in lab.adapters.list()]
 
@@ -372,7 +373,7 @@ class FineTuneHandlers:
         chosen = (active or [current if current in known else None] or [None])[0] or (known or [None])[0]
         return (gr.update(choices=job_choices(lab), value=chosen), *job_updates(lab, chosen)[:4],
                 gr.update(choices=datasets, value=dataset), adapter_rows(lab), gr.update(choices=adapter_choices(lab)),
-                gr.update(choices=lab.kbs.names()), votes_text(lab), gr.update(choices=adapter_choices(lab)),
+                gr.update(choices=lab.kbs.names()), votes_text(lab), gr.update(choices=adapter_choices(lab, matching=True)),
                 gr.update(choices=lab.kbs.names()))
 
 
@@ -452,7 +453,7 @@ def build(lab_of: LabOf) -> None:
             with gr.Row():
                 adapter_name = gr.Textbox(label="Adapter name", placeholder="default: DATASET-PRESET",
                                           elem_id="ft-adapter-name")
-                start_from = gr.Dropdown(choices=adapter_choices(first), value=None, label="Start from adapter",
+                start_from = gr.Dropdown(choices=adapter_choices(first, matching=True), value=None, label="Start from adapter",
                                          info="optional: go on training one (e.g. DPO on top of a Q&A fine-tune)",
                                          elem_id="ft-start-from")
             with gr.Row():

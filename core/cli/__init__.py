@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     import core.cli.commands  # noqa: F401 - registers the commands
     import core.cli.training_commands  # noqa: F401
     import core.cli.study_commands  # noqa: F401
+    import core.cli.model_commands  # noqa: F401
     from core.cli.registry import COMMANDS, GROUPS, TOP_LEVEL
 
     def new_parser(**kwargs):

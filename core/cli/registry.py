@@ -27,7 +27,7 @@ class Command:
 COMMANDS: list[Command] = []
 # The order `python -m core --help` lists them in: the everyday commands first.
 TOP_LEVEL = ("ingest", "ask", "compare", "votes", "eval", "study", "demo", "advise", "search", "kb", "dataset", "train", "jobs",
-             "adapters", "info")
+             "adapters", "models", "info")
 GROUPS = {
     ("votes",): ("list votes, show the leaderboard, or export preference data",
                  "Votes cast in the Compare tab. Export them as preference pairs (prompt, chosen, rejected: the JSONL "
@@ -48,6 +48,9 @@ GROUPS = {
                    "every problem is reported with its line."),
     ("jobs",): ("list, show, cancel or resume training jobs", None),
     ("adapters",): ("list, show, rename, delete or export trained adapters", None),
+    ("models",): ("list, switch, download or remove base models",
+                  "The base model the app answers, trains and evaluates with: the bundled one, a Hugging Face folder "
+                  "or .gguf file in the data folder's models folder, or a Hub model downloaded there."),
 }
 
 

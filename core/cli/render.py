@@ -6,6 +6,7 @@ import json
 import sys
 
 from core.documents import cite, page_ranges
+from core.models import describe_model
 from core.variants import VARIANTS
 
 
@@ -306,5 +307,6 @@ def adapter_export(out: dict, args) -> None:
 
 def adapters_list(payload: dict, args) -> None:
     for a in payload["adapters"]:
-        print(f"{a['name']}\t{a['dataset']}\t{a.get('steps')} steps\ttrain loss {a.get('train_loss')}\t"
+        print(f"{a['name']}\t{a['dataset']}\ton {describe_model(a.get('base_model') or '?')}\t{a.get('steps')} steps\t"
+              f"train loss {a.get('train_loss')}\t"
               f"validation loss {a.get('eval_loss')}")
