@@ -57,7 +57,10 @@ def quick_run(tmp_path_factory):
     lab = Lab(load_settings(data_dir=data_dir, model_cache_dir=Path(os.environ["LAB_MODEL_CACHE"])))
     process = subprocess.Popen(
         [sys.executable, "-m", "core", "train", "--dataset", "facts", "--preset", "quick", "--adapter", "facts-lora"],
-        cwd=ROOT, env=subprocess_env(data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, env=subprocess_env(data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C reaches it as in a terminal, even when the suite itself runs in the background (a shell without
+        # job control starts background commands with SIGINT ignored, and the child would inherit that)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not lab.jobs.names():
         assert time.time() < deadline and process.poll() is None, process.stderr.read() if process.poll() else ""
