@@ -66,6 +66,8 @@ class Training:
                         self.settings.resolved_device, max(lengths), answers)
         if dpo:  # + the reference model's forward pass (half a training step's work per token)
             plan["minutes"] = round(plan["minutes"] * 1.5, 1)
+        if settings.tuning == "dora":  # the weight norms recomputed each step: 1.65x LoRA's time per token on a
+            plan["minutes"] = round(plan["minutes"] * 1.65, 1)  # 2-core CPU (bench/bench_methods.py, 293 -> 178 tok/s)
         plan["method"], plan["tuning"] = method, settings.tuning
         # What to change when it does not fit: the same words before a run (here and in start) and on an OOM.
         plan["advice"] = None if plan["fits"] else memory_advice(settings, plan["quantized_4bit"],
