@@ -154,14 +154,20 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="reuse a data folder (its ingested documents)")
     parser.add_argument("--out", type=Path, default=None, help="write every answer here (JSON lines)")
     parser.add_argument("--summary", type=Path, default=None, help="write the table's rows here (JSON)")
+    parser.add_argument("--weights", default="fp32", choices=["fp32", "bf16"],
+                        help="the generator's weights while answering (bf16: issue 19's candidate, bench_decode.py)")
     args = parser.parse_args()
 
     settings = load_settings(data_dir=args.data_dir or Path(tempfile.mkdtemp(prefix="reading-")))
     lab = Lab(settings)
     generator = lab.models.generator
+    if args.weights == "bf16":
+        import torch
+
+        generator.model.to(torch.bfloat16)
     configs = [CONFIGS[name] for name in args.configs.split(",")]
     sets = load_sets(args.set.split(","), args.split)
-    print(f"model {settings.base_model} on {settings.resolved_device}; top_k {settings.top_k}, "
+    print(f"model {settings.base_model} ({args.weights}) on {settings.resolved_device}; top_k {settings.top_k}, "
           f"min_score {settings.min_score}, max_new_tokens {settings.max_new_tokens}")
     out = open(args.out, "w") if args.out else None
     rows = []

@@ -83,7 +83,8 @@ class Answers:
         path, version = self.adapters.path(name), str(info.get("created"))
         if (info.get("settings") or {}).get("tuning") == "full":  # a whole model of its own, beside the base
             key = f"{FULL_MODEL}{path}@{version}"
-            self._full_models[key] = load_full_model(path, version, self.models.generator.device)
+            self._full_models[key] = load_full_model(path, version, self.models.generator.device,
+                                                     self.settings.decode_weights)
             return key
         return attach_adapter(self.models.generator, path, version)
 

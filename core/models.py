@@ -227,11 +227,11 @@ def _quiet_transformers() -> None:
 def load_generator(settings: Settings) -> Generator:
     """Load (once per process) the base chat model on the configured device."""
     device = settings.resolved_device
-    key = (settings.base_model, device)
+    key = (settings.base_model, device, settings.decode_weights)
     with _load_lock:
         if key not in _generators:
             _generators[key] = _load_chat_model(resolve_base_model(settings.base_model, settings),
-                                                settings.base_model, device)
+                                                settings.base_model, device, settings.decode_weights)
         return _generators[key]
 
 
@@ -250,23 +250,24 @@ def release_generators(keep: str) -> None:
 _full_models: dict[str, Generator] = {}  # one fully fine-tuned model at a time (each is a whole model's memory)
 
 
-def load_full_model(path: Path, version: str, device: str) -> Generator:
+def load_full_model(path: Path, version: str, device: str, weights: str = "fp32") -> Generator:
     """A fully fine-tuned model (a model folder, not an adapter), loaded beside the base model; a different one
     (or a new version of the same) replaces it."""
-    identity = f"{path}@{version}"
+    identity = f"{path}@{version}@{weights}"
     with _load_lock:
         if identity not in _full_models:
             _full_models.clear()
-            _full_models[identity] = _load_chat_model(str(path), str(path), device)
+            _full_models[identity] = _load_chat_model(str(path), str(path), device, weights)
         return _full_models[identity]
 
 
-def _load_chat_model(source: str, name: str, device: str) -> Generator:
+def _load_chat_model(source: str, name: str, device: str, weights: str = "fp32") -> Generator:
+    """`weights` "bf16": on a CPU, bf16 weights (settings.decode_weights); on CUDA always 16-bit."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
-    dtype = torch.float32
+    dtype = torch.bfloat16 if weights == "bf16" else torch.float32
     if device.startswith("cuda"):
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     try:

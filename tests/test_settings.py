@@ -42,3 +42,18 @@ def test_the_advanced_form_is_made_from_the_declaration():
     assert TrainSettings.from_preset("quick", **values).weight_decay == 0.05
     with pytest.raises(InputError, match="weight decay"):
         TrainSettings.from_preset("quick", weight_decay=1.5)
+
+
+def test_environment_settings_are_checked_with_a_clear_message(monkeypatch):
+    from core.config import load_settings
+    from core.errors import LabError
+
+    monkeypatch.setenv("LAB_DECODE_WEIGHTS", "BF16")
+    assert load_settings().decode_weights == "bf16"
+    monkeypatch.setenv("LAB_DECODE_WEIGHTS", "int4")
+    with pytest.raises(LabError, match="LAB_DECODE_WEIGHTS must be one of fp32, bf16, got 'int4'"):
+        load_settings()
+    monkeypatch.delenv("LAB_DECODE_WEIGHTS")
+    monkeypatch.setenv("LAB_TOP_K", "four")
+    with pytest.raises(LabError, match="LAB_TOP_K must be a whole number, got 'four'"):
+        load_settings()
