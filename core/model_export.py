@@ -15,6 +15,7 @@ from core.errors import InputError
 from core.finetuning import Training
 from core.generation import GenerationConfig
 from core.gguf_export import FILE_TYPES, ollama_modelfile, write_gguf
+from core.models import Models
 
 CHECK_QUESTIONS = 5
 CHECK_TOKENS = 24
@@ -52,7 +53,7 @@ class ModelExport:
                   "ollama": f"cd {target} && ollama create {name} -f Modelfile && ollama run {name}"}
         if check:
             questions = self.check_questions(name)
-            in_app = [row[0].answer for row in self.answers.compare_many(
+            in_app = [row[0].answer for row in self._fp32_answers().compare_many(
                 questions, ["finetuned"], adapter=name, config=GenerationConfig(max_new_tokens=CHECK_TOKENS))]
             for file in files:
                 outside = outside_answers(Path(file["path"]), questions)
@@ -61,6 +62,14 @@ class ModelExport:
                 file["differences"] = [{"question": q, "in_app": a, "gguf": b}
                                        for q, a, b in zip(questions, in_app, outside) if a.strip() != b.strip()]
         return result
+
+    def _fp32_answers(self) -> Answers:
+        """The in-app variant computed as the readers of the file compute it, in fp32: with LAB_DECODE_WEIGHTS=bf16
+        the app's own answers differ from any fp32 reader's on near-ties, which is not the export's doing."""
+        if self.answers.settings.decode_weights == "fp32":
+            return self.answers
+        fp32 = self.answers.settings.with_(decode_weights="fp32")
+        return Answers(fp32, self.answers.kbs, self.answers.adapters, Models(fp32))
 
     def _write(self, name: str, target: Path, kinds: tuple[str, ...]) -> list[dict]:
         from transformers import AutoConfig

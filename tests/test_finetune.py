@@ -130,7 +130,7 @@ def test_fine_tuned_model_answers_facts_the_base_model_does_not_know(trained):
     assert base <= 1 and tuned >= 10
 
 
-def test_bf16_answers_keep_the_facts_with_and_without_the_adapter(trained):
+def test_bf16_answers_keep_the_facts_with_and_without_the_adapter(trained, tmp_path):
     """LAB_DECODE_WEIGHTS=bf16 (1.5x faster answers on this CPU, the same answer rate on the reading sets): the
     base model in bf16 and the fp32 LoRA adapter on it answer the facts as well as in fp32 (>= 10 of 12), the base
     still knows none, and most answers are word for word fp32's (the stated tolerance: 10 of the 12)."""
@@ -150,6 +150,9 @@ def test_bf16_answers_keep_the_facts_with_and_without_the_adapter(trained):
     same = sum(a == b for a, b in zip(answers["fp32"], answers["bf16"]))
     print(f"fine-tuned answers word for word the same in bf16: {same}/12")
     assert same >= 10, answers
+    # The GGUF export's check compares the file with the variant as fp32 readers compute it, whatever the app uses.
+    exported = fast.exports.gguf("facts-lora", tmp_path / "gguf", kinds=("f16",))
+    assert exported["files"][0]["same_answers"] == exported["files"][0]["checked"], exported
 
 
 def test_a_dora_adapter_learns_the_facts_and_answers_in_one_call_with_lora_rows(trained):
