@@ -19,6 +19,28 @@ HUB_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MODELS_FOLDER = "models"
 LOCAL_PREFIX = "local:"
 CHOICE_FILE = "model.json"
+DOWNLOAD_RECORD = "download.json"  # in a Hub model's folder under the models folder, once its download is complete
+
+
+def local_name(name: str) -> str | None:
+    """NAME of `local:NAME` (a folder or .gguf file in the models folder), else None."""
+    return name[len(LOCAL_PREFIX):] if name.startswith(LOCAL_PREFIX) else None
+
+
+def hub_folder_name(repo_id: str) -> str:
+    """The folder a downloaded Hub model gets in the models folder."""
+    return repo_id.replace("/", "--")
+
+
+def models_folder_path(name: str, data_dir: Path) -> Path | None:
+    """Where `name` lies in the data folder's models folder: `local:NAME`'s file or folder (present or not), or a Hub
+    id's completed download; None for any other name."""
+    folder = Path(data_dir) / MODELS_FOLDER
+    local = local_name(name)
+    if local is not None:
+        return folder / local
+    downloaded = folder / hub_folder_name(name)
+    return downloaded if (downloaded / DOWNLOAD_RECORD).exists() else None
 
 
 def hub_online() -> bool:

@@ -14,13 +14,13 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from core.config import BUNDLED_BASE_MODEL, CHOICE_FILE, LOCAL_PREFIX, MODELS_FOLDER, Settings, hub_online
+from core.config import (BUNDLED_BASE_MODEL, CHOICE_FILE, DOWNLOAD_RECORD, LOCAL_PREFIX, MODELS_FOLDER, Settings,
+                         hub_folder_name, hub_online, local_name, models_folder_path)
 from core.errors import InputError, LabError
 from core.fileio import read_json, write_json
 from core.models import bundled_gguf_file, describe_model
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
-DOWNLOAD_RECORD = "download.json"
 PARTIAL = ".downloading"  # downloads in progress (resumed from here); renamed into place only when complete
 # Chat models by size, for a user who wants a bigger one: Hub id and the sizes in its config.json (hidden size,
 # layers, MLP width, attention heads, key/value heads, vocabulary, tied embeddings), so that their memory is computed
@@ -66,13 +66,10 @@ class ModelEntry:
         return asdict(self)
 
 
-def local_name(name: str) -> str | None:
-    """NAME of `local:NAME`, else None."""
-    return name[len(LOCAL_PREFIX):] if name.startswith(LOCAL_PREFIX) else None
-
-
-def hub_folder_name(repo_id: str) -> str:
-    return repo_id.replace("/", "--")
+def answer_memory_gb(params: float, device: str) -> float:
+    """GB to answer with a model of `params` parameters: its weights (fp32 on CPU, 16-bit on CUDA) + a KV cache for
+    four 1,000-token columns and the runtime."""
+    return round((params * (2 if device.startswith("cuda") else 4) + 0.4e9) / 1e9, 2)
 
 
 def memory_figures(config, device: str) -> tuple[int, float, float]:
@@ -81,11 +78,8 @@ def memory_figures(config, device: str) -> tuple[int, float, float]:
     from core.training import TrainSettings, estimate, parameters_of
 
     params = parameters_of(config)
-    cuda = device.startswith("cuda")
-    # weights (fp32 on CPU, 16-bit on CUDA) + a KV cache for four 1,000-token columns and the runtime
-    answer = params * (2 if cuda else 4) + 0.4e9
     train = estimate(config, 8 * 256, 8, TrainSettings.from_preset("quick"), device, 256)["memory_gb"]
-    return params, round(answer / 1e9, 2), train
+    return params, answer_memory_gb(params, device), train
 
 
 def suggested_config(repo_id: str):
@@ -149,7 +143,7 @@ class ModelLibrary:
         return entries
 
     def _entry(self, name: str, kind: str, path: Path | None, device: str) -> ModelEntry:
-        entry = ModelEntry(name, kind, self.label(name), path=str(path) if path else None)
+        entry = ModelEntry(name, kind, describe_model(name), path=str(path) if path else None)
         source = path or (bundled_gguf_file() if name == BUNDLED_BASE_MODEL else None)
         key = (name, device, str(source), source.stat().st_mtime if source and source.exists() else None)
         if key not in _figures:  # reading a GGUF header takes a second: once per file version and device
@@ -159,9 +153,6 @@ class ModelLibrary:
                 _figures[key] = (None, None, None)  # an unreadable folder is still listed; using it says why
         entry.parameters, entry.answer_gb, entry.train_gb = _figures[key]
         return entry
-
-    def label(self, name: str) -> str:
-        return describe_model(name)
 
     def config(self, name: str):
         """The model's transformers config, read without loading weights (a GGUF file's from its header)."""
@@ -179,12 +170,7 @@ class ModelLibrary:
 
     def path_of(self, name: str) -> Path | None:
         """Where a model of the models folder lies (`local:NAME`, or a downloaded Hub id); None for others."""
-        local = local_name(name)
-        if local is not None:
-            return self.root / local
-        if REPO_ID.match(name) and (self.root / hub_folder_name(name) / DOWNLOAD_RECORD).exists():
-            return self.root / hub_folder_name(name)
-        return None
+        return models_folder_path(name, self.settings.data_dir)
 
     def find(self, name: str) -> ModelEntry:
         """The entry for `name`, refused with the names there are when it is not one this app can use now."""
@@ -268,7 +254,7 @@ class ModelLibrary:
         params = (info.safetensors.total if getattr(info, "safetensors", None) else None) or weights / 2
         import psutil
 
-        answer_gb = round((params * 4 + 0.4e9) / 1e9, 2)  # fp32 on CPU (memory_figures, without the config)
+        answer_gb = answer_memory_gb(params, "cpu")  # checked on a CPU only (below)
         total_gb = psutil.virtual_memory().total / 1e9
         if self.settings.resolved_device == "cpu" and answer_gb > total_gb * 0.9:
             raise InputError(f"answering with it needs about {answer_gb} GB of memory and this machine has "

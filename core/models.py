@@ -15,7 +15,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.config import BUNDLED_BASE_MODEL, BUNDLED_EMBED_MODEL, HUB_BASE_MODEL, LOCAL_PREFIX, MODELS_FOLDER, Settings
+from core.config import (BUNDLED_BASE_MODEL, BUNDLED_EMBED_MODEL, HUB_BASE_MODEL, Settings, local_name,
+                         models_folder_path)
 from core.errors import ModelError
 from core.fileio import file_lock
 
@@ -48,8 +49,8 @@ def bundled_embedder_dir() -> Path | None:
 
 def describe_model(name: str) -> str:
     """Short human label for the UI header."""
-    if name.startswith(LOCAL_PREFIX):
-        return name[len(LOCAL_PREFIX):]
+    if local_name(name) is not None:
+        return local_name(name)
     return name.split(":", 1)[1] + " (bundled)" if name.startswith("bundled:") else name
 
 
@@ -127,16 +128,16 @@ def resolve_base_model(name: str, settings: Settings) -> str:
                 "or set LAB_BASE_MODEL to a Hugging Face id or local folder."
             )
         return str(converted_checkpoint(gguf, settings.model_cache_dir))
-    if name.startswith(LOCAL_PREFIX):  # a folder or .gguf file in the models folder (core.model_library)
-        path = settings.data_dir / MODELS_FOLDER / name[len(LOCAL_PREFIX):]
+    in_folder = models_folder_path(name, settings.data_dir)  # core.model_library's models folder
+    if local_name(name) is not None:
+        path = in_folder
         if not path.exists():
             raise ModelError(f"The model {name!r} is not in {path.parent} any more: put it back, or choose another "
                              "(python -m core models list).")
     else:
         path = Path(name).expanduser()
-        downloaded = settings.data_dir / MODELS_FOLDER / name.replace("/", "--")
-        if not path.exists() and (downloaded / "download.json").exists():  # a Hub id downloaded into the models folder
-            path = downloaded
+        if not path.exists() and in_folder:  # a Hub id downloaded into the models folder
+            path = in_folder
     if path.suffix == ".gguf" and path.is_file():
         return str(converted_checkpoint(path.resolve(), settings.model_cache_dir))
     return str(path) if path.exists() else name
