@@ -2,7 +2,8 @@
 batch, each row with its own adapter or none, each row's tokens streamed separately with per-row timings."""
 from __future__ import annotations
 
-import contextlib
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -99,189 +100,368 @@ def plan_batches(prompt_lengths: list[int], device: str) -> list[list[int]]:
     return [sorted(g) for g in groups]
 
 
+# A long prompt is prefilled in pieces of this many tokens on a CPU, with one decode step of the running rows
+# between pieces, so the columns and visitors already answering keep streaming while it is read.
+PREFILL_CHUNK_TOKENS = 512
+
+
 def stream_chat(generator: Generator, conversations: list[list[dict]], config: GenerationConfig,
                 adapters: list[str | None] | None = None) -> Iterator[Delta | RowDone]:
     """Generate a reply to each conversation; yield text deltas per row, then a RowDone per row.
 
-    Prompts are prefilled in groups of similar length (see plan_batches), each row's first token is streamed as
-    soon as its group is prefilled, and then every row is decoded together, one token per row per step, in one
-    batch. `adapters` names each row's LoRA adapter (from models.attach_adapter) or None for the base model: rows
-    with different adapters share the batch (peft's mixed-adapter batches), so the weights are never copied. A DoRA
-    adapter's rows, which peft cannot mix, run after them as a batch of their own with that adapter switched on.
-    Closing the iterator (a cancelled request, a closed page) stops generation at the next step."""
+    The rows join the model's one running decode batch (see _Batcher): rows of other calls, such as another
+    visitor's question, decode in the same batch, one token per row per step. Prompts are prefilled in groups of
+    similar length (see plan_batches), shortest first, a long one in pieces between decode steps, and each row's
+    first token is streamed as soon as its prompt is read. `adapters` names each row's LoRA adapter (from
+    models.attach_adapter) or None for the base model: rows with different adapters share the batch (peft's
+    mixed-adapter batches), so the weights are never copied. A DoRA adapter's rows, which peft cannot mix, run as
+    a batch of their own with that adapter switched on, after the rows before them. Closing the iterator (a
+    cancelled request, a closed page) takes this call's rows out of the batch at the next step."""
     adapters = adapters or [None] * len(conversations)
     limit = getattr(generator.model.config, "max_position_embeddings", 2048)
-    fitted = [_fit_prompt(generator.tokenizer, c, limit - config.max_new_tokens) for c in conversations]
-    with generator.lock:
-        for rows, switched_on in _batches_by_adapter(generator, adapters):
-            decoder = _Decoder(generator, [fitted[r] for r in rows], [adapters[r] for r in rows], config,
-                               per_row_adapters=switched_on is None)
-            with _switched_on(generator, switched_on):
-                for event in decoder.run():
-                    event.row = rows[event.row]
-                    yield event
-
-
-def _batches_by_adapter(generator: Generator, adapters: list[str | None]) -> list[tuple[list[int], str | None]]:
-    """Rows peft can decode in one batch, naming each row's adapter (the base model and LoRA adapters), and the
-    rows of each adapter it cannot (DoRA), as (rows, the adapter to switch on for all of them, or None)."""
-    configs = getattr(generator.model, "peft_config", {})
-    whole = sorted({a for a in adapters if a and getattr(configs.get(a), "use_dora", False)})
-    mixed = [i for i, a in enumerate(adapters) if a not in whole]
-    return ([(mixed, None)] if mixed else []) + [([i for i, a in enumerate(adapters) if a == name], name)
-                                                  for name in whole]
-
-
-@contextlib.contextmanager
-def _switched_on(generator: Generator, adapter: str | None):
-    """`adapter` active in every layer while the block runs (none otherwise: rows name their own)."""
-    if adapter is None:
-        yield
-        return
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    layers = [m for m in generator.model.modules() if isinstance(m, BaseTunerLayer)]
+    prompts = [_fit_prompt(generator.tokenizer, c, limit - config.max_new_tokens) for c in conversations]
+    request = _Request(config, _TokenPicker(config, _eos_ids(generator)), len(prompts))
+    rows = [_Row(request, i, ids, adapter) for i, (ids, adapter) in enumerate(zip(prompts, adapters))]
+    _batcher_of(generator).submit(_cohorts(generator, rows))
     try:
-        for layer in layers:
-            layer.set_adapter([adapter])
-        yield
+        while (event := request.events.get()) is not _FINISHED:
+            if isinstance(event, BaseException):
+                raise event
+            yield event
     finally:
-        for layer in layers:
-            layer.set_adapter([])
+        request.cancelled = True  # the rows still running leave the batch at the next step
 
 
-def _fit_prompt(tokenizer, conversation: list[dict], budget: int) -> tuple[str, int]:
-    """The conversation as prompt text and its length in tokens; in a long chat the oldest turns are left out
-    until it fits the context (never the system message or the newest question)."""
+def _cohorts(generator: Generator, rows: list["_Row"]) -> list["_Cohort"]:
+    """The rows peft can decode in one batch, each naming its adapter (the base model and LoRA adapters), and the
+    rows of each adapter it cannot mix (DoRA), each set with the adapter to switch on for all of them."""
+    configs = getattr(generator.model, "peft_config", {})
+    whole = sorted({r.adapter for r in rows if r.adapter and getattr(configs.get(r.adapter), "use_dora", False)})
+    mixed = [r for r in rows if r.adapter not in whole]
+    return ([_Cohort(None, mixed)] if mixed else []) + [_Cohort(name, [r for r in rows if r.adapter == name])
+                                                         for name in whole]
+
+
+def _fit_prompt(tokenizer, conversation: list[dict], budget: int) -> list[int]:
+    """The conversation as prompt token ids; in a long chat the oldest turns are left out until it fits the
+    context (never the system message or the newest question)."""
     system = [m for m in conversation if m["role"] == "system"][:1]
     turns = [m for m in conversation if m["role"] != "system"]
     while True:
         prompt = tokenizer.apply_chat_template(system + turns, add_generation_prompt=True, tokenize=False)
-        length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        if length <= budget:
-            return prompt, length
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if len(ids) <= budget:
+            return ids
         if len(turns) <= 1:
             raise InputError(
-                f"the prompt is {length} tokens; with the new tokens asked for that is over the model's context "
+                f"the prompt is {len(ids)} tokens; with the new tokens asked for that is over the model's context "
                 f"({budget} tokens left for the prompt). Shorten the question, use fewer passages or ask for a "
                 "shorter answer."
             )
         turns = turns[2:]  # one earlier question and its answer
 
 
-class _Decoder:
-    """One multi-row generation: grouped prefill, then a joint decode loop over a merged KV cache."""
+_FINISHED = object()  # the last item of a request's event queue
 
-    def __init__(self, generator: Generator, fitted: list[tuple[str, int]], adapters: list[str | None],
-                 config: GenerationConfig, per_row_adapters: bool = True):
-        import torch
 
-        self.torch = torch
-        self.generator, self.config = generator, config
-        self.prompts, self.lengths = [p for p, _ in fitted], [n for _, n in fitted]
-        self.model, self.tokenizer = generator.model, generator.tokenizer
-        self.keeps_last_logits = accepts_logits_to_keep(self.model)  # asked once, not at every decode step
-        self.adapter_names = ([name or "__base__" for name in adapters] if generator.adapters and per_row_adapters
-                              else None)
-        self.eos = _eos_ids(generator)
-        self.picker = _TokenPicker(config, self.eos)
-        rows = len(fitted)
-        self.ids: list[list[int]] = [[] for _ in range(rows)]
-        self.texts = ["" for _ in range(rows)]
-        self.stats: list[RowStats] = []
+class _Request:
+    """One stream_chat call: its settings, its token picker and the queue its rows' events go to."""
+
+    def __init__(self, config: GenerationConfig, picker: "_TokenPicker", rows: int):
+        self.config, self.picker, self.open_rows = config, picker, rows
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.cancelled = False
         self.t0 = time.perf_counter()
 
-    # -- model calls --------------------------------------------------------------------------------------------
 
-    def _forward(self, input_ids, mask, positions, cache, rows: list[int]):
-        kwargs = dict(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                      use_cache=True)
-        if self.adapter_names:
-            kwargs["adapter_names"] = [self.adapter_names[r] for r in rows]
-        if self.keeps_last_logits:
-            kwargs["logits_to_keep"] = 1  # a long prompt's full logits would be prompt x vocabulary floats
-        with self.torch.inference_mode():
-            return self.model(**kwargs).logits[:, -1, :]
+class _Row:
+    """One conversation being answered: its prompt, its adapter, the tokens so far."""
 
-    def _prefill(self, rows: list[int]):
+    def __init__(self, request: _Request, index: int, prompt_ids: list[int], adapter: str | None):
+        self.request, self.index, self.prompt_ids, self.adapter = request, index, prompt_ids, adapter
+        self.ids: list[int] = []
+        self.text = ""
+        self.stats = RowStats(prompt_tokens=len(prompt_ids))
+
+    @property
+    def done(self) -> bool:
+        return self.stats.done or self.request.cancelled
+
+
+@dataclass
+class _Cohort:
+    mode: str | None  # the adapter switched on for all rows (DoRA), or None: each row names its own
+    rows: list[_Row]
+
+
+class _Batcher:
+    """The decode loop of one loaded model. Calls put their rows in `waiting`; a worker thread, alive while there
+    is work, admits them into the running batch between decode steps and ends when the batch is empty. It holds
+    the model's lock while it runs, so nothing changes the model (an adapter attached or removed) mid-batch."""
+
+    def __init__(self, generator: Generator):
+        self.generator = generator
+        self.guard = threading.Lock()  # over `waiting` and `working`
+        self.waiting: list[_Cohort] = []
+        self.working = False
+
+    def submit(self, cohorts: list[_Cohort]) -> None:
+        with self.guard:
+            self.waiting.extend(cohorts)
+            if not self.working:
+                self.working = True
+                threading.Thread(target=self._work, name="decode", daemon=True).start()
+
+    def _work(self) -> None:
+        import torch
+
+        loop = None
+        try:
+            with self.generator.lock, torch.inference_mode():
+                loop = _Loop(self.generator)  # read now: the model may have gained an adapter since the last run
+                while True:
+                    with self.guard:
+                        loop.admit(self.waiting)
+                        if loop.idle:
+                            self.working = False
+                            return
+                    loop.step()
+        except BaseException as exc:  # noqa: BLE001 - every waiting caller must hear of it, not hang
+            with self.guard:
+                rows = [r for c in self.waiting for r in c.rows] + (loop.rows() if loop else [])
+                self.waiting.clear()
+                self.working = False
+            for request in {id(r.request): r.request for r in rows}.values():
+                request.events.put(exc)
+        finally:
+            if loop is not None:
+                loop.switch(None)
+
+
+def _batcher_of(generator: Generator) -> _Batcher:
+    with _BATCHERS_GUARD:
+        if generator.batcher is None:
+            generator.batcher = _Batcher(generator)
+        return generator.batcher
+
+
+_BATCHERS_GUARD = threading.Lock()
+
+
+class _Prefill:
+    """Rows whose prompts are being read together: left-padded ids, their mask and the cache filled so far."""
+
+    def __init__(self, rows: list[_Row], pad_id: int, torch, model, device: str):
         from transformers import DynamicCache
 
-        encoded = self.tokenizer([self.prompts[r] for r in rows], return_tensors="pt", padding=True,
-                                 padding_side="left", add_special_tokens=False).to(self.generator.device)
-        mask = encoded["attention_mask"]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
-        cache = DynamicCache(config=self.model.config)
-        logits = self._forward(encoded["input_ids"], mask, positions, cache, rows)
-        prompt_ids = [row_ids[row_mask.bool()].tolist() for row_ids, row_mask in zip(encoded["input_ids"], mask)]
-        return cache, mask, positions[:, -1], logits, prompt_ids
+        width = max(len(r.prompt_ids) for r in rows)
+        self.rows = rows
+        self.ids = torch.tensor([[pad_id] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows], device=device)
+        self.mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows],
+                                 device=device)
+        self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
+        self.cache = DynamicCache(config=model.config)
+        self.read = 0  # prompt columns prefilled so far
 
-    # -- the loop -----------------------------------------------------------------------------------------------
+    @property
+    def left(self) -> int:
+        return self.ids.shape[1] - self.read
 
-    def run(self) -> Iterator[Delta | RowDone]:
-        torch = self.torch
-        self.stats = [RowStats(prompt_tokens=n) for n in self.lengths]
-        groups = plan_batches(self.lengths, self.generator.device)
-        if len(groups) > 1 and not _mergeable(self.model):
-            groups = [sorted(i for g in groups for i in g)]  # one padded prefill instead of merged caches
-        parts, prompt_ids = [], {}
-        for rows in groups:  # shortest prompts first, so their columns show text soonest
-            cache, mask, last_positions, logits, ids = self._prefill(rows)
-            prompt_ids.update(zip(rows, ids))
-            tokens = self.picker.pick(logits, [prompt_ids[r] for r in rows], [[] for _ in rows])
-            parts.append((rows, cache, mask, last_positions, tokens))
-            for row, token in zip(rows, tokens):
-                yield from self._accept(row, token)
-        rows = [r for part in parts for r in part[0]]
-        cache, mask, positions, tokens = _merge([p[1:] for p in parts], torch)
-        history = [prompt_ids[r] for r in rows]
-        while True:
-            keep = [i for i, r in enumerate(rows) if not self.stats[r].done]
-            if not keep:
-                break
-            if len(keep) < len(rows):  # finished rows leave the batch: later steps cost only what is still running
-                index = torch.tensor(keep, device=mask.device)
-                cache.batch_select_indices(index)
-                mask, positions, tokens = mask[index], positions[index], tokens[index]
-                rows, history = [rows[i] for i in keep], [history[i] for i in keep]
-            positions = positions + 1
-            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-            logits = self._forward(tokens[:, None], mask, positions[:, None], cache, rows)
-            picked = self.picker.pick(logits, history, [self.ids[r] for r in rows])
-            tokens = torch.tensor(picked, device=mask.device)
-            for row, token in zip(rows, picked):
-                yield from self._accept(row, token)
 
-    def _accept(self, row: int, token: int) -> Iterator[Delta | RowDone]:
-        stats, now = self.stats[row], time.perf_counter() - self.t0
-        if token in self.eos:
-            yield self._finish(row, now)
+@dataclass
+class _Batch:
+    """The rows decoding together: one KV cache, the attention mask, each row's position and its newest token."""
+    cache: object
+    mask: object
+    positions: object
+    tokens: object
+    rows: list[_Row]
+
+
+class _Loop:
+    """One run of the decode loop (while the model has work): prefill pieces and decode steps, interleaved."""
+
+    def __init__(self, generator: Generator):
+        import torch
+
+        self.torch, self.generator = torch, generator
+        self.model, self.tokenizer, self.device = generator.model, generator.tokenizer, generator.device
+        self.mergeable = _mergeable(self.model)
+        on_cpu = not self.device.startswith("cuda")  # a GPU reads a long prompt in one go at little cost
+        self.chunk = PREFILL_CHUNK_TOKENS if on_cpu and self.mergeable else None
+        self.keeps_last_logits = accepts_logits_to_keep(self.model)
+        self.per_row_adapters = bool(generator.adapters)
+        self.eos = _eos_ids(generator)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (min(self.eos) if self.eos else 0)
+        self.mode: str | None = None
+        self.prefills: list[_Prefill] = []
+        self.batch: _Batch | None = None
+
+    @property
+    def idle(self) -> bool:
+        return self.batch is None and not self.prefills
+
+    def rows(self) -> list[_Row]:
+        return [r for p in self.prefills for r in p.rows] + (self.batch.rows if self.batch else [])
+
+    def switch(self, mode: str | None) -> None:
+        """Switch `mode` (a DoRA adapter) on in every layer, or off (None: rows name their own adapter)."""
+        if mode == self.mode:
             return
-        self.ids[row].append(token)
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for layer in (m for m in self.generator.model.modules() if isinstance(m, BaseTunerLayer)):
+            layer.set_adapter([mode] if mode else [])
+        self.mode = mode
+
+    def admit(self, waiting: list[_Cohort]) -> None:
+        """Take waiting rows into the run, in order of arrival, while they can share the batch: the same mode, and
+        a model whose caches can be joined (otherwise one call's rows at a time)."""
+        taken: list[_Cohort] = []
+        while waiting:
+            cohort = waiting[0]
+            if cohort.rows[0].request.cancelled:
+                waiting.pop(0)
+                continue
+            busy = not self.idle or taken
+            if busy and (cohort.mode != self.mode or not self.mergeable):
+                break
+            self.switch(cohort.mode)
+            taken.append(waiting.pop(0))
+        rows = [r for c in taken for r in c.rows]
+        if not rows:
+            return
+        groups = plan_batches([len(r.prompt_ids) for r in rows], self.device) if self.mergeable \
+            else [list(range(len(rows)))]  # one padded prefill instead of joined caches
+        self.prefills += [_Prefill([rows[i] for i in g], self.pad_id, self.torch, self.model, self.device)
+                          for g in groups]
+
+    def step(self) -> None:
+        """Read one piece of the prompt with the least left to read (short prompts overtake long ones), then decode
+        one token for every running row."""
+        self.prefills = [p for p in self.prefills if not all(r.done for r in p.rows)]
+        if self.prefills:
+            prefill = min(self.prefills, key=lambda p: p.left)
+            if self._read_piece(prefill):
+                self.prefills.remove(prefill)
+                self._join(prefill)
+        if self.batch is not None:
+            self._decode_step()
+
+    def _forward(self, input_ids, mask, positions, cache, rows: list[_Row]):
+        kwargs = dict(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                      use_cache=True)
+        if self.per_row_adapters and self.mode is None:
+            kwargs["adapter_names"] = [r.adapter or "__base__" for r in rows]
+        if self.keeps_last_logits:
+            kwargs["logits_to_keep"] = 1  # a long prompt's full logits would be prompt x vocabulary floats
+        return self.model(**kwargs).logits[:, -1, :]
+
+    def _read_piece(self, prefill: _Prefill) -> bool:
+        """Prefill the next piece of these prompts; True when they are read, their first tokens picked and sent."""
+        start = prefill.read
+        end = prefill.ids.shape[1] if self.chunk is None else min(prefill.ids.shape[1], start + self.chunk)
+        logits = self._forward(prefill.ids[:, start:end], prefill.mask[:, :end], prefill.positions[:, start:end],
+                               prefill.cache, prefill.rows)
+        prefill.read = end
+        if prefill.left:
+            return False
+        prefill.tokens = self._pick(prefill.rows, logits)
+        for row, token in zip(prefill.rows, prefill.tokens):
+            self._accept(row, token)
+        return True
+
+    def _join(self, prefill: _Prefill) -> None:
+        """Add the rows just prefilled to the running batch (the caches and masks left-padded to one width)."""
+        torch = self.torch
+        part = _Batch(prefill.cache, prefill.mask, prefill.positions[:, -1],
+                      torch.tensor(prefill.tokens, device=prefill.mask.device), prefill.rows)
+        self.batch = part if self.batch is None else _joined(self.batch, part, torch)
+        self._compact()
+
+    def _decode_step(self) -> None:
+        batch = self.batch
+        batch.positions = batch.positions + 1
+        batch.mask = self.torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
+        logits = self._forward(batch.tokens[:, None], batch.mask, batch.positions[:, None], batch.cache, batch.rows)
+        picked = self._pick(batch.rows, logits)
+        batch.tokens = self.torch.tensor(picked, device=batch.mask.device)
+        for row, token in zip(batch.rows, picked):
+            self._accept(row, token)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Finished and abandoned rows leave the batch, so later steps cost only what is still running; cache
+        columns that only padding uses any more are cut off."""
+        batch, torch = self.batch, self.torch
+        keep = [i for i, r in enumerate(batch.rows) if not r.done]
+        if not keep:
+            self.batch = None
+            return
+        if len(keep) < len(batch.rows):
+            index = torch.tensor(keep, device=batch.mask.device)
+            batch.cache.batch_select_indices(index)
+            batch.mask, batch.positions, batch.tokens = batch.mask[index], batch.positions[index], batch.tokens[index]
+            batch.rows = [batch.rows[i] for i in keep]
+        first = int(batch.mask.any(0).int().argmax())
+        if first:
+            batch.mask = batch.mask[:, first:]
+            for layer in batch.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+
+    def _pick(self, rows: list[_Row], logits) -> list[int]:
+        """Each row's next token, by its own call's settings."""
+        picked = [0] * len(rows)
+        by_request: dict[int, tuple[_Request, list[int]]] = {}
+        for i, row in enumerate(rows):
+            by_request.setdefault(id(row.request), (row.request, []))[1].append(i)
+        for request, index in by_request.values():
+            part = logits if len(index) == len(rows) else logits[index]
+            tokens = request.picker.pick(part, [rows[i].prompt_ids for i in index], [rows[i].ids for i in index])
+            for i, token in zip(index, tokens):
+                picked[i] = token
+        return picked
+
+    def _accept(self, row: _Row, token: int) -> None:
+        if row.done:
+            return
+        request, stats = row.request, row.stats
+        now = time.perf_counter() - request.t0
+        if token in self.eos:
+            self._finish(row, now)
+            return
+        row.ids.append(token)
         stats.new_tokens += 1
         if stats.ttft_s is None:
             stats.ttft_s = now
-        if self.config.stop_loops and stats.new_tokens >= self.config.min_new_tokens and \
-                (cut := loop_start(self.ids[row])) is not None:
-            del self.ids[row][cut:]
-            yield self._finish(row, now, looped=True)
+        config = request.config
+        if config.stop_loops and stats.new_tokens >= config.min_new_tokens and \
+                (cut := loop_start(row.ids)) is not None:
+            del row.ids[cut:]
+            self._finish(row, now, looped=True)
             return
-        text = self.tokenizer.decode(self.ids[row], skip_special_tokens=True)
-        if not text.endswith("\ufffd") and len(text) > len(self.texts[row]):  # not half a multi-byte character
-            delta, self.texts[row] = text[len(self.texts[row]):], text
-            yield Delta(row, delta)
-        if stats.new_tokens >= self.config.max_new_tokens:
-            yield self._finish(row, now)
+        text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
+        if not text.endswith("\ufffd") and len(text) > len(row.text):  # not half a multi-byte character
+            request.events.put(Delta(row.index, text[len(row.text):]))
+            row.text = text
+        if stats.new_tokens >= config.max_new_tokens:
+            self._finish(row, now)
 
-    def _finish(self, row: int, when: float, looped: bool = False) -> RowDone:
-        stats = self.stats[row]
+    def _finish(self, row: _Row, when: float, looped: bool = False) -> None:
+        stats = row.stats
         stats.total_s, stats.done = when, True
-        text = self.tokenizer.decode(self.ids[row], skip_special_tokens=True)  # incl. a held-back tail
+        text = self.tokenizer.decode(row.ids, skip_special_tokens=True)  # incl. a held-back tail
         if looped:  # end on the last whole line or sentence, where one ends in the second half
             text = text.rstrip()
             end = max(text.rfind("\n"), text.rfind(". ") + 1 if ". " in text else -1)
             text = text[:end].rstrip() if end > len(text) // 2 else text
-        self.texts[row] = text
-        return RowDone(row, text, stats)
+        row.text = text
+        request = row.request
+        request.events.put(RowDone(row.index, text, stats))
+        request.open_rows -= 1
+        if not request.open_rows:
+            request.events.put(_FINISHED)
 
 
 LOOP_NGRAM, LOOP_TIMES = 6, 3
@@ -337,26 +517,23 @@ class _TokenPicker:
         return torch.multinomial(probs, 1, generator=self.rng).reshape(-1).tolist()
 
 
-def _merge(parts, torch):
-    """Join the prefilled groups into one batch: KV caches and masks left-padded to the longest, rows stacked."""
-    caches, masks, positions, tokens = zip(*parts)
-    if len(caches) == 1:
-        return caches[0], masks[0], positions[0], torch.tensor(tokens[0], device=masks[0].device)
+def _joined(a: _Batch, b: _Batch, torch) -> _Batch:
+    """One batch of both: KV caches and masks left-padded to the wider, rows stacked."""
     from transformers import DynamicCache
 
-    width = max(m.shape[1] for m in masks)
-    layers = []
-    for index in range(len(caches[0].layers)):
-        keys, values = [], []
-        for cache, mask in zip(caches, masks):
-            pad = width - mask.shape[1]
-            layer = cache.layers[index]
-            keys.append(torch.nn.functional.pad(layer.keys, (0, 0, pad, 0)))
-            values.append(torch.nn.functional.pad(layer.values, (0, 0, pad, 0)))
-        layers.append((torch.cat(keys), torch.cat(values)))
-    mask = torch.cat([torch.nn.functional.pad(m, (width - m.shape[1], 0)) for m in masks])
-    return (DynamicCache(layers), mask, torch.cat(positions),
-            torch.tensor([t for group in tokens for t in group], device=mask.device))
+    width = max(a.mask.shape[1], b.mask.shape[1])
+
+    def padded(tensor, length):  # on the left, along the sequence (the cache's third, the mask's second axis)
+        pad = width - length
+        if not pad:
+            return tensor
+        return torch.nn.functional.pad(tensor, (0, 0, pad, 0) if tensor.dim() == 4 else (pad, 0))
+
+    layers = [(torch.cat([padded(x.keys, a.mask.shape[1]), padded(y.keys, b.mask.shape[1])]),
+               torch.cat([padded(x.values, a.mask.shape[1]), padded(y.values, b.mask.shape[1])]))
+              for x, y in zip(a.cache.layers, b.cache.layers)]
+    return _Batch(DynamicCache(layers), torch.cat([padded(a.mask, a.mask.shape[1]), padded(b.mask, b.mask.shape[1])]),
+                  torch.cat([a.positions, b.positions]), torch.cat([a.tokens, b.tokens]), a.rows + b.rows)
 
 
 def _mergeable(model) -> bool:

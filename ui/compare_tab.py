@@ -19,6 +19,7 @@ from ui.formatting import escape, sources_html, timing_line, user_errors
 from ui.workspace import LabOf
 
 SLOTS = len(COLUMN_ORDER)
+SIMULTANEOUS_QUESTIONS = 8  # measured with bench/bench_visitors.py (docs/BENCHMARKS.md)
 # The fine-tuned columns need an adapter: they are switched on when one is picked, not before.
 FIRST_COLUMNS = [v for v in COLUMN_ORDER if not VARIANTS[v].uses_adapter]
 COLUMN_CHOICES = [(VARIANTS[v].label, v) for v in COLUMN_ORDER]
@@ -308,9 +309,9 @@ def build(lab_of: LabOf):
               *reading]
     again_inputs = [session, kb, adapter, top_k, max_tokens, temperature, top_p, system_prompt, *reading]
     vote_inputs, vote_outputs = [session, comment, kb], [*outputs, comment, leaderboard]
-    # Every generating event shares one queue slot: the model runs one batch at a time, and a waiting user
-    # sees their place in the queue.
-    busy = dict(concurrency_id="generate", concurrency_limit=1)
+    # Visitors' questions run at the same time: their rows join the model's one decode batch (core.generation),
+    # so eight cost little more than one; a ninth sees its place in the queue.
+    busy = dict(concurrency_id="answer", concurrency_limit=SIMULTANEOUS_QUESTIONS)
     ask.click(handlers.answer, inputs, outputs, api_name="ask", **busy)
     question.submit(handlers.answer, inputs, outputs, api_visibility="private", **busy)
     for i, s in enumerate(slots):

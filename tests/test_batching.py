@@ -1,0 +1,102 @@
+"""Several callers at once share the model's one decode batch (continuous batching): each gets what it gets alone,
+a short answer asked while a long one runs is not held behind it, and a caller who leaves does not disturb the
+others. The real bundled model, several threads, as Gradio's workers call it for simultaneous visitors."""
+import threading
+
+from core.generation import Delta, GenerationConfig, RowDone, stream_chat
+
+GREEDY = GenerationConfig(max_new_tokens=24, stop_loops=False)
+SAMPLED = GenerationConfig(max_new_tokens=24, stop_loops=False, temperature=0.8, seed=3)
+LONG = GenerationConfig(max_new_tokens=160, min_new_tokens=160, stop_loops=False)  # runs its full length
+
+
+def chat(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def reply(generator, conversation, config) -> RowDone:
+    return next(e for e in stream_chat(generator, [conversation], config) if isinstance(e, RowDone))
+
+
+def test_visitors_asking_at_once_each_get_what_they_get_alone(lab):
+    """Four visitors, one with a prompt long enough to be read in two pieces and one sampling with a seed, ask at
+    the same moment: the rows join one batch as they arrive, and each answer is the one that visitor gets alone
+    (exactly, in fp32 on CPU; elsewhere each is answered)."""
+    from core.generation import PREFILL_CHUNK_TOKENS
+
+    generator = lab.models.generator
+    visits = [
+        (chat("What is the capital of France? Answer in three words."), GREEDY),
+        (chat("Summarise this in one line: " + "the old mill by the lake grinds corn and wheat. " * 60), GREEDY),
+        (chat("Name three colours."), SAMPLED),
+        (chat("Why is the sky blue?"), GREEDY),
+    ]
+    assert reply(generator, *visits[1]).stats.prompt_tokens > PREFILL_CHUNK_TOKENS  # read in pieces
+    alone = [reply(generator, *visit).text for visit in visits]
+    together: list = [None] * len(visits)
+    start = threading.Barrier(len(visits))
+
+    def visit(i: int) -> None:
+        start.wait()
+        together[i] = reply(generator, *visits[i])
+
+    threads = [threading.Thread(target=visit, args=(i,)) for i in range(len(visits))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert all(isinstance(done, RowDone) and done.text for done in together), together
+    if generator.device == "cpu":
+        assert [done.text for done in together] == alone
+
+
+def test_a_short_answer_asked_during_a_long_one_is_not_held_behind_it(lab):
+    """With one answer at a time, a visitor asking "Hi" behind a 160-token answer waited for all of it; now the
+    short question joins the running batch and is answered while the long one still streams."""
+    generator = lab.models.generator
+    short = chat("Say hello in one word.")
+    short_alone = reply(generator, short, GREEDY).text
+    streaming, long_done = threading.Event(), threading.Event()
+    deltas = []
+
+    def long_visitor() -> None:
+        for event in stream_chat(generator, [chat("Tell me a very long story about a lighthouse.")], LONG):
+            if isinstance(event, Delta):
+                deltas.append(event.text)
+                if len(deltas) == 5:
+                    streaming.set()
+        long_done.set()
+
+    thread = threading.Thread(target=long_visitor)
+    thread.start()
+    assert streaming.wait(timeout=120)
+    answered = reply(generator, short, GREEDY)
+    short_finished_first = not long_done.is_set()
+    thread.join(timeout=300)
+    assert short_finished_first, "the short answer waited for the long one to finish"
+    assert long_done.is_set() and len(deltas) >= 100
+    if generator.device == "cpu":
+        assert answered.text == short_alone
+
+
+def test_a_visitor_who_leaves_does_not_disturb_the_others(lab):
+    """One visitor closes the page mid-answer: their row leaves the batch, the other's answer is unchanged, and
+    the decode loop stops once it has nothing left to do."""
+    generator = lab.models.generator
+    stay = chat("Tell me about the moon.")
+    stay_alone = reply(generator, stay, GREEDY).text
+    leaving = stream_chat(generator, [chat("Tell me a very long story about a lighthouse.")], LONG)
+    next(leaving)  # the leaving visitor's first words are on screen
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(reply(generator, stay, GREEDY)))
+    thread.start()
+    leaving.close()  # what Gradio does when a page closes
+    thread.join(timeout=300)
+    assert result and result[0].text
+    if generator.device == "cpu":
+        assert result[0].text == stay_alone
+    for _ in range(100):  # the loop ends on its own when its batch is empty
+        if not generator.batcher.working:
+            break
+        threading.Event().wait(0.05)
+    assert not generator.batcher.working
