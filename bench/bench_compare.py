@@ -1,7 +1,10 @@
 """Compare-tab benchmark: all four columns (base, fine-tuned, RAG, fine-tuned + RAG) for one question against
 each column alone, measured in the same run, with answers of equal length.
 
-    .venv/bin/python bench/bench_compare.py [--pdf PATH] [--repeats 3] [--max-new-tokens 64]
+    .venv/bin/python bench/bench_compare.py [--pdf PATH] [--repeats 3] [--max-new-tokens 64] [--no-switches]
+
+A second table switches each of the engine's optimisations off in turn, in the same process, for the four columns
+together (interleaved with the all-on runs): what each one is worth today.
 
 The adapter is a freshly initialised LoRA (rank 16 on every linear layer, as the Quick preset trains): it costs
 what a trained one costs to run, and the benchmark needs no training run. Memory is the process's resident set
@@ -10,6 +13,7 @@ size, sampled every 10 ms.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -100,11 +104,65 @@ def decode_step_ms(lab: Lab, rows: int, cached: int = 1000, steps: int = 20) -> 
     return statistics.median(times) * 1000
 
 
+@contextlib.contextmanager
+def switched_off(lab: Lab, name: str):
+    """The engine with one optimisation turned off (None: all on)."""
+    import torch
+
+    from core import generation
+
+    saved = {}
+    if name == "prefill apart":  # every column's prompt in one left-padded prefill, as before the joint decode
+        saved["plan_batches"] = generation.plan_batches
+        generation.plan_batches = lambda lengths, device: [list(range(len(lengths)))]
+    elif name == "prefill in pieces":
+        saved["PREFILL_CHUNK_TOKENS"] = generation.PREFILL_CHUNK_TOKENS
+        generation.PREFILL_CHUNK_TOKENS = 10**9
+    elif name == "last-position logits":
+        saved["accepts_logits_to_keep"] = generation.accepts_logits_to_keep
+        generation.accepts_logits_to_keep = lambda model: False
+    elif name == "few-row linear by columns":  # the class's own forward again on every linear layer
+        patched = {layer: layer.__dict__.pop("forward") for layer in lab.models.generator.model.modules()
+                   if isinstance(layer, torch.nn.Linear) and "forward" in layer.__dict__}
+    try:
+        yield
+    finally:
+        for attribute, value in saved.items():
+            setattr(generation, attribute, value)
+        if name == "few-row linear by columns":
+            for layer, forward in patched.items():
+                layer.forward = forward
+
+
+SWITCHES = ["prefill apart", "prefill in pieces", "last-position logits", "few-row linear by columns"]
+
+
+def switch_table(lab: Lab, config: GenerationConfig, adapter: str, repeats: int) -> None:
+    """Four columns together with all optimisations on, and with each one off, interleaved; median of `repeats`."""
+    runs: dict[str, list] = {name: [] for name in ["all on", *SWITCHES]}
+    for _ in range(repeats):
+        for name in runs:
+            with switched_off(lab, name if name != "all on" else ""):
+                runs[name].append(run(lab, COLUMNS, config, adapter))
+    med = statistics.median
+    on_wall = med(r["wall"] for r in runs["all on"])
+    print("\n| four columns together | wall s (min-max) | ratio to all on | first token ms: " +
+          " / ".join(COLUMNS) + " |")
+    print("|---|---:|---:|---:|")
+    for name, results in runs.items():
+        walls = [r["wall"] for r in results]
+        firsts = " / ".join(f"{med(r[c]['ttft_ms'] for r in results):.0f}" for c in COLUMNS)
+        label = name if name == "all on" else f"{name} off"
+        print(f"| {label} | {med(walls):.2f} ({min(walls):.2f}-{max(walls):.2f}) | {med(walls) / on_wall:.2f}x | "
+              f"{firsts} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pdf", type=Path, default=DEFAULT_PDF)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--no-switches", action="store_true", help="skip the table of optimisations switched off")
     args = parser.parse_args()
     import torch
 
@@ -160,6 +218,8 @@ def main() -> None:
     for c in COLUMNS:
         print(f"| peak resident MiB, {c} alone | {peaks[c] * mib:.0f} | {peaks[c] / idle_rss:.2f}x |")
     print(f"| peak resident MiB, all four | {peaks['all'] * mib:.0f} | {peaks['all'] / idle_rss:.2f}x |")
+    if not args.no_switches:
+        switch_table(lab, config, adapter, args.repeats)
 
 
 if __name__ == "__main__":

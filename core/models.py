@@ -164,10 +164,10 @@ class Generator:
     tokenizer: object
     device: str
     adapters: dict = field(default_factory=dict)  # adapter identity -> its name inside the peft model
-    # Held by the decode loop while it runs (core.generation) and by whatever changes the model (adapters attached
-    # or detached), so the weights never change under a running batch.
+    # Held for each step of the running batch (core.generation) and by whatever changes the model (adapters
+    # attached or detached, through the batcher's `quiet`), so the weights never change under a running batch.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    batcher: object = field(default=None, repr=False)  # the model's decode loop, made on first use (core.generation)
+    batcher: object = field(default=None, repr=False)  # the model's running batch, made on first use (core.generation)
 
 
 def attach_adapter(generator: Generator, path: Path, version: str) -> str:
@@ -186,7 +186,8 @@ def attach_adapter(generator: Generator, path: Path, version: str) -> str:
 
         # peft keeps adapters in module dicts: the name must be a plain identifier.
         key = "adapter_" + hashlib.sha1(identity.encode()).hexdigest()[:12]
-        with generator.lock:  # the model changes: never under a running batch (core.generation holds the lock)
+        # The model changes: never under a running batch (core.generation's batcher lets it run out first).
+        with generator.batcher.quiet() if generator.batcher else generator.lock:
             try:
                 if isinstance(generator.model, PeftModel):
                     generator.model.load_adapter(str(path), adapter_name=key)
