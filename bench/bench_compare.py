@@ -121,6 +121,9 @@ def switched_off(lab: Lab, name: str):
     elif name == "last-position logits":
         saved["accepts_logits_to_keep"] = generation.accepts_logits_to_keep
         generation.accepts_logits_to_keep = lambda model: False
+    elif name == "prompt lookup":  # a row left decoding alone no longer checks its prompt's suggestions
+        saved["PROMPT_LOOKUP_TOKENS"] = generation.PROMPT_LOOKUP_TOKENS
+        generation.PROMPT_LOOKUP_TOKENS = 0
     elif name == "few-row linear by columns":  # the class's own forward again on every linear layer
         patched = {layer: layer.__dict__.pop("forward") for layer in lab.models.generator.model.modules()
                    if isinstance(layer, torch.nn.Linear) and "forward" in layer.__dict__}
@@ -134,7 +137,7 @@ def switched_off(lab: Lab, name: str):
                 layer.forward = forward
 
 
-SWITCHES = ["prefill apart", "prefill in pieces", "last-position logits", "few-row linear by columns"]
+SWITCHES = ["prefill apart", "prefill in pieces", "last-position logits", "few-row linear by columns", "prompt lookup"]
 
 
 def switch_table(lab: Lab, config: GenerationConfig, adapter: str, repeats: int) -> None:

@@ -156,7 +156,14 @@ def main() -> None:
     parser.add_argument("--summary", type=Path, default=None, help="write the table's rows here (JSON)")
     parser.add_argument("--weights", default="fp32", choices=["fp32", "bf16"],
                         help="the generator's weights while answering (bf16: issue 19's candidate, bench_decode.py)")
+    parser.add_argument("--batch", type=int, default=BATCH, help="questions decoded together (1: one at a time)")
+    parser.add_argument("--prompt-lookup", type=int, default=None,
+                        help="draft tokens a row decoding alone checks per step (0: off; default: the engine's)")
     args = parser.parse_args()
+    if args.prompt_lookup is not None:
+        import core.generation
+
+        core.generation.PROMPT_LOOKUP_TOKENS = args.prompt_lookup
 
     settings = load_settings(data_dir=args.data_dir or Path(tempfile.mkdtemp(prefix="reading-")))
     lab = Lab(settings)
@@ -223,8 +230,9 @@ def run_config(lab, generator, set_name, kb, items, searched, config: Config, ar
             answers[item.id] = (NOT_IN_DOCUMENTS, RowStats(0))
         todo.append((item, shown, variant.messages(item.question, shown, config.system)))
     generate = [entry for entry in todo if entry[0].id not in answers]
-    for start in range(0, len(generate), BATCH):
-        batch = generate[start:start + BATCH]
+    batch_size = args.batch
+    for start in range(0, len(generate), batch_size):
+        batch = generate[start:start + batch_size]
         for event in stream_chat(generator, [m for _, _, m in batch], generation):
             if isinstance(event, RowDone):
                 answers[batch[event.row][0].id] = (event.text.strip(), event.stats)

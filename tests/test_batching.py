@@ -96,3 +96,41 @@ def test_a_visitor_who_leaves_does_not_disturb_the_others(lab):
     if generator.device == "cpu":
         assert result[0].text == stay_alone
     assert generator.batcher.loop is None and not generator.batcher.waiting  # nothing left running or waiting
+
+
+def test_a_row_alone_that_copies_its_prompt_takes_fewer_steps_and_answers_the_same(lab):
+    """Prompt lookup: a row decoding alone checks, in one forward pass, the tokens that its prompt suggests come
+    next (a RAG answer copies from its passages). The greedy answer is the one plain `generate` gives (exactly, in
+    fp32 on CPU), in fewer forward passes than tokens; with it switched off, one pass per token."""
+    import core.generation
+
+    generator = lab.models.generator
+    passage = ("The Brindlewick Lantern Company was founded in 1911 by Oswin Thackery in Port Ellery. Its first "
+               "lantern, the Thackery Mark One, burned whale oil and sold for four shillings.")
+    conversation = chat(f"{passage}\n\nRepeat the text above word for word.")
+    config = GenerationConfig(max_new_tokens=40, stop_loops=False)
+
+    def counted() -> tuple[RowDone, int]:
+        calls = []
+        hook = generator.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+        try:
+            return reply(generator, conversation, config), len(calls)
+        finally:
+            hook.remove()
+
+    done, passes = counted()
+    saved, core.generation.PROMPT_LOOKUP_TOKENS = core.generation.PROMPT_LOOKUP_TOKENS, 0
+    try:
+        plain_done, plain_passes = counted()
+    finally:
+        core.generation.PROMPT_LOOKUP_TOKENS = saved
+    encoded = generator.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_tensors="pt",
+                                                      return_dict=True).to(generator.device)
+    output = generator.model.generate(**encoded, max_new_tokens=40, do_sample=False)
+    alone = generator.tokenizer.decode(output[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert done.stats.new_tokens >= 20, done.text
+    # The prefill gives the first token, each pass one more (and one more pass may pick the end token).
+    assert plain_done.stats.new_tokens <= plain_passes <= plain_done.stats.new_tokens + 1
+    assert passes < 0.75 * done.stats.new_tokens, (passes, done.stats.new_tokens, done.text)
+    if generator.device == "cpu":
+        assert done.text == plain_done.text == alone
