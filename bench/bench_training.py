@@ -1,14 +1,14 @@
 """Training throughput and memory: the engine's fine-tune (core.training_run.train: TRL's SFTTrainer, completion-only loss;
-on a CPU core/sft.py's cheaper batch layout, answer-only LM head and LoRA dropout) against two plain transformers
-Trainer + peft baselines on the same data and settings: random batches, and length-grouped batches (what a competent
-user would turn on); ratios are against the faster of the two.
+on a CPU core/sft.py's cheaper batch layout, answer-only LM head and LoRA dropout) against what a competent user
+would run on the same data and settings: transformers Trainer + peft with random or length-grouped batches, and TRL's
+SFTTrainer as it comes and with its padding-free collator; ratios are against the fastest of them.
 
     .venv/bin/python bench/bench_training.py [--examples 96] [--steps 24] [--batch-size 4] [--repeats 3]
 
 Data: PubMedQA questions with their long answers (../shared/data), whose lengths vary as real Q&A does. Both runs
 use the same base model, LoRA (rank 16 on all linear layers), learning rate, batch size, max length and number of
 steps, and learn only the answer tokens. Each run is its own process, so its peak memory (max RSS) is its own.
-Useful tokens/s counts non-padding tokens. With --repeats, the three alternate and the medians are shown.
+Useful tokens/s counts non-padding tokens. With --repeats, the runs alternate and the medians are shown.
 """
 from __future__ import annotations
 
@@ -29,6 +29,12 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LAB_MODEL_CACHE", str(ROOT / ".cache" / "models"))
 QUESTIONS = ROOT.parent / "shared" / "data" / "pubmedqa_test" / "questions.jsonl"
 LORA = dict(rank=16, alpha=32, dropout=0.05, learning_rate=5e-4)
+BASELINES = {  # what a competent user would run instead of the engine
+    "baseline": "transformers Trainer + peft (random batches, padded to longest)",
+    "grouped": "transformers Trainer + peft, length-grouped batches",
+    "trl": "TRL SFTTrainer as it comes (prompt-completion, padded batches)",
+    "trl-padding-free": "TRL SFTTrainer, padding_free=True",
+}
 
 
 def make_dataset(data_dir: Path, examples: int) -> None:
@@ -111,11 +117,66 @@ def run_baseline(data_dir: Path, steps: int, batch: int, max_length: int, groupe
     return {"tokens_per_s": seen["tokens"] / (end - loop["t0"]), "seconds": end - t0, "steps": steps}
 
 
+def run_trl(data_dir: Path, steps: int, batch: int, max_length: int, padding_free: bool) -> dict:
+    """TRL's SFTTrainer as a user would set it up: prompt-completion data (loss on the completion only), LoRA by
+    `peft_config`; with `padding_free`, its padding-free collator (each batch one flat row, positions restarting
+    per example, which transformers turns into a block-diagonal attention mask)."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from core.config import load_settings
+    from core.datasets import DatasetStore
+    from core.models import resolve_base_model
+    from core.training import cpu_bf16
+
+    settings = load_settings(data_dir=data_dir, device="cpu")
+    source = resolve_base_model(settings.base_model, settings)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    rows = [{"prompt": e["messages"][:-1], "completion": e["messages"][-1:]}
+            for e in DatasetStore(data_dir).examples("pubmed", "train")]
+    config = SFTConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=batch,
+                       learning_rate=LORA["learning_rate"], max_steps=steps, logging_steps=1, save_strategy="no",
+                       report_to=[], use_cpu=True, disable_tqdm=True, lr_scheduler_type="cosine", seed=42,
+                       optim="adamw_torch", dataloader_num_workers=0,
+                       max_length=None if padding_free else max_length,  # TRL: not enforced padding-free (rows here are shorter)
+                       padding_free=padding_free, completion_only_loss=True, bf16=cpu_bf16())
+    loop, seen = {}, {"tokens": 0}
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            loop["t0"] = time.perf_counter()
+
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=LoraConfig(r=LORA["rank"], lora_alpha=LORA["alpha"],
+                                                lora_dropout=LORA["dropout"], target_modules="all-linear",
+                                                task_type="CAUSAL_LM"), callbacks=[Clock()])
+    collate = trainer.data_collator
+
+    def counted(examples):
+        out = collate(examples)
+        mask = out.get("attention_mask")
+        seen["tokens"] += int(mask.sum()) if mask is not None else out["input_ids"].numel()
+        return out
+
+    trainer.data_collator = counted
+    t0 = time.perf_counter()
+    trainer.train()
+    end = time.perf_counter()
+    return {"tokens_per_s": seen["tokens"] / (end - loop["t0"]), "seconds": end - t0, "steps": steps}
+
+
 def child(kind: str, data_dir: Path, steps: int, batch: int, max_length: int) -> None:
     import core  # noqa: F401 - offline environment
 
     if kind == "engine":
         result = run_engine(data_dir, steps, batch, max_length)
+    elif kind.startswith("trl"):
+        result = run_trl(data_dir, steps, batch, max_length, padding_free=kind == "trl-padding-free")
     else:
         result = run_baseline(data_dir, steps, batch, max_length, grouped=kind == "grouped")
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
@@ -129,7 +190,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--child", choices=["engine", "baseline", "grouped"])
+    parser.add_argument("--child", choices=list(BASELINES) + ["engine"])
     parser.add_argument("--data-dir", type=Path)
     args = parser.parse_args()
     if args.child:
@@ -144,7 +205,7 @@ def main() -> None:
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-train-"))
     make_dataset(data_dir, args.examples)
-    runs: dict[str, list[dict]] = {"baseline": [], "grouped": [], "engine": []}
+    runs: dict[str, list[dict]] = {kind: [] for kind in [*BASELINES, "engine"]}
     for _ in range(args.repeats):
         for kind in runs:
             out = subprocess.run([sys.executable, __file__, "--child", kind, "--data-dir", str(data_dir),
@@ -158,10 +219,8 @@ def main() -> None:
           f"median of {args.repeats}, {'bf16 mixed precision (this CPU has native bf16)' if cpu_bf16() else 'fp32'}")
     print("| run | useful tokens/s | vs the best baseline | wall s | peak RSS GB | vs the best baseline |")
     print("|---|---:|---:|---:|---:|---:|")
-    base = max((results["baseline"], results["grouped"]), key=lambda r: r["tokens_per_s"])  # the best baseline
-    for kind, label in (("baseline", "transformers Trainer + peft (random batches, padded to longest)"),
-                        ("grouped", "transformers Trainer + peft, length-grouped batches"),
-                        ("engine", "engine: TRL SFTTrainer + core/sft.py (random batches)")):
+    base = max((results[kind] for kind in BASELINES), key=lambda r: r["tokens_per_s"])  # the best baseline
+    for kind, label in [*BASELINES.items(), ("engine", "engine: TRL SFTTrainer + core/sft.py (random batches)")]:
         r = results[kind]
         print(f"| {label} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
               f"{r['seconds']:.0f} | {r['peak_rss_gb']:.2f} | {r['peak_rss_gb'] / base['peak_rss_gb']:.2f}x |")
