@@ -109,7 +109,7 @@ def switched_off(lab: Lab, name: str):
     """The engine with one optimisation turned off (None: all on)."""
     import torch
 
-    from core import generation
+    from core import decode_loop as generation  # where the engine reads its switches
 
     saved = {}
     if name == "prefill apart":  # every column's prompt in one left-padded prefill, as before the joint decode

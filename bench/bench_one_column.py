@@ -27,7 +27,7 @@ PDF = ROOT.parent / "shared" / "data" / "pdfs" / "United_States_PDF.pdf"
 READING_SET = ROOT / "bench" / "reading_sets" / "shared_pdfs.jsonl"
 
 import core  # noqa: E402,F401
-import core.generation  # noqa: E402
+import core.decode_loop  # noqa: E402
 from core.config import load_settings  # noqa: E402
 from core.demo import DEMO_DIR, DEMO_DOCUMENTS, DEMO_KB, DEMO_QUESTIONS  # noqa: E402
 from core.generation import GenerationConfig, RowDone, stream_chat  # noqa: E402
@@ -74,7 +74,7 @@ def main() -> None:
 
     def engine(lookup: int):
         def answer(conversation) -> list[int]:
-            core.generation.PROMPT_LOOKUP_TOKENS = lookup
+            core.decode_loop.PROMPT_LOOKUP_TOKENS = lookup
             done = next(e for e in stream_chat(generator, [conversation], config) if isinstance(e, RowDone))
             return tokenizer(done.text, add_special_tokens=False)["input_ids"]
         return answer
@@ -92,7 +92,7 @@ def main() -> None:
             for conversation in conversations:
                 fn(conversation)
             seconds[name].append(time.perf_counter() - started)
-    core.generation.PROMPT_LOOKUP_TOKENS = 4
+    core.decode_loop.PROMPT_LOOKUP_TOKENS = 4
     base = statistics.median(seconds["plain generate"])
     print(f"\n{len(conversations)} RAG answers, {tokens} tokens in all (plain generate's), one row, "
           f"{torch.get_num_threads()} threads, median of {args.repeats} (min-max)\n")

@@ -161,9 +161,9 @@ def main() -> None:
                         help="draft tokens a row decoding alone checks per step (0: off; default: the engine's)")
     args = parser.parse_args()
     if args.prompt_lookup is not None:
-        import core.generation
+        import core.decode_loop
 
-        core.generation.PROMPT_LOOKUP_TOKENS = args.prompt_lookup
+        core.decode_loop.PROMPT_LOOKUP_TOKENS = args.prompt_lookup
 
     settings = load_settings(data_dir=args.data_dir or Path(tempfile.mkdtemp(prefix="reading-")))
     lab = Lab(settings)

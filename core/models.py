@@ -21,6 +21,7 @@ from core.fileio import file_lock
 
 log = logging.getLogger(__name__)
 _load_lock = threading.Lock()
+_adapter_lock = threading.Lock()
 _generators: dict[tuple[str, str], "Generator"] = {}
 _embedders: dict[tuple[str, str], object] = {}
 
@@ -179,7 +180,7 @@ def attach_adapter(generator: Generator, path: Path, version: str) -> str:
     import hashlib
 
     identity = f"{path}@{version}"
-    with _load_lock:
+    with _adapter_lock:  # not _load_lock: this may wait for a running batch, and searches must not wait with it
         if identity in generator.adapters:
             return generator.adapters[identity]
         from peft import PeftModel

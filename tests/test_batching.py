@@ -22,7 +22,7 @@ def test_visitors_asking_at_once_each_get_what_they_get_alone(lab):
     """Four visitors, one with a prompt long enough to be read in two pieces and one sampling with a seed, ask at
     the same moment: the rows join one batch as they arrive, and each answer is the one that visitor gets alone
     (exactly, in fp32 on CPU; elsewhere each is answered)."""
-    from core.generation import PREFILL_CHUNK_TOKENS
+    from core.decode_loop import PREFILL_CHUNK_TOKENS
 
     generator = lab.models.generator
     visits = [
@@ -102,7 +102,7 @@ def test_a_row_alone_that_copies_its_prompt_takes_fewer_steps_and_answers_the_sa
     """Prompt lookup: a row decoding alone checks, in one forward pass, the tokens that its prompt suggests come
     next (a RAG answer copies from its passages). The greedy answer is the one plain `generate` gives (exactly, in
     fp32 on CPU), in fewer forward passes than tokens; with it switched off, one pass per token."""
-    import core.generation
+    import core.decode_loop
 
     generator = lab.models.generator
     passage = ("The Brindlewick Lantern Company was founded in 1911 by Oswin Thackery in Port Ellery. Its first "
@@ -119,11 +119,11 @@ def test_a_row_alone_that_copies_its_prompt_takes_fewer_steps_and_answers_the_sa
             hook.remove()
 
     done, passes = counted()
-    saved, core.generation.PROMPT_LOOKUP_TOKENS = core.generation.PROMPT_LOOKUP_TOKENS, 0
+    saved, core.decode_loop.PROMPT_LOOKUP_TOKENS = core.decode_loop.PROMPT_LOOKUP_TOKENS, 0
     try:
         plain_done, plain_passes = counted()
     finally:
-        core.generation.PROMPT_LOOKUP_TOKENS = saved
+        core.decode_loop.PROMPT_LOOKUP_TOKENS = saved
     encoded = generator.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_tensors="pt",
                                                       return_dict=True).to(generator.device)
     output = generator.model.generate(**encoded, max_new_tokens=40, do_sample=False)

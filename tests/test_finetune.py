@@ -661,3 +661,25 @@ def test_attached_adapters_stay_off_for_direct_calls(trained):
         with model.disable_adapter():
             base = model(**inputs).logits
     assert torch.allclose(direct, base, atol=1e-5)
+
+
+def test_a_question_naming_an_adapter_replaced_meanwhile_fails_alone(trained):
+    """An adapter trained again is attached in place of its old version; a question that got the old version's
+    name just before (its passages were being searched) is refused with a reason, alone: another visitor's
+    question answers, and the new version answers too."""
+    from core.generation import RowDone, stream_chat
+    from core.models import attach_adapter
+
+    lab, _ = trained
+    generator = lab.models.generator
+    path = lab.adapters.path("facts-lora")
+    old = attach_adapter(generator, path, "an-older-version")
+    new = attach_adapter(generator, path, "the-version-after-it")  # detaches the older one
+    question = [{"role": "user", "content": "Which river runs past Vettelborg?"}]
+    config = GenerationConfig(max_new_tokens=8)
+    with pytest.raises(InputError, match="trained again"):
+        list(stream_chat(generator, [question], config, [old]))
+    answers = [e for e in stream_chat(generator, [question, question], config, [None, new]) if isinstance(e, RowDone)]
+    assert len(answers) == 2 and all(a.text for a in answers)
+    assert lab.answers.ask("Which river runs past Vettelborg?", "finetuned", adapter="facts-lora",
+                           config=config).answer  # the app attaches the real version again
