@@ -47,13 +47,13 @@ def stream_chat(generator: Generator, conversations: list[list[dict]], config: G
     """Generate a reply to each conversation; yield text deltas per row, then a RowDone per row.
 
     The rows join the model's one running decode batch (see _Batcher): rows of other calls, such as another
-    visitor's question, decode in the same batch, one token per row per step, stepped by the calls waiting on it. Prompts are prefilled in groups of
-    similar length (see plan_batches), shortest first, a long one in pieces between decode steps, and each row's
-    first token is streamed as soon as its prompt is read. `adapters` names each row's LoRA adapter (from
-    models.attach_adapter) or None for the base model: rows with different adapters share the batch (peft's
-    mixed-adapter batches), so the weights are never copied. A DoRA adapter's rows, which peft cannot mix, run as
-    a batch of their own with that adapter switched on, after the rows before them. Closing the iterator (a
-    cancelled request, a closed page) takes this call's rows out of the batch at the next step."""
+    visitor's question, decode in the same batch, one token per row per step, stepped by the calls waiting on it.
+    Prompts are prefilled in groups of similar length (see plan_batches), shortest first, a long one in pieces
+    between decode steps, and each row's first token is streamed as soon as its prompt is read. `adapters` names
+    each row's LoRA adapter (from models.attach_adapter) or None for the base model: rows with different adapters
+    share the batch (peft's mixed-adapter batches), so the weights are never copied. A DoRA adapter's rows, which
+    peft cannot mix, run as a batch of their own with that adapter switched on, after the rows before them.
+    Closing the iterator (a cancelled request, a closed page) takes this call's rows out at the next step."""
     adapters = adapters or [None] * len(conversations)
     if len(adapters) != len(conversations):
         raise ValueError(f"{len(adapters)} adapters for {len(conversations)} conversations")
