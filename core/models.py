@@ -288,18 +288,24 @@ def _load_chat_model(source: str, name: str, device: str, weights: str = "fp32")
 
 
 def _few_rows_by_columns(model) -> None:
-    """Compute each linear layer as W @ x^T when it gets 2-8 rows: the same product, but MKL's x @ W^T for a few rows
-    is slow here. The Compare tab decodes its columns together, 2-4 rows a step; measured on this model with ~1,000
-    cached tokens, a decode step over 4 rows took 156 ms this way against 242 ms (1 row: ~110 ms); SmolLM2's
-    49152x576 LM head alone took 13 ms for 4 rows against 46 ms. One row and prompts (many rows) are unchanged."""
+    """Compute each linear layer as W @ x^T when it gets 1-8 rows: the same product, but MKL's x @ W^T (and its
+    matrix-vector path for one row) is slow here for weights read from memory. The Compare tab decodes its columns
+    together, 2-4 rows a step; measured on this model with ~1,000 cached tokens, a decode step over 4 rows took
+    156 ms this way against 242 ms (1 row: ~110 ms); SmolLM2's 49152x576 LM head alone took 13 ms for 4 rows
+    against 46 ms. A single row is sent as two copies of itself (the matrix-vector path took 10 ms for the head
+    against 4 ms so): a one-row decode step took 36-53 ms against 59-71 ms (2026-12-04). Prompts (many rows) are
+    unchanged."""
     import torch
 
     def by_columns(layer, plain):
         def forward(x):
             rows = x.numel() // x.shape[-1]
-            if not 2 <= rows <= 8:
+            if not 1 <= rows <= 8:
                 return plain(x)
-            out = (layer.weight @ x.reshape(rows, x.shape[-1]).T).T.contiguous()
+            flat = x.reshape(rows, x.shape[-1])
+            if rows == 1:
+                flat = torch.cat([flat, flat])
+            out = (layer.weight @ flat.T).T[:rows].contiguous()
             if layer.bias is not None:
                 out = out + layer.bias
             return out.reshape(*x.shape[:-1], out.shape[-1])
