@@ -3,10 +3,12 @@ plain transformers `generate` on the same prompts, in the same run. Prompts are 
 retrieval, reading and wording) for the guided demo's 16 questions and, where ../shared is present, the reading
 set's questions on United_States_PDF.pdf. Greedy, natural length up to --tokens.
 
-    .venv/bin/python bench/bench_one_column.py [--repeats 3] [--tokens 64] [--limit 16]
+    .venv/bin/python bench/bench_one_column.py [--repeats 3] [--tokens 64] [--limit 16] [--lookups 0,1,4]
 
-Printed: the whole answers' time (prompt included) and tokens per second over all questions, per repeat the
-median and min-max, the ratio to plain `generate`, and how many answers are token for token plain `generate`'s.
+The baseline is the model as `from_pretrained` loads it (the engine's is the app's, with its own linear-layer
+layout for a few rows). Printed: the whole answers' time (prompt included) and tokens per second over all
+questions, the decode rate after each answer's first token (the prompt's reading left out), per repeat the median
+and min-max, the ratio to plain `generate`, and how many answers are token for token plain `generate`'s.
 """
 from __future__ import annotations
 
@@ -55,56 +57,88 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--limit", type=int, default=16, help="questions per set")
+    parser.add_argument("--lookups", default="0,1,4", help="prompt lookup draft lengths to run the engine with")
     args = parser.parse_args()
     import torch
 
     lab = Lab(load_settings(data_dir=Path(tempfile.mkdtemp(prefix="bench-one-column-"))))
     generator = lab.models.generator
     conversations = rag_prompts(lab, args.limit)
-    tokenizer, model = generator.tokenizer, generator.model
+    tokenizer = generator.tokenizer
+    # The baseline is the model as a user loads it, without the engine's own layer layout (core/models.py).
+    from transformers import AutoModelForCausalLM
+
+    from core.models import resolve_base_model
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_base_model(lab.settings.base_model, lab.settings)).eval()
     config = GenerationConfig(max_new_tokens=args.tokens, stop_loops=False)  # `generate` has no loop stop
 
+    decode_s: dict[str, list[float]] = {}  # per decoder: seconds after each answer's first token, summed
+
     def plain(conversation) -> list[int]:
+        from transformers import StoppingCriteria
+
+        class FirstToken(StoppingCriteria):  # asked after every new token: the first call follows the prefill
+            at = None
+
+            def __call__(self, input_ids, scores, **kwargs):
+                self.at = self.at or time.perf_counter()
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+        first = FirstToken()
         encoded = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_tensors="pt",
                                                 return_dict=True)
         with torch.inference_mode():
             out = model.generate(**encoded, max_new_tokens=args.tokens, do_sample=False,
-                                 pad_token_id=tokenizer.eos_token_id)
+                                 pad_token_id=tokenizer.eos_token_id, stopping_criteria=[first])
+        decode_s["plain generate"][-1] += time.perf_counter() - first.at
         return out[0, encoded["input_ids"].shape[1]:].tolist()
 
-    def engine(lookup: int):
+    def engine(lookup: int, name: str):
         def answer(conversation) -> list[int]:
             core.decode_loop.PROMPT_LOOKUP_TOKENS = lookup
             done = next(e for e in stream_chat(generator, [conversation], config) if isinstance(e, RowDone))
+            decode_s[name][-1] += done.stats.total_s - done.stats.ttft_s
             return tokenizer(done.text, add_special_tokens=False)["input_ids"]
         return answer
 
-    runs = {"plain generate": plain, "engine, prompt lookup off": engine(0), "engine, prompt lookup on": engine(4)}
+    default_lookup = core.decode_loop.PROMPT_LOOKUP_TOKENS
+    runs = {"plain generate": plain}
+    for lookup in (int(n) for n in args.lookups.split(",")):
+        name = f"engine, prompt lookup of {lookup}" if lookup else "engine, prompt lookup off"
+        runs[name] = engine(lookup, name)
+    decode_s.update({name: [0.0] for name in runs})
     reference = [plain(c) for c in conversations]
     texts = {name: [tokenizer.decode(t, skip_special_tokens=True) for t in (reference if fn is plain else
                                                                             [fn(c) for c in conversations])]
              for name, fn in runs.items()}
+    decode_s = {name: [] for name in runs}  # the runs above were warm-up
     tokens = sum(len(t) for t in reference)
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):  # alternate, so a slow moment of the machine hits each alike
         for name, fn in runs.items():
+            decode_s[name].append(0.0)
             started = time.perf_counter()
             for conversation in conversations:
                 fn(conversation)
             seconds[name].append(time.perf_counter() - started)
-    core.decode_loop.PROMPT_LOOKUP_TOKENS = 4
+    core.decode_loop.PROMPT_LOOKUP_TOKENS = default_lookup
     base = statistics.median(seconds["plain generate"])
     print(f"\n{len(conversations)} RAG answers, {tokens} tokens in all (plain generate's), one row, "
           f"{torch.get_num_threads()} threads, median of {args.repeats} (min-max)\n")
-    print("| decoder | s for all answers | tokens/s | x plain generate | answers = plain generate's |")
-    print("|---|---:|---:|---:|---:|")
+    print("| decoder | s for all answers | tokens/s | x plain generate | decode tokens/s, after the first | x plain "
+          "generate | answers = plain generate's |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     reference_texts = texts["plain generate"]
+    decoded = tokens - len(conversations)  # the tokens after each answer's first
+    base_decode = statistics.median(decode_s["plain generate"])
     for name, values in seconds.items():
         median = statistics.median(values)
+        decode = statistics.median(decode_s[name])
         same = sum(a.strip() == b.strip() for a, b in zip(texts[name], reference_texts))
         print(f"| {name} | {median:.1f} ({min(values):.1f}-{max(values):.1f}) | {tokens / median:.1f} | "
-              f"{base / median:.2f}x | {same}/{len(conversations)} |")
-
+              f"{base / median:.2f}x | {decoded / decode:.1f} ({decoded / max(decode_s[name]):.1f}-"
+              f"{decoded / min(decode_s[name]):.1f}) | {base_decode / decode:.2f}x | {same}/{len(conversations)} |")
 
 if __name__ == "__main__":
     main()

@@ -7,14 +7,17 @@ import copy
 import time
 from dataclasses import dataclass
 
-from core.decode_rows import FINISHED, Cohort, Delta, Row, RowDone, loop_start, plan_batches
+from core.decode_rows import FINISHED, Cohort, Delta, Row, RowDone, loop_start, plan_batches, requests_of
 from core.errors import InputError
 from core.models import Generator, accepts_logits_to_keep
 
 # A row decoding alone checks up to this many tokens a step that its prompt suggests (prompt lookup: the tokens
 # after the first earlier occurrence of its last PROMPT_LOOKUP_NGRAM tokens, or of its last token). A RAG answer
-# copies from its passages: the same greedy answers, 1.83x plain `generate` (bench/bench_one_column.py).
-PROMPT_LOOKUP_TOKENS, PROMPT_LOOKUP_NGRAM = 4, 2
+# copies from its passages: the same greedy answers in fewer steps. One token, because a lone row is computed as
+# two rows anyway (core/models.py), so checking one costs about a plain step; more cost more per step than they
+# saved: decode 2.74x plain `generate` with 1, 2.40x with 2, 2.64x with 3, 2.21x with 4 (bench_one_column.py,
+# one run, 2026-12-04).
+PROMPT_LOOKUP_TOKENS, PROMPT_LOOKUP_NGRAM = 1, 2
 # A long prompt is prefilled in pieces of this many tokens on a CPU, with one decode step of the running rows
 # between pieces, so the columns and visitors already answering keep streaming while it is read.
 PREFILL_CHUNK_TOKENS = 512
@@ -125,7 +128,7 @@ class Loop:
             self.prefills += [Prefill([rows[i] for i in g], self.pad_id, self.torch, self.model, self.device)
                               for g in groups]
         except Exception as exc:  # these rows are in no batch yet: their callers must hear of it here
-            for request in {id(r.request): r.request for r in rows}.values():
+            for request in requests_of(rows):
                 request.events.put(copy.copy(exc))
 
     def step(self) -> None:
