@@ -103,6 +103,11 @@ class Row:
         return self.stats.done or self.request.cancelled
 
 
+def requests_of(rows: list[Row]) -> list[Request]:
+    """The calls these rows belong to, once each."""
+    return list({id(r.request): r.request for r in rows}.values())
+
+
 @dataclass
 class Cohort:
     mode: str | None  # the adapter switched on for all rows (DoRA), or None: each row names its own

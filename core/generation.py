@@ -13,7 +13,7 @@ from typing import Iterator
 
 from core.decode_loop import Loop, eos_ids
 from core.decode_rows import (FINISHED, Cohort, Delta, Request, Row, RowDone, RowStats,  # noqa: F401 - re-exported
-                              loop_start, plan_batches)
+                              loop_start, plan_batches, requests_of)
 from core.errors import InputError
 from core.models import Generator
 
@@ -151,26 +151,25 @@ class _Batcher:
             loop = self.loop or Loop(self.generator)  # made now: the model may have gained an adapter
             if not self.held:
                 loop.admit(self.waiting)
-        if loop.idle:
+        stepped = not loop.idle
+        if stepped:
+            self.loop = loop
+            try:
+                loop.step()
+            except BaseException as exc:  # every caller in the batch must hear of it, not wait forever
+                self.loop = None  # a step cut short leaves the caches half-written: the batch cannot go on
+                reported = exc if isinstance(exc, Exception) else InputError("the answer was interrupted")
+                for request in requests_of(loop.rows()):
+                    request.events.put(copy.copy(reported))  # each caller raises its own, in its own thread
+                with contextlib.suppress(Exception):
+                    loop.switch(None)
+                if not isinstance(exc, Exception):
+                    raise  # Ctrl-C in the CLI
+                return True
+        if loop.idle:  # nothing to admit, or the last rows just finished: the adapters switch back off
             loop.switch(None)
             self.loop = None
-            return False
-        self.loop = loop
-        try:
-            loop.step()
-        except BaseException as exc:  # every caller in the batch must hear of it, not wait forever
-            self.loop = None  # a step cut short leaves the caches half-written: the batch cannot go on
-            reported = exc if isinstance(exc, Exception) else InputError("the answer was interrupted")
-            for request in {id(r.request): r.request for r in loop.rows()}.values():
-                request.events.put(copy.copy(reported))  # each caller raises its own, in its own thread
-            with contextlib.suppress(Exception):
-                loop.switch(None)
-            if not isinstance(exc, Exception):
-                raise  # Ctrl-C in the CLI
-        if loop.idle:  # the last rows just finished: the adapters switch back off, the next call starts afresh
-            loop.switch(None)
-            self.loop = None
-        return True
+        return stepped
 
     @contextlib.contextmanager
     def quiet(self):
