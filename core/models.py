@@ -293,7 +293,7 @@ def _few_rows_by_columns(model) -> None:
     together, 2-4 rows a step; measured on this model with ~1,000 cached tokens, a decode step over 4 rows took
     156 ms this way against 242 ms (1 row: ~110 ms); SmolLM2's 49152x576 LM head alone took 13 ms for 4 rows
     against 46 ms. A single row is sent as two copies of itself (the matrix-vector path took 10 ms for the head
-    against 4 ms so): a one-row decode step took 36-53 ms against 59-71 ms (2026-12-04). Prompts (many rows) are
+    against 4 ms so): a one-row decode step took 29-53 ms against 59-71 ms (2026-12-04). Prompts (many rows) are
     unchanged."""
     import torch
 
