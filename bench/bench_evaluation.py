@@ -22,6 +22,7 @@ bench_compare: it costs what a trained one costs to run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -92,19 +93,15 @@ class PlainBaseline:
                 if answer.answer or answer.error:  # answered without the model ("not in your documents")
                     texts[(index, variant)] = answer.answer
         for variant, rows in prompts.items():
-            uses_adapter = VARIANTS[variant].uses_adapter
             for start in range(0, len(rows), batch):
                 part = rows[start:start + batch]
                 encoded = self.tokenizer([p for _, p in part], return_tensors="pt", padding=True,
                                          add_special_tokens=False)
-                with self.torch.inference_mode():
-                    if uses_adapter:
-                        out = self.model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
-                                                  pad_token_id=self.tokenizer.pad_token_id)
-                    else:
-                        with self.model.disable_adapter():
-                            out = self.model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
-                                                      pad_token_id=self.tokenizer.pad_token_id)
+                adapter = (contextlib.nullcontext() if VARIANTS[variant].uses_adapter
+                           else self.model.disable_adapter())
+                with self.torch.inference_mode(), adapter:
+                    out = self.model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
+                                              pad_token_id=self.tokenizer.pad_token_id)
                 width = encoded["input_ids"].shape[1]
                 for (index, _), ids in zip(part, out):
                     texts[(index, variant)] = self.tokenizer.decode(ids[width:], skip_special_tokens=True).strip()

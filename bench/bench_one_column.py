@@ -112,7 +112,8 @@ def main() -> None:
     texts = {name: [tokenizer.decode(t, skip_special_tokens=True) for t in (reference if fn is plain else
                                                                             [fn(c) for c in conversations])]
              for name, fn in runs.items()}
-    decode_s = {name: [] for name in runs}  # the runs above were warm-up
+    for values in decode_s.values():  # the runs above were warm-up
+        values.clear()
     tokens = sum(len(t) for t in reference)
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):  # alternate, so a slow moment of the machine hits each alike
@@ -139,6 +140,7 @@ def main() -> None:
         print(f"| {name} | {median:.1f} ({min(values):.1f}-{max(values):.1f}) | {tokens / median:.1f} | "
               f"{base / median:.2f}x | {decoded / decode:.1f} ({decoded / max(decode_s[name]):.1f}-"
               f"{decoded / min(decode_s[name]):.1f}) | {base_decode / decode:.2f}x | {same}/{len(conversations)} |")
+
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,8 @@ import copy
 import time
 from dataclasses import dataclass
 
-from core.decode_rows import FINISHED, Cohort, Delta, Row, RowDone, loop_start, plan_batches, requests_of
+from core.decode_rows import (FINISHED, Cohort, Delta, Request, Row, RowDone, loop_start, plan_batches,
+                              requests_of)
 from core.errors import InputError
 from core.models import Generator, accepts_logits_to_keep
 
