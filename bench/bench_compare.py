@@ -91,15 +91,17 @@ def decode_step_ms(lab: Lab, rows: int, cached: int = 1000, steps: int = 20) -> 
 
     model = lab.models.generator.model
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
-    ids = torch.randint(0, 1000, (rows, cached))
+    ids = torch.randint(0, 1000, (rows, cached), device=model.device)
     cache = DynamicCache(config=model.config)
     times = []
     with torch.inference_mode():
         model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         for i in range(steps):
+            mask = torch.ones(rows, cached + i + 1, dtype=torch.long, device=model.device)
             t0 = time.perf_counter()
-            model(input_ids=ids[:, :1], attention_mask=torch.ones(rows, cached + i + 1, dtype=torch.long),
-                  past_key_values=cache, use_cache=True, logits_to_keep=1)
+            model(input_ids=ids[:, :1], attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            if model.device.type == "cuda":
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1000
 
@@ -161,14 +163,17 @@ def switch_table(lab: Lab, config: GenerationConfig, adapter: str, repeats: int)
 
 
 def main() -> None:
+    global QUESTION
     parser = argparse.ArgumentParser()
     parser.add_argument("--pdf", type=Path, default=DEFAULT_PDF)
+    parser.add_argument("--question", default=QUESTION, help="one the document answers (the RAG columns must answer)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--no-switches", action="store_true", help="skip the table of optimisations switched off")
     args = parser.parse_args()
     import torch
 
+    QUESTION = args.question
     data_dir = Path(tempfile.mkdtemp(prefix="bench-compare-"))
     lab = Lab(load_settings(data_dir=data_dir))
     lab.kbs.ingest([args.pdf], kb="bench")

@@ -70,7 +70,9 @@ def main() -> None:
 
     from core.models import resolve_base_model
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_base_model(lab.settings.base_model, lab.settings)).eval()
+    device = generator.model.device  # same device and precision as the engine's (bf16 on CUDA)
+    model = AutoModelForCausalLM.from_pretrained(resolve_base_model(lab.settings.base_model, lab.settings),
+                                                 dtype=generator.model.dtype).to(device).eval()
     config = GenerationConfig(max_new_tokens=args.tokens, stop_loops=False)  # `generate` has no loop stop
 
     decode_s: dict[str, list[float]] = {}  # per decoder: seconds after each answer's first token, summed
@@ -83,11 +85,11 @@ def main() -> None:
 
             def __call__(self, input_ids, scores, **kwargs):
                 self.at = self.at or time.perf_counter()
-                return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
         first = FirstToken()
         encoded = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_tensors="pt",
-                                                return_dict=True)
+                                                return_dict=True).to(device)
         with torch.inference_mode():
             out = model.generate(**encoded, max_new_tokens=args.tokens, do_sample=False,
                                  pad_token_id=tokenizer.eos_token_id, stopping_criteria=[first])

@@ -10,6 +10,8 @@
 #
 # Without a .venv it runs `bash scripts/install.sh test` first. A GPU needs the CUDA build of torch 2.13.0: on Linux
 # `pip install torch==2.13.0` from PyPI is one (that is what install.sh runs); a "+cpu" build is refused below.
+# GPU_CHECK_PYTHON=python3 uses that interpreter instead and installs nothing: a machine without a package registry
+# gets the rest from bench/gpu_bundle.py on PYTHONPATH.
 # On a machine without a CUDA GPU it stops at once, before installing anything, with one line and exit status 2.
 set -euo pipefail
 
@@ -22,7 +24,7 @@ cd "$(dirname "$0")/.."
 mkdir -p .cache
 log=${GPU_CHECK_LOG:-.cache/gpu_check-$(date +%Y%m%d-%H%M%S).log}
 export LAB_MODEL_CACHE=${LAB_MODEL_CACHE:-$PWD/.cache/models}
-py=.venv/bin/python
+py=${GPU_CHECK_PYTHON:-.venv/bin/python}
 work=$(mktemp -d)
 failed=()
 
@@ -65,9 +67,12 @@ PY
 }
 
 bench_compare() {
-  local pdf=../shared/data/pdfs/United_States_PDF.pdf
-  [ -f "$pdf" ] || { pdf=assets/demo/handbook.md; echo "($pdf: the shared PDF is not here)"; }
-  timeout 240 "$py" bench/bench_compare.py --pdf "$pdf" --repeats 1 --max-new-tokens 32
+  local pdf=../shared/data/pdfs/United_States_PDF.pdf question=()
+  if [ ! -f "$pdf" ]; then
+    echo "($pdf is not here: the demo handbook instead)"
+    pdf=assets/demo/handbook.md question=(--question "How many days of paid leave does each employee get?")
+  fi
+  timeout 240 "$py" bench/bench_compare.py --pdf "$pdf" "${question[@]}" --repeats 3 --max-new-tokens 32 --no-switches
 }
 
 bench_training() {
@@ -81,7 +86,7 @@ bench_training() {
 main() {
   echo "gpu_check $(date -Is) on $(hostname)"
   nvidia-smi --query-gpu=index,name,memory.total,memory.used,driver_version --format=csv
-  if [ ! -x "$py" ]; then
+  if [ -z "${GPU_CHECK_PYTHON:-}" ] && [ ! -x "$py" ]; then
     part "set-up (scripts/install.sh test)" bash scripts/install.sh test
   fi
   "$py" - <<'PY' || return 2
