@@ -127,7 +127,9 @@ class Answers:
         rows = [row for turn in turns for row in turn.rows]
         finished = set()
         if rows:
-            with closing(self._decode(generator, rows, config)) as events:
+            # Several questions are a throughput run: their rows decode together. One question alone is timed
+            # (an evaluation's latency figures), so its columns stream as in Compare.
+            with closing(self._decode(generator, rows, config, together=len(questions) > 1)) as events:
                 for event in events:
                     if event.kind in ("done", "error"):
                         finished.add(id(event.answer))
@@ -208,7 +210,7 @@ class Answers:
         return self._parameters
 
     def _decode(self, generator, rows: list[tuple[Answer, list[dict], str | None]],
-                config: GenerationConfig) -> Iterator[AnswerEvent]:
+                config: GenerationConfig, together: bool = False) -> Iterator[AnswerEvent]:
         """Generate every row (answer, conversation, adapter) in one batch, filling in its Answer. Rows of a fully
         fine-tuned model are a batch of their own on that model, after the others."""
         batches: dict[int, tuple] = {}
@@ -217,7 +219,7 @@ class Answers:
             batches.setdefault(id(model), (model, []))[1].append(row)
         try:
             for model, batch in batches.values():
-                yield from self._decode_batch(model, batch, config)
+                yield from self._decode_batch(model, batch, config, together)
         except LabError as exc:
             for answer, _, _ in rows:
                 if not answer.timings.get("total_ms"):
@@ -226,9 +228,9 @@ class Answers:
 
     @staticmethod
     def _decode_batch(generator, rows: list[tuple[Answer, list[dict], str | None]],
-                      config: GenerationConfig) -> Iterator[AnswerEvent]:
+                      config: GenerationConfig, together: bool = False) -> Iterator[AnswerEvent]:
         adapters = [None if (key or "").startswith(FULL_MODEL) else key for _, _, key in rows]
-        for event in stream_chat(generator, [c for _, c, _ in rows], config, adapters):
+        for event in stream_chat(generator, [c for _, c, _ in rows], config, adapters, together):
             answer = rows[event.row][0]
             if isinstance(event, Delta):
                 answer.answer += event.text

@@ -80,6 +80,7 @@ class Loop:
         self.pad_id = pad if pad is not None else (min(self.eos) if self.eos else 0)
         self.mode: str | None = None
         self.prefills: list[Prefill] = []
+        self.read: list[Prefill] = []  # read, waiting for the rest of their call's prompts (Request.together)
         self.batch: Batch | None = None
 
     @property
@@ -87,7 +88,7 @@ class Loop:
         return self.batch is None and not self.prefills
 
     def rows(self) -> list[Row]:
-        return [r for p in self.prefills for r in p.rows] + (self.batch.rows if self.batch else [])
+        return [r for p in self.prefills + self.read for r in p.rows] + (self.batch.rows if self.batch else [])
 
     def switch(self, mode: str | None) -> None:
         """Switch `mode` (a DoRA adapter) on in every layer, or off (None: rows name their own adapter)."""
@@ -123,11 +124,16 @@ class Loop:
         rows = [r for c in taken for r in c.rows]
         if not rows:
             return
-        groups = plan_batches([len(r.prompt_ids) for r in rows], self.device) if self.mergeable \
-            else [list(range(len(rows)))]  # one padded prefill instead of joined caches
+        # A call whose rows start together is grouped on its own, so no other call's rows wait with it.
+        calls: dict[int, list[Row]] = {}
+        for row in rows:
+            calls.setdefault(id(row.request) if row.request.together else 0, []).append(row)
         try:
-            self.prefills += [Prefill([rows[i] for i in g], self.pad_id, self.torch, self.model, self.device)
-                              for g in groups]
+            for part in calls.values():
+                groups = plan_batches([len(r.prompt_ids) for r in part], self.device) if self.mergeable \
+                    else [list(range(len(part)))]  # one padded prefill instead of joined caches
+                self.prefills += [Prefill([part[i] for i in g], self.pad_id, self.torch, self.model, self.device)
+                                  for g in groups]
         except Exception as exc:  # these rows are in no batch yet: their callers must hear of it here
             for request in requests_of(rows):
                 request.events.put(copy.copy(exc))
@@ -136,6 +142,7 @@ class Loop:
         """Read one piece of the prompt with the least left to read (short prompts overtake long ones), then decode
         one token for every running row."""
         self.prefills = [p for p in self.prefills if not all(r.done for r in p.rows)]
+        self.read = [p for p in self.read if not all(r.done for r in p.rows)]
         if self.prefills:
             prefill = min(self.prefills, key=lambda p: p.left)
             if self._read_piece(prefill):
@@ -170,11 +177,20 @@ class Loop:
         return True
 
     def _join(self, prefill: Prefill) -> None:
-        """Add the rows just prefilled to the running batch (the caches and masks left-padded to one width)."""
+        """Add the rows just prefilled to the running batch (the caches and masks left-padded to one width); the
+        rows of a call that starts together wait until its last prompt is read, then join in one copy."""
+        request = prefill.rows[0].request
+        parts = [prefill]
+        if request.together:
+            if any(p.rows[0].request is request for p in self.prefills if p is not prefill):
+                self.read.append(prefill)
+                return
+            parts = [p for p in self.read if p.rows[0].request is request] + [prefill]
+            self.read = [p for p in self.read if p.rows[0].request is not request]
         torch = self.torch
-        part = Batch(prefill.cache, prefill.mask, prefill.positions[:, -1],
-                      torch.tensor(prefill.tokens, device=prefill.mask.device), prefill.rows)
-        self.batch = part if self.batch is None else joined(self.batch, part, torch)
+        batches = [Batch(p.cache, p.mask, p.positions[:, -1], torch.tensor(p.tokens, device=p.mask.device), p.rows)
+                   for p in parts]
+        self.batch = joined(([self.batch] if self.batch is not None else []) + batches, torch)
         self._compact()
 
     def _decode_step(self) -> None:
@@ -312,11 +328,13 @@ class Loop:
             request.events.put(FINISHED)
 
 
-def joined(a: Batch, b: Batch, torch) -> Batch:
-    """One batch of both: KV caches and masks left-padded to the wider, rows stacked."""
+def joined(batches: list[Batch], torch) -> Batch:
+    """One batch of all: KV caches and masks left-padded to the widest, rows stacked, each tensor copied once."""
     from transformers import DynamicCache
 
-    width = max(a.mask.shape[1], b.mask.shape[1])
+    if len(batches) == 1:
+        return batches[0]
+    width = max(b.mask.shape[1] for b in batches)
 
     def padded(tensor, length):  # on the left, along the sequence (the cache's third, the mask's second axis)
         pad = width - length
@@ -324,11 +342,13 @@ def joined(a: Batch, b: Batch, torch) -> Batch:
             return tensor
         return torch.nn.functional.pad(tensor, (0, 0, pad, 0) if tensor.dim() == 4 else (pad, 0))
 
-    layers = [(torch.cat([padded(x.keys, a.mask.shape[1]), padded(y.keys, b.mask.shape[1])]),
-               torch.cat([padded(x.values, a.mask.shape[1]), padded(y.values, b.mask.shape[1])]))
-              for x, y in zip(a.cache.layers, b.cache.layers)]
-    return Batch(DynamicCache(layers), torch.cat([padded(a.mask, a.mask.shape[1]), padded(b.mask, b.mask.shape[1])]),
-                  torch.cat([a.positions, b.positions]), torch.cat([a.tokens, b.tokens]), a.rows + b.rows)
+    def stacked(tensors):
+        return torch.cat([padded(t, b.mask.shape[1]) for t, b in zip(tensors, batches)])
+
+    layers = [(stacked([layer.keys for layer in group]), stacked([layer.values for layer in group]))
+              for group in zip(*(b.cache.layers for b in batches))]
+    return Batch(DynamicCache(layers), stacked([b.mask for b in batches]), torch.cat([b.positions for b in batches]),
+                 torch.cat([b.tokens for b in batches]), [r for b in batches for r in b.rows])
 
 
 def mergeable(model) -> bool:

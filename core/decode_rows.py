@@ -82,8 +82,10 @@ FINISHED = object()  # the last item of a request's event queue
 class Request:
     """One stream_chat call: its settings, its token picker and the queue its rows' events go to."""
 
-    def __init__(self, config, picker, rows: int):  # a GenerationConfig and its TokenPicker (core.generation)
+    def __init__(self, config, picker, rows: int, together: bool = False):  # a GenerationConfig, its TokenPicker
         self.config, self.picker, self.open_rows = config, picker, rows
+        # Throughput over latency: the rows start decoding together, once all their prompts are read (see Loop)
+        self.together = together
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.cancelled = False
         self.t0 = time.perf_counter()

@@ -43,7 +43,7 @@ class GenerationConfig:
 
 
 def stream_chat(generator: Generator, conversations: list[list[dict]], config: GenerationConfig,
-                adapters: list[str | None] | None = None) -> Iterator[Delta | RowDone]:
+                adapters: list[str | None] | None = None, together: bool = False) -> Iterator[Delta | RowDone]:
     """Generate a reply to each conversation; yield text deltas per row, then a RowDone per row.
 
     The rows join the model's one running decode batch (see _Batcher): rows of other calls, such as another
@@ -53,7 +53,10 @@ def stream_chat(generator: Generator, conversations: list[list[dict]], config: G
     each row's LoRA adapter (from models.attach_adapter) or None for the base model: rows with different adapters
     share the batch (peft's mixed-adapter batches), so the weights are never copied. A DoRA adapter's rows, which
     peft cannot mix, run as a batch of their own with that adapter switched on, after the rows before them.
-    Closing the iterator (a cancelled request, a closed page) takes this call's rows out at the next step."""
+    Closing the iterator (a cancelled request, a closed page) takes this call's rows out at the next step.
+    `together` is for callers that wait for all the rows (an evaluation, generated questions): the rows start
+    decoding only once every prompt of the call is read, so each step decodes all of them rather than the first
+    few while the rest are read, and their caches are joined in one copy (a first token still comes at once)."""
     adapters = adapters or [None] * len(conversations)
     if len(adapters) != len(conversations):
         raise ValueError(f"{len(adapters)} adapters for {len(conversations)} conversations")
@@ -61,7 +64,7 @@ def stream_chat(generator: Generator, conversations: list[list[dict]], config: G
         return
     limit = getattr(generator.model.config, "max_position_embeddings", 2048)
     prompts = [_fit_prompt(generator.tokenizer, c, limit - config.max_new_tokens) for c in conversations]
-    request = Request(config, _TokenPicker(config, eos_ids(generator)), len(prompts))
+    request = Request(config, _TokenPicker(config, eos_ids(generator)), len(prompts), together)
     rows = [Row(request, i, ids, adapter) for i, (ids, adapter) in enumerate(zip(prompts, adapters))]
     batcher = _batcher_of(generator)
     batcher.submit(_cohorts(generator, rows))

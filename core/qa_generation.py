@@ -165,7 +165,7 @@ def model_question_writer(generator, progress: ProgressFn | None = None):
     def write_questions(sentences: list[str]) -> list[str]:
         conversations = [[{"role": "user", "content": QUESTION_PROMPT.format(sentence=s)}] for s in sentences]
         questions = [""] * len(sentences)
-        for event in stream_chat(generator, conversations, GenerationConfig(max_new_tokens=40)):
+        for event in stream_chat(generator, conversations, GenerationConfig(max_new_tokens=40), together=True):
             if isinstance(event, RowDone):
                 questions[event.row] = event.text.strip()
                 written = sum(bool(q) for q in questions)

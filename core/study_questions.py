@@ -218,7 +218,7 @@ def add_model_phrasings(facts: list[Fact], generator, per_fact: int = 2, progres
                      for f in facts for _ in range(per_fact)]
     replies = [""] * len(conversations)
     config = GenerationConfig(max_new_tokens=40, temperature=0.7 if per_fact > 1 else 0.0)
-    for event in stream_chat(generator, conversations, config):
+    for event in stream_chat(generator, conversations, config, together=True):
         if isinstance(event, RowDone):
             replies[event.row] = event.text.strip()
             if progress:

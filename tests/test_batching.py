@@ -134,3 +134,42 @@ def test_a_row_alone_that_copies_its_prompt_takes_fewer_steps_and_answers_the_sa
     assert passes < 0.75 * done.stats.new_tokens, (passes, done.stats.new_tokens, done.text)
     if generator.device == "cpu":
         assert done.text == plain_done.text == alone
+
+
+def test_rows_that_start_together_decode_in_step_and_answer_the_same(lab):
+    """A call that waits for all its rows (an evaluation, generated questions) asks them to start together: every
+    row's first token comes before any row's second, in fewer forward passes than when the first rows read start
+    decoding while the rest are still being read, with the same answers (exactly, in fp32 on CPU)."""
+    generator = lab.models.generator
+    passage = "The lighthouse keeper of Port Ellery wrote a log of every ship that passed the harbour wall. "
+    conversations = [chat(passage * 12 + f"Question {i}: what did the keeper write?") for i in range(3)]
+    conversations.append(chat("Name three colours."))
+    config = GenerationConfig(max_new_tokens=12, min_new_tokens=12, stop_loops=False)
+
+    def run(together: bool) -> tuple[list[tuple[int, int]], dict[int, str], int]:
+        order, texts, calls = [], {}, []
+        seen = [0] * len(conversations)
+        hook = generator.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+        try:
+            for event in stream_chat(generator, conversations, config, together=together):
+                if isinstance(event, Delta):
+                    seen[event.row] += 1
+                    order.append((event.row, seen[event.row]))
+                elif isinstance(event, RowDone):
+                    texts[event.row] = event.text
+        finally:
+            hook.remove()
+        return order, texts, len(calls)
+
+    order, texts, passes = run(together=True)
+    apart_order, apart_texts, apart_passes = run(together=False)
+    assert len(texts) == len(conversations) and all(texts.values())
+    first_seconds = min(i for i, (_, n) in enumerate(order) if n == 2)
+    assert {row for row, n in order[:first_seconds] if n == 1} == set(range(len(conversations))), order
+    # Apart, a row read early decodes while later prompts are still being read (the long ones are read apart).
+    apart_first_seconds = min(i for i, (_, n) in enumerate(apart_order) if n == 2)
+    assert len({row for row, n in apart_order[:apart_first_seconds] if n == 1}) < len(conversations), apart_order
+    assert passes < apart_passes, (passes, apart_passes)
+    if generator.device == "cpu":
+        assert texts == apart_texts
+    assert generator.batcher.loop is None and not generator.batcher.waiting
