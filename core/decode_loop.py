@@ -75,6 +75,7 @@ class Loop:
         self.chunk = PREFILL_CHUNK_TOKENS if on_cpu and self.mergeable else None
         self.keeps_last_logits = accepts_logits_to_keep(self.model)
         self.per_row_adapters = bool(generator.adapters)
+        self.tuner_layers: list | None = None  # the model's LoRA layers, found when first needed
         self.eos = eos_ids(generator)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (min(self.eos) if self.eos else 0)
@@ -155,12 +156,34 @@ class Loop:
         """The logits of the last `last` positions (of the last one alone, as [rows, vocabulary], by default)."""
         kwargs = dict(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                       use_cache=True)
+        one = None  # the adapter every row names, where they all name the same one
         if self.per_row_adapters and self.mode is None:
-            kwargs["adapter_names"] = [r.adapter or "__base__" for r in rows]
+            names = {r.adapter for r in rows}
+            # peft's batch of mixed adapters hooks every layer for each call (~12 ms here) and splits each layer's
+            # rows: rows that all use one adapter, or none (no adapter is active in mode None), skip both.
+            if len(names) > 1:
+                kwargs["adapter_names"] = [r.adapter or "__base__" for r in rows]
+            else:
+                one = names.pop()
         if self.keeps_last_logits:
             kwargs["logits_to_keep"] = last  # a long prompt's full logits would be prompt x vocabulary floats
-        logits = self.model(**kwargs).logits
+        if one:
+            self._activate([one])
+        try:
+            logits = self.model(**kwargs).logits
+        finally:
+            if one:
+                self._activate([])
         return logits[:, -1, :] if last == 1 else logits[:, -last:, :]
+
+    def _activate(self, adapters: list[str]) -> None:
+        """Make `adapters` the active ones in every LoRA layer (for one forward pass in mode None)."""
+        if self.tuner_layers is None:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            self.tuner_layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+        for layer in self.tuner_layers:
+            layer.set_adapter(adapters, inference_mode=True)
 
     def _read_piece(self, prefill: Prefill) -> bool:
         """Prefill the next piece of these prompts; True when they are read, their first tokens picked and sent."""

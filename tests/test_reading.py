@@ -40,6 +40,38 @@ def test_the_passage_with_the_sentence_nearest_the_question_is_read_first(lab):
     assert [h.chunk_id for h in both.shown] == ["chunk-2", "chunk-1"] and both.others == []
 
 
+def test_sentences_read_again_are_not_encoded_again(lab):
+    """The passages an evaluation's questions find recur from question to question: their sentences' vectors are
+    kept, so a second question over the same passages encodes only itself, with the ranking and vectors unchanged."""
+    import numpy as np
+
+    cargo = {"Albatross": "salted herring", "Heron": "oak timber", "Kestrel": "wool bales", "Plover": "lamp oil"}
+    passages = [hit(f"The {ship} left the harbour of Quellmark at dawn. Its hold carried {load}. The crew sang on "
+                    "the quay.", 0.5, n) for n, (ship, load) in enumerate(cargo.items())]
+    embedder = lab.models.embedder
+    encoded: list[str] = []
+    real = embedder.encode
+
+    def counting(texts, **kwargs):  # the real embedder, with the texts it is given written down
+        encoded.extend(texts)
+        return real(texts, **kwargs)
+
+    embedder.encode = counting
+    try:
+        first = read("What did the Kestrel carry in its hold?", passages, lab.models.encode, 1, 0.3)
+        before = len(encoded)
+        second = read("Which ship carried lamp oil?", passages, lab.models.encode, 1, 0.3)
+        again = lab.models.encode(["Its hold carried oak timber."])
+    finally:
+        del embedder.encode
+    # The question and each passage's sentences (the last one is the same in all four) the first time; then only
+    # the new question.
+    assert len(encoded) - 1 == before >= 1 + 2 * len(passages) and encoded[before:] == ["Which ship carried lamp oil?"]
+    assert first.shown[0].chunk_id == "chunk-2" and second.shown[0].chunk_id == "chunk-3"
+    fresh = real(["Its hold carried oak timber."], normalize_embeddings=True, convert_to_numpy=True)
+    assert np.allclose(again, fresh, atol=1e-5)
+
+
 def demo_documents() -> list[Path]:
     return sorted(p for p in DEMO_DIR.glob("*.md") if p.name != "README.md")
 
