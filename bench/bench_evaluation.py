@@ -14,7 +14,9 @@ switched on for the fine-tuned variants and off (peft's `disable_adapter`) for t
 is its own row; the best one is the baseline the ratio is taken against.
 
 Engine: `lab.evaluation.run` as the Evaluate tab runs it (the first two questions alone for the latency figures,
-then the rest sharing the model's decode batch), loop stopping off so both write the same greedy answers.
+then the rest sharing the model's decode batch, all their prompts read before they decode in step), loop stopping
+off so both write the same greedy answers. Each run of either path starts without the sentence vectors an earlier
+run kept (a first evaluation in a fresh app).
 
 The adapter is a freshly initialised LoRA (rank 16 on every linear layer, as the Quick preset trains), made as in
 bench_compare: it costs what a trained one costs to run.
@@ -81,6 +83,7 @@ class PlainBaseline:
 
     def run(self, items: list[dict], variants: list[str], adapter: str, batch: int, max_new_tokens: int) -> dict:
         answers = self.lab.answers
+        forget_vectors()
         t0 = time.perf_counter()
         prompts = {v: [] for v in variants}  # per variant: (question index, prompt text)
         texts: dict[tuple[int, str], str] = {}
@@ -108,7 +111,16 @@ class PlainBaseline:
         return {"wall": time.perf_counter() - t0, "texts": texts}
 
 
+def forget_vectors() -> None:
+    """Each run starts without the sentence vectors an earlier run kept (core.models.Models.encode), as a first
+    evaluation in a fresh app does: what a run reuses, it found itself."""
+    import core.models
+
+    core.models._vectors.clear()
+
+
 def engine_run(lab: Lab, items: list[dict], variants: list[str], adapter: str, max_new_tokens: int) -> dict:
+    forget_vectors()
     config = GenerationConfig(max_new_tokens=max_new_tokens, stop_loops=False)
     t0 = time.perf_counter()
     run = lab.evaluation.run(items, "bench", variants, kb="bench", adapter=adapter, config=config)
