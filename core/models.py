@@ -11,8 +11,6 @@ import logging
 import os
 import shutil
 import threading
-import weakref
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -336,10 +334,6 @@ def load_embedder(settings: Settings):
 
 
 _rerankers: dict = {}
-# Sentence vectors kept per embedder (Models.encode): 8,192 of all-MiniLM-L6-v2's are 12 MiB.
-KEPT_VECTORS = 8192
-_vectors: "weakref.WeakKeyDictionary[object, OrderedDict]" = weakref.WeakKeyDictionary()
-_vectors_lock = threading.Lock()
 
 
 def load_reranker(settings: Settings):
@@ -392,23 +386,7 @@ class Models:
         return lambda question, texts: model.predict([(question, text) for text in texts], show_progress_bar=False)
 
     def encode(self, texts: list[str]):
-        """Unit-length vectors from the embedding model. The passages' sentences that questions read recur from one
-        question to the next (an evaluation of one document finds the same passages again and again), so the
-        latest vectors are kept and only texts not seen lately are encoded."""
-        import numpy as np
+        """Unit-length vectors from the embedding model (the latest ones kept: core.kept_vectors)."""
+        from core import kept_vectors
 
-        embedder = self.embedder
-        with _vectors_lock:
-            known = _vectors.setdefault(embedder, OrderedDict())
-            found = {t: known[t] for t in texts if t in known}
-        missing = list(dict.fromkeys(t for t in texts if t not in found))
-        if missing:
-            vectors = embedder.encode(missing, normalize_embeddings=True, convert_to_numpy=True)
-            found.update(zip(missing, vectors))
-        with _vectors_lock:
-            for text in texts:
-                known[text] = found[text]
-                known.move_to_end(text)
-            while len(known) > KEPT_VECTORS:
-                known.popitem(last=False)
-        return np.stack([found[t] for t in texts]) if texts else np.zeros((0, 0), dtype=np.float32)
+        return kept_vectors.encode(self.embedder, texts)

@@ -203,7 +203,8 @@ def estimate(model_config, train_tokens: int, examples: int, settings: TrainSett
         flops = (8 if cuda else 6) * params * epochs_tokens
         rate = _measured_flops(device) * (0.35 if cuda else 0.25)
         # A small model's step on a GPU costs its kernel launches, not its arithmetic, and the job first loads and
-        # quantizes: on an H200 the bundled 135M model ran 30 QLoRA steps in 24 s (docs/BENCHMARKS.md).
+        # quantizes: on an H200 the bundled 135M model ran 30 QLoRA steps in 24 s (docs/BENCHMARKS.md); the
+        # floor is per micro-batch (gradient accumulation runs several a step).
         startup_s, step_floor_s = (15.0, 0.3) if cuda else (0.0, 0.0)
     else:
         # The CPU trainer (core/sft.py): the frozen base needs no weight gradients (forward + backward ~ 4 x params
@@ -221,7 +222,7 @@ def estimate(model_config, train_tokens: int, examples: int, settings: TrainSett
         "memory_gb": round(need / 1e9, 2), "available_gb": round(available / 1e9, 2),
         "memory_parts_gb": {k: round(v / 1e9, 2) for k, v in parts.items()},
         "fits": need < available * 0.9, "steps": steps, "train_tokens": int(epochs_tokens),
-        "minutes": round((max(flops / rate, steps * step_floor_s) + startup_s) / 60, 1),
+        "minutes": round((max(flops / rate, steps * settings.grad_accum * step_floor_s) + startup_s) / 60, 1),
     }
 
 

@@ -48,6 +48,9 @@ def test_sentences_read_again_are_not_encoded_again(lab):
     cargo = {"Albatross": "salted herring", "Heron": "oak timber", "Kestrel": "wool bales", "Plover": "lamp oil"}
     passages = [hit(f"The {ship} left the harbour of Quellmark at dawn. Its hold carried {load}. The crew sang on "
                     "the quay.", 0.5, n) for n, (ship, load) in enumerate(cargo.items())]
+    from core import kept_vectors
+
+    kept_vectors.forget()  # what earlier tests kept
     embedder = lab.models.embedder
     encoded: list[str] = []
     real = embedder.encode
