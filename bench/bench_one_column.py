@@ -8,7 +8,8 @@ set's questions on United_States_PDF.pdf. Greedy, natural length up to --tokens.
 The baseline is the model as `from_pretrained` loads it (the engine's is the app's, with its own linear-layer
 layout for a few rows). Printed: the whole answers' time (prompt included) and tokens per second over all
 questions, the decode rate after each answer's first token (the prompt's reading left out), per repeat the median
-and min-max, the ratio to plain `generate`, and how many answers are token for token plain `generate`'s.
+and min-max, the ratio to the faster plain `generate`, and how many answers are token for token plain `generate`'s in the
+same precision.
 """
 from __future__ import annotations
 
@@ -58,26 +59,30 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--limit", type=int, default=16, help="questions per set")
     parser.add_argument("--lookups", default="0,1,4", help="prompt lookup draft lengths to run the engine with")
+    parser.add_argument("--weights", default="app",
+                        help="the engine's weights on a CPU, comma-separated: app (the app's choice), fp32, bf16")
     args = parser.parse_args()
     import torch
-
-    lab = Lab(load_settings(data_dir=Path(tempfile.mkdtemp(prefix="bench-one-column-"))))
-    generator = lab.models.generator
-    conversations = rag_prompts(lab, args.limit)
-    tokenizer = generator.tokenizer
-    # The baseline is the model as a user loads it, without the engine's own layer layout (core/models.py).
     from transformers import AutoModelForCausalLM
 
     from core.models import resolve_base_model
 
-    device = generator.model.device  # same device and precision as the engine's (bf16 on CUDA)
-    model = AutoModelForCausalLM.from_pretrained(resolve_base_model(lab.settings.base_model, lab.settings),
-                                                 dtype=generator.model.dtype).to(device).eval()
+    lab = Lab(load_settings(data_dir=Path(tempfile.mkdtemp(prefix="bench-one-column-"))))
+    conversations = rag_prompts(lab, args.limit)
+    weights = [lab.settings.resolved_decode_weights if w == "app" else w for w in args.weights.split(",")]
+    generators = {w: Lab(lab.settings.with_(decode_weights=w)).models.generator for w in dict.fromkeys(weights)}
+    tokenizer = lab.models.generator.tokenizer
+    device = lab.models.generator.model.device
+    # The baselines are the model as a user loads it (`from_pretrained`, without the engine's own layer layout and
+    # attention), in each precision the engine runs in: on this CPU a competent user would pick bf16 too.
+    baselines = {str(g.model.dtype).removeprefix("torch."): AutoModelForCausalLM.from_pretrained(
+        resolve_base_model(lab.settings.base_model, lab.settings), dtype=g.model.dtype).to(device).eval()
+        for g in generators.values()}
     config = GenerationConfig(max_new_tokens=args.tokens, stop_loops=False)  # `generate` has no loop stop
 
     decode_s: dict[str, list[float]] = {}  # per decoder: seconds after each answer's first token, summed
 
-    def plain(conversation) -> list[int]:
+    def plain(model, name: str):
         from transformers import StoppingCriteria
 
         class FirstToken(StoppingCriteria):  # asked after every new token: the first call follows the prefill
@@ -87,16 +92,18 @@ def main() -> None:
                 self.at = self.at or time.perf_counter()
                 return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
-        first = FirstToken()
-        encoded = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_tensors="pt",
-                                                return_dict=True).to(device)
-        with torch.inference_mode():
-            out = model.generate(**encoded, max_new_tokens=args.tokens, do_sample=False,
-                                 pad_token_id=tokenizer.eos_token_id, stopping_criteria=[first])
-        decode_s["plain generate"][-1] += time.perf_counter() - first.at
-        return out[0, encoded["input_ids"].shape[1]:].tolist()
+        def answer(conversation) -> list[int]:
+            first = FirstToken()
+            encoded = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_tensors="pt",
+                                                    return_dict=True).to(device)
+            with torch.inference_mode():
+                out = model.generate(**encoded, max_new_tokens=args.tokens, do_sample=False,
+                                     pad_token_id=tokenizer.eos_token_id, stopping_criteria=[first])
+            decode_s[name][-1] += time.perf_counter() - first.at
+            return out[0, encoded["input_ids"].shape[1]:].tolist()
+        return answer
 
-    def engine(lookup: int, name: str):
+    def engine(generator, lookup: int, name: str):
         def answer(conversation) -> list[int]:
             core.decode_loop.PROMPT_LOOKUP_TOKENS = lookup
             done = next(e for e in stream_chat(generator, [conversation], config) if isinstance(e, RowDone))
@@ -105,18 +112,20 @@ def main() -> None:
         return answer
 
     default_lookup = core.decode_loop.PROMPT_LOOKUP_TOKENS
-    runs = {"plain generate": plain}
-    for lookup in (int(n) for n in args.lookups.split(",")):
-        name = f"engine, prompt lookup of {lookup}" if lookup else "engine, prompt lookup off"
-        runs[name] = engine(lookup, name)
+    runs, reference_of = {}, {}  # name -> answering function; name -> the plain run of the same precision
+    for precision, model in baselines.items():
+        runs[f"plain generate, {precision}"] = plain(model, f"plain generate, {precision}")
+    for w, generator in generators.items():
+        precision = str(generator.model.dtype).removeprefix("torch.")
+        for lookup in (int(n) for n in args.lookups.split(",")):
+            name = f"engine {precision}, " + (f"prompt lookup of {lookup}" if lookup else "prompt lookup off")
+            runs[name], reference_of[name] = engine(generator, lookup, name), f"plain generate, {precision}"
     decode_s.update({name: [0.0] for name in runs})
-    reference = [plain(c) for c in conversations]
-    texts = {name: [tokenizer.decode(t, skip_special_tokens=True) for t in (reference if fn is plain else
-                                                                            [fn(c) for c in conversations])]
-             for name, fn in runs.items()}
-    for values in decode_s.values():  # the runs above were warm-up
+    texts = {name: [tokenizer.decode(fn(c), skip_special_tokens=True) for c in conversations]
+             for name, fn in runs.items()}  # also the warm-up
+    for values in decode_s.values():
         values.clear()
-    tokens = sum(len(t) for t in reference)
+    tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts[next(iter(runs))])
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):  # alternate, so a slow moment of the machine hits each alike
         for name, fn in runs.items():
@@ -126,19 +135,21 @@ def main() -> None:
                 fn(conversation)
             seconds[name].append(time.perf_counter() - started)
     core.decode_loop.PROMPT_LOOKUP_TOKENS = default_lookup
-    base = statistics.median(seconds["plain generate"])
-    print(f"\n{len(conversations)} RAG answers, {tokens} tokens in all (plain generate's), one row, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats} (min-max)\n")
-    print("| decoder | s for all answers | tokens/s | x plain generate | decode tokens/s, after the first | x plain "
-          "generate | answers = plain generate's |")
+    plains = [name for name in runs if name.startswith("plain")]
+    best = min(plains, key=lambda name: statistics.median(seconds[name]))
+    base, base_decode = statistics.median(seconds[best]), statistics.median(decode_s[best])
+    print(f"\n{len(conversations)} RAG answers, {tokens} tokens in all (the first plain run's), one row, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats} (min-max); ratios against the faster plain "
+          f"run ({best}); the app decodes in {lab.settings.resolved_decode_weights}\n")
+    print("| decoder | s for all answers | tokens/s | x best plain generate | decode tokens/s, after the first | x best "
+          "plain generate | answers = plain generate's, same precision |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    reference_texts = texts["plain generate"]
     decoded = tokens - len(conversations)  # the tokens after each answer's first
-    base_decode = statistics.median(decode_s["plain generate"])
     for name, values in seconds.items():
         median = statistics.median(values)
         decode = statistics.median(decode_s[name])
-        same = sum(a.strip() == b.strip() for a, b in zip(texts[name], reference_texts))
+        reference = texts[reference_of.get(name, name)]
+        same = sum(a.strip() == b.strip() for a, b in zip(texts[name], reference))
         print(f"| {name} | {median:.1f} ({min(values):.1f}-{max(values):.1f}) | {tokens / median:.1f} | "
               f"{base / median:.2f}x | {decoded / decode:.1f} ({decoded / max(decode_s[name]):.1f}-"
               f"{decoded / min(decode_s[name]):.1f}) | {base_decode / decode:.2f}x | {same}/{len(conversations)} |")

@@ -165,13 +165,10 @@ def main() -> None:
 
         core.decode_loop.PROMPT_LOOKUP_TOKENS = args.prompt_lookup
 
-    settings = load_settings(data_dir=args.data_dir or Path(tempfile.mkdtemp(prefix="reading-")))
+    settings = load_settings(data_dir=args.data_dir or Path(tempfile.mkdtemp(prefix="reading-")),
+                             decode_weights=args.weights)  # loaded as the app loads them
     lab = Lab(settings)
     generator = lab.models.generator
-    if args.weights == "bf16":
-        import torch
-
-        generator.model.to(torch.bfloat16)
     configs = [CONFIGS[name] for name in args.configs.split(",")]
     sets = load_sets(args.set.split(","), args.split)
     print(f"model {settings.base_model} ({args.weights}) on {settings.resolved_device}; top_k {settings.top_k}, "

@@ -72,7 +72,7 @@ def run_baseline(data_dir: Path, steps: int, batch: int, max_length: int, groupe
     from core.config import load_settings
     from core.datasets import DatasetStore
     from core.models import resolve_base_model
-    from core.training import cpu_bf16
+    from core.config import cpu_computes_bf16
 
     settings = load_settings(data_dir=data_dir, device="cpu")
     source = resolve_base_model(settings.base_model, settings)
@@ -103,7 +103,7 @@ def run_baseline(data_dir: Path, steps: int, batch: int, max_length: int, groupe
                              report_to=[], use_cpu=True, disable_tqdm=True, remove_unused_columns=False,
                              lr_scheduler_type="cosine", seed=42, optim="adamw_torch", dataloader_num_workers=0,
                              train_sampling_strategy="group_by_length" if grouped else "random",
-                             bf16=cpu_bf16())  # the engine's precision: bf16 mixed where the CPU has it natively
+                             bf16=cpu_computes_bf16())  # the engine's precision: bf16 mixed where the CPU has it natively
     loop = {}
 
     class Clock(TrainerCallback):  # the training loop's own time, as the engine reports it
@@ -130,7 +130,7 @@ def run_trl(data_dir: Path, steps: int, batch: int, max_length: int, padding_fre
     from core.config import load_settings
     from core.datasets import DatasetStore
     from core.models import resolve_base_model
-    from core.training import cpu_bf16
+    from core.config import cpu_computes_bf16
 
     settings = load_settings(data_dir=data_dir, device="cpu")
     source = resolve_base_model(settings.base_model, settings)
@@ -144,7 +144,7 @@ def run_trl(data_dir: Path, steps: int, batch: int, max_length: int, padding_fre
                        report_to=[], use_cpu=True, disable_tqdm=True, lr_scheduler_type="cosine", seed=42,
                        optim="adamw_torch", dataloader_num_workers=0,
                        max_length=None if padding_free else max_length,  # TRL: not enforced padding-free (rows here are shorter)
-                       padding_free=padding_free, completion_only_loss=True, bf16=cpu_bf16())
+                       padding_free=padding_free, completion_only_loss=True, bf16=cpu_computes_bf16())
     loop, seen = {}, {"tokens": 0}
 
     class Clock(TrainerCallback):
@@ -201,7 +201,7 @@ def main() -> None:
     import core  # noqa: F401
     import torch
 
-    from core.training import cpu_bf16
+    from core.config import cpu_computes_bf16
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-train-"))
     make_dataset(data_dir, args.examples)
@@ -216,7 +216,7 @@ def main() -> None:
     results = {kind: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for kind, rs in runs.items()}
     print(f"# {platform.node()} · {os.cpu_count()} CPUs · torch {torch.__version__} · {time.strftime('%Y-%m-%d')} · "
           f"{args.examples} PubMedQA Q&A, {args.steps} steps of {args.batch_size}, max length {args.max_length}, "
-          f"median of {args.repeats}, {'bf16 mixed precision (this CPU has native bf16)' if cpu_bf16() else 'fp32'}")
+          f"median of {args.repeats}, {'bf16 mixed precision (this CPU has native bf16)' if cpu_computes_bf16() else 'fp32'}")
     print("| run | useful tokens/s | vs the best baseline | wall s | peak RSS GB | vs the best baseline |")
     print("|---|---:|---:|---:|---:|---:|")
     base = max((results[kind] for kind in BASELINES), key=lambda r: r["tokens_per_s"])  # the best baseline

@@ -84,7 +84,7 @@ class Answers:
         if (info.get("settings") or {}).get("tuning") == "full":  # a whole model of its own, beside the base
             key = f"{FULL_MODEL}{path}@{version}"
             self._full_models[key] = load_full_model(path, version, self.models.generator.device,
-                                                     self.settings.decode_weights)
+                                                     self.settings.resolved_decode_weights)
             return key
         return attach_adapter(self.models.generator, path, version)
 

@@ -64,9 +64,9 @@ class ModelExport:
         return result
 
     def _fp32_answers(self) -> Answers:
-        """The in-app variant computed as the readers of the file compute it, in fp32: with LAB_DECODE_WEIGHTS=bf16
-        the app's own answers differ from any fp32 reader's on near-ties, which is not the export's doing."""
-        if self.answers.settings.decode_weights == "fp32":
+        """The in-app variant computed as the readers of the file compute it, in fp32: in bf16 (the default on a
+        CPU with native bf16) the app's own answers differ from any fp32 reader's on near-ties, which is not the export's doing."""
+        if self.answers.settings.resolved_decode_weights == "fp32":
             return self.answers
         fp32 = self.answers.settings.with_(decode_weights="fp32")
         return Answers(fp32, self.answers.kbs, self.answers.adapters, Models(fp32))

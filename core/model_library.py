@@ -66,20 +66,20 @@ class ModelEntry:
         return asdict(self)
 
 
-def answer_memory_gb(params: float, device: str) -> float:
-    """GB to answer with a model of `params` parameters: its weights (fp32 on CPU, 16-bit on CUDA) + a KV cache for
-    four 1,000-token columns and the runtime."""
-    return round((params * (2 if device.startswith("cuda") else 4) + 0.4e9) / 1e9, 2)
+def answer_memory_gb(params: float, device: str, weights: str = "fp32") -> float:
+    """GB to answer with a model of `params` parameters: its weights (on a CPU in `weights`, fp32 or bf16; 16-bit on
+    CUDA) + a KV cache for four 1,000-token columns and the runtime."""
+    return round((params * (2 if device.startswith("cuda") or weights == "bf16" else 4) + 0.4e9) / 1e9, 2)
 
 
-def memory_figures(config, device: str) -> tuple[int, float, float]:
+def memory_figures(config, device: str, weights: str = "fp32") -> tuple[int, float, float]:
     """Parameters, and GB to answer and to train a Quick LoRA adapter with this model on `device` (the training
     estimate core.training gives before a run, for 8 examples of 256 tokens)."""
     from core.training import TrainSettings, estimate, parameters_of
 
     params = parameters_of(config)
     train = estimate(config, 8 * 256, 8, TrainSettings.from_preset("quick"), device, 256)["memory_gb"]
-    return params, answer_memory_gb(params, device), train
+    return params, answer_memory_gb(params, device, weights), train
 
 
 def suggested_config(repo_id: str):
@@ -103,7 +103,7 @@ def free_memory_gb(device: str) -> float:
     return psutil.virtual_memory().available / 1e9
 
 
-_figures: dict[tuple, tuple] = {}  # (name, device, file, mtime) -> memory_figures
+_figures: dict[tuple, tuple] = {}  # (name, device, weights, file, mtime) -> memory_figures
 
 
 class ModelLibrary:
@@ -112,6 +112,7 @@ class ModelLibrary:
     def __init__(self, settings: Settings, demo: bool = False):
         self.settings, self.demo = settings, demo
         self.root = settings.data_dir / MODELS_FOLDER
+        self.weights = settings.resolved_decode_weights  # the chat model's precision when it answers on a CPU
 
     # ---- what there is ------------------------------------------------------------------------------------------
     def list(self, hub: bool = True) -> list[ModelEntry]:
@@ -132,7 +133,7 @@ class ModelLibrary:
             have = {e.name for e in entries}
             for repo_id in SUGGESTED:
                 if repo_id not in have:
-                    params, answer, train = memory_figures(suggested_config(repo_id), device)
+                    params, answer, train = memory_figures(suggested_config(repo_id), device, self.weights)
                     entries.append(ModelEntry(repo_id, "hub", repo_id, params, round(params * 2 / 1e9, 2),
                                               answer, train, downloaded=False))  # bf16 weights: 2 bytes each
         current = self.settings.base_model
@@ -145,10 +146,10 @@ class ModelLibrary:
     def _entry(self, name: str, kind: str, path: Path | None, device: str) -> ModelEntry:
         entry = ModelEntry(name, kind, describe_model(name), path=str(path) if path else None)
         source = path or (bundled_gguf_file() if name == BUNDLED_BASE_MODEL else None)
-        key = (name, device, str(source), source.stat().st_mtime if source and source.exists() else None)
+        key = (name, device, self.weights, str(source), source.stat().st_mtime if source and source.exists() else None)
         if key not in _figures:  # reading a GGUF header takes a second: once per file version and device
             try:
-                _figures[key] = memory_figures(self.config(name), device)
+                _figures[key] = memory_figures(self.config(name), device, self.weights)
             except (OSError, ValueError, LabError):
                 _figures[key] = (None, None, None)  # an unreadable folder is still listed; using it says why
         entry.parameters, entry.answer_gb, entry.train_gb = _figures[key]
@@ -254,7 +255,7 @@ class ModelLibrary:
         params = (info.safetensors.total if getattr(info, "safetensors", None) else None) or weights / 2
         import psutil
 
-        answer_gb = answer_memory_gb(params, "cpu")  # checked on a CPU only (below)
+        answer_gb = answer_memory_gb(params, "cpu", self.weights)  # checked on a CPU only (below)
         total_gb = psutil.virtual_memory().total / 1e9
         if self.settings.resolved_device == "cpu" and answer_gb > total_gb * 0.9:
             raise InputError(f"answering with it needs about {answer_gb} GB of memory and this machine has "

@@ -14,10 +14,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core import cpu_linear
 from core.config import (BUNDLED_BASE_MODEL, BUNDLED_EMBED_MODEL, HUB_BASE_MODEL, Settings, local_name,
                          models_folder_path)
 from core.errors import ModelError
 from core.fileio import file_lock
+from core.row_attention import use_row_attention
 
 log = logging.getLogger(__name__)
 _load_lock = threading.Lock()
@@ -229,11 +231,12 @@ def _quiet_transformers() -> None:
 def load_generator(settings: Settings) -> Generator:
     """Load (once per process) the base chat model on the configured device."""
     device = settings.resolved_device
-    key = (settings.base_model, device, settings.decode_weights)
+    weights = settings.resolved_decode_weights
+    key = (settings.base_model, device, weights)
     with _load_lock:
         if key not in _generators:
             _generators[key] = _load_chat_model(resolve_base_model(settings.base_model, settings),
-                                                settings.base_model, device, settings.decode_weights)
+                                                settings.base_model, device, weights)
         return _generators[key]
 
 
@@ -278,42 +281,16 @@ def _load_chat_model(source: str, name: str, device: str, weights: str = "fp32")
     except (OSError, ValueError) as exc:
         raise ModelError(f"Could not load the model {name!r}: {exc}") from exc
     model.eval()
-    if device == "cpu":
-        _few_rows_by_columns(model)
+    if device == "cpu" and dtype == torch.float32:
+        cpu_linear.few_rows_by_columns(model)
+    elif device == "cpu":  # bf16: a row's answer must not depend on the rows beside it
+        cpu_linear.lone_rows_as_two(model)
+        use_row_attention(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
         raise ModelError(f"The model {name!r} has no chat template; use an instruct/chat model.")
     return Generator(name, model, tokenizer, device)
-
-
-def _few_rows_by_columns(model) -> None:
-    """Compute each linear layer as W @ x^T when it gets 1-8 rows: the same product, but MKL's x @ W^T (and its
-    matrix-vector path for one row) is slow here for weights read from memory. The Compare tab decodes its columns
-    together, 2-4 rows a step; measured on this model with ~1,000 cached tokens, a decode step over 4 rows took
-    156 ms this way against 242 ms (1 row: ~110 ms); SmolLM2's 49152x576 LM head alone took 13 ms for 4 rows
-    against 46 ms. A single row is sent as two copies of itself (the matrix-vector path took 10 ms for the head
-    against 4 ms so): a one-row decode step took 29-53 ms against 59-71 ms (2026-12-04). Prompts (many rows) are
-    unchanged."""
-    import torch
-
-    def by_columns(layer, plain):
-        def forward(x):
-            rows = x.numel() // x.shape[-1]
-            if not 1 <= rows <= 8:
-                return plain(x)
-            flat = x.reshape(rows, x.shape[-1])
-            if rows == 1:
-                flat = torch.cat([flat, flat])
-            out = (layer.weight @ flat.T).T[:rows].contiguous()
-            if layer.bias is not None:
-                out = out + layer.bias
-            return out.reshape(*x.shape[:-1], out.shape[-1])
-        return forward
-
-    for layer in model.modules():
-        if type(layer) is torch.nn.Linear:
-            layer.forward = by_columns(layer, layer.forward)  # this instance only: weights and state dict unchanged
 
 
 def load_embedder(settings: Settings):

@@ -7,6 +7,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, fields
 
+from core.config import cpu_computes_bf16
 from core.errors import InputError
 from core.schema import setting
 
@@ -214,8 +215,8 @@ def estimate(model_config, train_tokens: int, examples: int, settings: TrainSett
         answers = (answer_tokens if answer_tokens is not None else train_tokens) * epochs_tokens / max(train_tokens, 1)
         # (+ the weights' own gradients, 2 x params per token, in a full fine-tune)
         flops = (6 if full else 4) * (params - head) * epochs_tokens + 4 * head * answers
-        # bf16 mixed precision (cpu_bf16): 1.65x the fp32 tokens/s, measured on the RAFT set above
-        rate = _measured_flops(device) * 0.45 * (1.65 if cpu_bf16() else 1.0)
+        # bf16 mixed precision (cpu_computes_bf16): 1.65x the fp32 tokens/s, measured on the RAFT set above
+        rate = _measured_flops(device) * 0.45 * (1.65 if cpu_computes_bf16() else 1.0)
         startup_s = 12.0
     return {
         "parameters": params, "lora_parameters": lora_params, "quantized_4bit": quantized,
@@ -251,16 +252,6 @@ def optimizer_for(device: str, quantized: bool) -> str:
     if device.startswith("cuda"):
         return "paged_adamw_8bit"
     return "adamw_bnb_8bit" if quantized else "adamw_torch"
-
-
-def cpu_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): there a LoRA run trains in bf16 mixed
-    precision (fp32 weights and LoRA, bf16 matrix products), measured 1.7x faster per step than fp32 here. Without
-    it bf16 is emulated and slower, so fp32 stays."""
-    import torch
-
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes (private, so guarded)
-    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
 
 
 def parameters_of(config) -> int:

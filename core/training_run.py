@@ -9,7 +9,8 @@ import os
 import time
 from pathlib import Path
 
-from core.training import TrainSettings, cpu_bf16, optimizer_for, passage_windows, to_prompt_completion, use_4bit
+from core.config import cpu_computes_bf16
+from core.training import TrainSettings, optimizer_for, passage_windows, to_prompt_completion, use_4bit
 
 
 def train(job: dict, job_dir: Path, report, should_stop) -> dict:
@@ -106,7 +107,7 @@ def train(job: dict, job_dir: Path, report, should_stop) -> dict:
         max_length=settings.max_length,
         optim=optimizer_for(device, quantized),
         gradient_checkpointing=cuda,
-        bf16=compute_dtype == torch.bfloat16 or (not cuda and not quantized and cpu_bf16()),
+        bf16=compute_dtype == torch.bfloat16 or (not cuda and not quantized and cpu_computes_bf16()),
         fp16=compute_dtype == torch.float16,
         use_cpu=not cuda,
         logging_steps=1,

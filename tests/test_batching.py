@@ -174,3 +174,50 @@ def test_rows_that_start_together_decode_in_step_and_answer_the_same(lab):
         assert passes < apart_passes, (passes, apart_passes)
         assert texts == apart_texts
     assert generator.batcher.loop is None and not generator.batcher.waiting
+
+
+def test_in_bf16_each_row_answers_together_as_it_does_alone(lab):
+    """16-bit weights on a CPU (LAB_DECODE_WEIGHTS=bf16) round each product once per layer, so anything that
+    computes a row differently beside other rows (batched attention over a left-padded cache, a one-row matrix
+    path) flips near-ties: before core/row_attention.py and the probe in core/cpu_linear.py, 5 of 8 such answers
+    matched. Now a row's answer is the same alone (with prompt lookup), in one call with the others (read in
+    groups, or all first), and beside another visitor's call."""
+    import pytest
+    import torch
+
+    from core.lab import Lab
+
+    if lab.settings.resolved_device != "cpu":
+        pytest.skip("bf16 weights are the CPU's option; a GPU always decodes in 16-bit with its own kernels")
+    generator = Lab(lab.settings.with_(decode_weights="bf16")).models.generator
+    assert generator.model.dtype == torch.bfloat16
+    passage = ("The Brindlewick Lantern Company was founded in 1911 by Oswin Thackery in Port Ellery. Its first "
+               "lantern, the Thackery Mark One, burned whale oil and sold for four shillings. ")
+    conversations = [chat("Name three colours."), chat("Why is the sky blue?"),
+                     chat(passage * 6 + "\nWho founded the Brindlewick Lantern Company, and where?"),
+                     chat(passage + "\nWhat did the first lantern burn?"), chat("Write a haiku about rain."),
+                     chat("Explain photosynthesis briefly.")]
+    config = GenerationConfig(max_new_tokens=40, stop_loops=False)
+
+    def texts(call: list, together: bool = False) -> list[str]:
+        done = {e.row: e.text for e in stream_chat(generator, call, config, together=together)
+                if isinstance(e, RowDone)}
+        return [done[i] for i in range(len(call))]
+
+    alone = [texts([c])[0] for c in conversations]
+    assert texts(conversations) == alone
+    assert texts(conversations, together=True) == alone
+    beside: list = [None, None]
+    start = threading.Barrier(2)
+
+    def visit(i: int, call: list) -> None:
+        start.wait()
+        beside[i] = texts(call)
+
+    threads = [threading.Thread(target=visit, args=(0, conversations[:3])),
+               threading.Thread(target=visit, args=(1, conversations[3:]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert beside[0] + beside[1] == alone

@@ -13,7 +13,7 @@ from conftest import ROOT
 from core.config import load_settings
 from core.models import resolve_base_model
 from core.sft import PER_EXAMPLE, CheapDropout, CpuSFTTrainer
-from core.training import cpu_bf16
+from core.config import cpu_computes_bf16
 
 FACTS = ROOT / "tests" / "data" / "zorblat_facts.jsonl"
 
@@ -37,7 +37,7 @@ def make_trainer(trainer_class, dropout: float, examples: int = 12, long_answer:
         rows[1]["completion"][0]["content"] *= 6
     rows = rows[:examples]
     # No gradient checkpointing, as core/training_run.py sets it on CPU, and fp32 unless asked (the layouts compare
-    # exactly there; the app trains in bf16 mixed precision where the CPU has native bf16, core.training.cpu_bf16).
+    # exactly there; the app trains in bf16 mixed precision where the CPU has native bf16, core.config.cpu_computes_bf16).
     config = SFTConfig(output_dir=tempfile.mkdtemp(), max_length=384, completion_only_loss=True, use_cpu=True,
                        gradient_checkpointing=False, report_to=[], disable_tqdm=True,
                        include_num_input_tokens_seen="no", **{"max_steps": 1, "bf16": False, **config})
@@ -117,7 +117,7 @@ def test_training_tracks_stock_trl_step_by_step():
                     lr_scheduler_type="constant", logging_steps=1, seed=3, data_seed=3, save_strategy="no")
     losses = {}
     # The app's own precision on this CPU too, when it differs from fp32 (bf16 mixed where the CPU has it natively)
-    runs = [(SFTTrainer, False), (CpuSFTTrainer, False)] + ([(CpuSFTTrainer, True)] if cpu_bf16() else [])
+    runs = [(SFTTrainer, False), (CpuSFTTrainer, False)] + ([(CpuSFTTrainer, True)] if cpu_computes_bf16() else [])
     for trainer_class, bf16 in runs:
         run = make_trainer(trainer_class, dropout=0.0, bf16=bf16, **settings)
         if trainer_class is CpuSFTTrainer:

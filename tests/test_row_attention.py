@@ -1,0 +1,47 @@
+"""Attention row by row (core/row_attention.py, used with 16-bit weights on a CPU) computes what attention over
+each row's own tokens is: checked against a direct softmax(QK^T)V on left-padded batches, for a prompt read at
+once, a prompt's later piece over a cache, drafted tokens checked one by one, and one decode step."""
+import math
+
+import pytest
+import torch
+
+from core.row_attention import attention
+
+
+class Layer:  # what the attention function reads from its module
+    pass
+
+
+def direct(q, k, v, scale):
+    """Each query i of n over m keys may see keys up to m - n + i (the newest n positions are the queries)."""
+    n, m = q.shape[1], k.shape[1]
+    groups = q.shape[0] // k.shape[0]
+    k, v = k.repeat_interleave(groups, 0), v.repeat_interleave(groups, 0)
+    scores = (q @ k.transpose(-1, -2)) * scale
+    allowed = torch.ones(n, m, dtype=torch.bool).tril(m - n)
+    return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
+
+
+@pytest.mark.parametrize("q_len,k_len", [(12, 12), (10, 16), (4, 12), (3, 12), (1, 12)])
+def test_each_row_attends_to_its_own_tokens_only(q_len, k_len):
+    torch.manual_seed(0)
+    heads, kv_heads, dim, pads = 6, 2, 16, [0, 5, 9]
+    batch = len(pads)
+    query = torch.randn(batch, heads, q_len, dim, dtype=torch.float32)
+    key, value = (torch.randn(batch, kv_heads, k_len, dim, dtype=torch.float32) for _ in range(2))
+    # transformers' boolean mask: query i sees key j if j is a real token and j <= its own position
+    position = torch.arange(k_len - q_len, k_len)[:, None]
+    mask = torch.stack([(torch.arange(k_len) >= pad) & (torch.arange(k_len) <= position) for pad in pads])[:, None]
+    scale = 1 / math.sqrt(dim)
+    out, _ = attention(Layer(), query, key, value, mask, scaling=scale)
+    assert out.shape == (batch, q_len, heads, dim)
+    for row, pad in enumerate(pads):
+        first = max(0, pad - (k_len - q_len))
+        expected = direct(query[row, :, first:], key[row, :, pad:], value[row, :, pad:], scale)
+        torch.testing.assert_close(out[row, first:].transpose(0, 1), expected)
+        assert not out[row, :first].any()  # queries over padding
+    # No mask (no padding anywhere): the same as a mask that allows every real token
+    unpadded = torch.stack([(torch.arange(k_len) <= position)] * batch)[:, None]
+    torch.testing.assert_close(attention(Layer(), query, key, value, None, scaling=scale)[0],
+                               attention(Layer(), query, key, value, unpadded, scaling=scale)[0])
