@@ -13,8 +13,17 @@ FEW_QUERIES = 8
 _registered = False
 
 
-def use_row_attention(model) -> None:
-    """Have `model` attend row by row (its mask is still built the way SDPA's is: left padding as padding)."""
+# Model types whose attention is plain causal attention through transformers' attention interface (no sliding
+# window, soft-capping or sinks, which this function does not compute); others keep SDPA, batch-dependent in bf16.
+PLAIN_CAUSAL = {"llama", "qwen2", "qwen3", "granite"}
+
+
+def use_row_attention(model) -> bool:
+    """Have `model` attend row by row (its mask is still built the way SDPA's is: left padding as padding), where
+    its attention is plain causal attention; whether it does."""
+    config = model.config
+    if config.model_type not in PLAIN_CAUSAL or getattr(config, "use_sliding_window", False):
+        return False
     global _registered
     if not _registered:
         from transformers import AttentionInterface
@@ -24,6 +33,7 @@ def use_row_attention(model) -> None:
         AttentionMaskInterface.register(NAME, sdpa_mask)
         _registered = True
     model.set_attn_implementation(NAME)
+    return True
 
 
 def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,

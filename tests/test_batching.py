@@ -22,7 +22,7 @@ def reply(generator, conversation, config) -> RowDone:
 def test_visitors_asking_at_once_each_get_what_they_get_alone(lab):
     """Four visitors, one with a prompt long enough to be read in two pieces and one sampling with a seed, ask at
     the same moment: the rows join one batch as they arrive, and each answer is the one that visitor gets alone
-    (exactly, in fp32 on CPU; elsewhere each is answered)."""
+    (exactly, on a CPU in fp32 or bf16; elsewhere each is answered)."""
     from core.decode_loop import PREFILL_CHUNK_TOKENS
 
     generator = lab.models.generator
@@ -102,7 +102,7 @@ def test_a_visitor_who_leaves_does_not_disturb_the_others(lab):
 def test_a_row_alone_that_copies_its_prompt_takes_fewer_steps_and_answers_the_same(lab):
     """Prompt lookup: a row decoding alone checks, in one forward pass, the tokens that its prompt suggests come
     next (a RAG answer copies from its passages). The greedy answer is the one plain `generate` gives (exactly, in
-    fp32 on CPU), in fewer forward passes than tokens; with it switched off, one pass per token."""
+    on a CPU), in fewer forward passes than tokens; with it switched off, one pass per token."""
     import core.decode_loop
 
     generator = lab.models.generator
@@ -140,7 +140,7 @@ def test_a_row_alone_that_copies_its_prompt_takes_fewer_steps_and_answers_the_sa
 def test_rows_that_start_together_decode_in_step_and_answer_the_same(lab):
     """A call that waits for all its rows (an evaluation, generated questions) asks them to start together: every
     row's first token comes before any row's second, in fewer forward passes than when the first rows read start
-    decoding while the rest are still being read, with the same answers (exactly, in fp32 on CPU)."""
+    decoding while the rest are still being read, with the same answers (exactly, on a CPU)."""
     generator = lab.models.generator
     passage = "The lighthouse keeper of Port Ellery wrote a log of every ship that passed the harbour wall. "
     conversations = [chat(passage * 12 + f"Question {i}: what did the keeper write?") for i in range(3)]

@@ -41,10 +41,10 @@ def test_conversion_is_complete_and_faithful_to_the_gguf(lab):
     record = json.loads((folder / CONVERSION_RECORD).read_text())
     assert record["gguf_bytes"] == gguf.stat().st_size and record["max_abs_difference"] <= 1e-4
 
-    # On CPU the served model is the converted checkpoint in fp32; on CUDA it is served in 16-bit, so the checkpoint
-    # itself is compared there, loaded in fp32 on the CPU.
-    converted = generator.model if generator.device == "cpu" else AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch.float32)
+    # On CPU the model served in fp32 (LAB_DECODE_WEIGHTS=fp32) is the converted checkpoint; on CUDA it is served in
+    # 16-bit, so the checkpoint itself is compared there, loaded in fp32 on the CPU.
+    converted = Lab(lab.settings.with_(decode_weights="fp32")).models.generator.model if generator.device == "cpu" \
+        else AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     assert converted.dtype == torch.float32
     ids = generator.tokenizer(record["probe"], return_tensors="pt")["input_ids"].to(converted.device)
     with torch.inference_mode():
@@ -74,11 +74,18 @@ class _Calls(torch.overrides.TorchFunctionMode):
 
 
 def test_a_few_rows_decode_as_they_would_one_by_one(lab):
-    """On CPU the served model computes its linear layers for 1-8 rows as W @ x^T (core/models.py; one row as two
-    copies of itself): the same logits as each row alone, and weights and state dict untouched."""
-    model = lab.models.generator.model
+    """On CPU the model served in fp32 computes its linear layers for 1-8 rows as W @ x^T (core/cpu_linear.py; one
+    row as two copies of itself): the same logits as each row alone, and weights and state dict untouched. In bf16
+    (the default where the CPU computes it natively) the logits of rows together are exactly those alone."""
     if lab.models.generator.device != "cpu":
         pytest.skip("the column layout is used on CPU only")
+    fast = Lab(lab.settings.with_(decode_weights="bf16")).models.generator.model
+    ids = torch.tensor([[504], [2103], [28], [4933]])
+    with torch.inference_mode():
+        assert torch.equal(fast(input_ids=ids).logits[:, -1],
+                           torch.cat([fast(input_ids=row[None]).logits[:, -1] for row in ids]))
+    assert not any("forward" in key for key in fast.state_dict())
+    model = Lab(lab.settings.with_(decode_weights="fp32")).models.generator.model
     ids = torch.tensor([[504], [2103], [28], [4933]])  # 4 rows of one token: the shape of a 4-column decode step
     head = model.get_output_embeddings()
     calls = {}
