@@ -129,7 +129,7 @@ class Settings:
     rerank_model: str | None = None
     max_new_tokens: int = 128
     # The chat model's weights when it answers on a CPU: bf16, fp32, or auto: bf16 where the CPU computes it natively
-    # (answers 1.3-1.9x faster on the reading sets here, answer rate within 2 of 179 of fp32's: docs/BENCHMARKS.md),
+    # (answers 1.4-1.65x faster on the reading sets here, answer rate within 2 of 179 of fp32's: docs/EVALUATION.md),
     # else fp32. Training is unaffected.
     decode_weights: str = "auto"
     max_file_mb: int = 50

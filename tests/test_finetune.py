@@ -131,7 +131,7 @@ def test_fine_tuned_model_answers_facts_the_base_model_does_not_know(trained):
 
 
 def test_bf16_answers_keep_the_facts_with_and_without_the_adapter(trained, tmp_path):
-    """bf16 weights (the default on a CPU with native bf16: 1.3-1.9x faster answers here, the answer rate on the
+    """bf16 weights (the default on a CPU with native bf16: 1.4-1.65x faster answers here, the answer rate on the
     reading sets within 2 of 179 of fp32's): the base model in bf16 and the fp32 LoRA adapter on it answer the
     facts as well as in fp32 (>= 10 of 12), the base still knows none, and most answers are word for word fp32's
     (the stated tolerance: 10 of the 12)."""
