@@ -1,21 +1,18 @@
 """Attention row by row, over each row's own tokens only: a row's answer then does not depend on which other rows
-share its batch. With 16-bit weights on a CPU, batched attention over a left-padded cache (and transformers' other
-kernel path for a masked single query) rounds differently from the same row alone, and near-ties flip: 5 of 8
-answers decoded together matched their answers alone in bf16 before this, 8 of 8 after (fp32 keeps 8 of 8 either
-way, so fp32 keeps transformers' batched attention). bf16 matrix products are the same for a row whatever the
-number of rows (measured on this CPU), so attention was the one part that depended on the batch."""
+share its batch. With 16-bit weights on a CPU, transformers' attention computes a left-padded batch (a mask, and
+another kernel path for a single query) differently from the same row alone, and near-ties flip. Together with
+core/cpu_linear.py's lone row as two (the other part that depended on the batch), 8 of 8 answers decoded together
+match their answers alone in bf16, where 5 of 8 did before; fp32 matched 8 of 8 either way and keeps SDPA."""
 from __future__ import annotations
 
 NAME = "lab_rows"
 # Up to this many new queries over a cache (prompt lookup's drafted tokens) are computed one at a time, exactly as
 # the decode steps they replace; a piece of a prompt is computed at once.
 FEW_QUERIES = 8
-_registered = False
-
-
 # Model types whose attention is plain causal attention through transformers' attention interface (no sliding
 # window, soft-capping or sinks, which this function does not compute); others keep SDPA, batch-dependent in bf16.
 PLAIN_CAUSAL = {"llama", "qwen2", "qwen3", "granite"}
+_registered = False
 
 
 def use_row_attention(model) -> bool:
@@ -62,7 +59,7 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
             o = torch.cat([_one_query(q[0, :, i], k[0, :, :m - n + i + 1], v[0, :, :m - n + i + 1], scaling)
                            for i in range(n)], dim=1)[None]
         else:
-            mask = None if n == 1 or n == m else torch.ones(n, m, dtype=torch.bool, device=q.device).tril(m - n)
+            mask = None if n == m else torch.ones(n, m, dtype=torch.bool, device=q.device).tril(m - n)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=n > 1 and n == m, scale=scaling,
                                                enable_gqa=grouped)
         out[row, first:] = o[0].transpose(0, 1)
