@@ -53,6 +53,18 @@ def rag_prompts(lab: Lab, limit: int) -> list[list[dict]]:
     return conversations
 
 
+def unpacked(lab: Lab):
+    """The app's bf16 model with its linear layers as torch computes them (the weight repacked on every call)."""
+    import core.cpu_linear
+    from core.models import _load_chat_model, resolve_base_model
+
+    core.cpu_linear.PACK_16BIT = False
+    try:
+        return _load_chat_model(resolve_base_model(lab.settings.base_model, lab.settings), "unpacked", "cpu", "bf16")
+    finally:
+        core.cpu_linear.PACK_16BIT = True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -60,7 +72,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=16, help="questions per set")
     parser.add_argument("--lookups", default="0,1,4", help="prompt lookup draft lengths to run the engine with")
     parser.add_argument("--weights", default="app",
-                        help="the engine's weights on a CPU, comma-separated: app (the app's choice), fp32, bf16")
+                        help="the engine's weights on a CPU, comma-separated: app (the app's choice), fp32, bf16, "
+                             "bf16-unpacked (bf16 with each linear layer's weight repacked per call, as before)")
     args = parser.parse_args()
     import torch
     from transformers import AutoModelForCausalLM
@@ -70,7 +83,8 @@ def main() -> None:
     lab = Lab(load_settings(data_dir=Path(tempfile.mkdtemp(prefix="bench-one-column-"))))
     conversations = rag_prompts(lab, args.limit)
     weights = [lab.settings.resolved_decode_weights if w == "app" else w for w in args.weights.split(",")]
-    generators = {w: Lab(lab.settings.with_(decode_weights=w)).models.generator for w in dict.fromkeys(weights)}
+    generators = {w: unpacked(lab) if w == "bf16-unpacked" else Lab(lab.settings.with_(decode_weights=w)).models.generator
+                  for w in dict.fromkeys(weights)}
     tokenizer = lab.models.generator.tokenizer
     device = lab.models.generator.model.device
     # The baselines are the model as a user loads it (`from_pretrained`, without the engine's own layer layout and
@@ -116,10 +130,10 @@ def main() -> None:
     for precision, model in baselines.items():
         runs[f"plain generate, {precision}"] = plain(model, f"plain generate, {precision}")
     for w, generator in generators.items():
-        precision = str(generator.model.dtype).removeprefix("torch.")
+        precision = str(generator.model.dtype).removeprefix("torch.") + (" unpacked" if w == "bf16-unpacked" else "")
         for lookup in (int(n) for n in args.lookups.split(",")):
             name = f"engine {precision}, " + (f"prompt lookup of {lookup}" if lookup else "prompt lookup off")
-            runs[name], reference_of[name] = engine(generator, lookup, name), f"plain generate, {precision}"
+            runs[name], reference_of[name] = engine(generator, lookup, name), f"plain generate, {precision.split()[0]}"
     decode_s.update({name: [0.0] for name in runs})
     texts = {name: [tokenizer.decode(fn(c), skip_special_tokens=True) for c in conversations]
              for name, fn in runs.items()}  # also the warm-up

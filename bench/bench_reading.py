@@ -171,7 +171,7 @@ def main() -> None:
     generator = lab.models.generator
     configs = [CONFIGS[name] for name in args.configs.split(",")]
     sets = load_sets(args.set.split(","), args.split)
-    print(f"model {settings.base_model} ({args.weights}) on {settings.resolved_device}; top_k {settings.top_k}, "
+    print(f"model {settings.base_model} ({generator.model.dtype}) on {settings.resolved_device}; top_k {settings.top_k}, "
           f"min_score {settings.min_score}, max_new_tokens {settings.max_new_tokens}")
     out = open(args.out, "w") if args.out else None
     rows = []

@@ -5,6 +5,10 @@
 #   2. a QLoRA fine-tune of the demo Q&A with the Quick preset: loss, tokens/s, peak GPU memory
 #   3. bench/bench_compare.py, short: the Compare tab's four columns on the GPU
 #   4. bench/bench_training.py, short (this benchmark trains on the CPU, whatever the machine)
+# and, named in GPU_CHECK_PARTS (default "tests,qlora,compare,training"), two more:
+#   one_column: bench/bench_one_column.py on the GPU, prompt lookup off and on, against plain `generate`
+#   reading: the reading sets' held-out half answered one question at a time, prompt lookup off and on (two
+#            processes side by side): what lookup costs in answers on a GPU, where 16-bit sums round by shape
 # Everything goes to the screen and to a log (GPU_CHECK_LOG, default .cache/gpu_check-DATE.log). A part that fails
 # is reported and the next one still runs; the exit status is non-zero if any failed.
 #
@@ -83,6 +87,29 @@ bench_training() {
   timeout 240 "$py" bench/bench_training.py --examples 24 --steps 4 --batch-size 4 --max-length 256
 }
 
+one_column() {
+  timeout 200 "$py" bench/bench_one_column.py --repeats 3 --tokens 64 --limit 16 --lookups 0,1
+}
+
+reading() {  # both lookups at once: a 135M model leaves the GPU idle between its kernel launches
+  local sets=demo pids=() status=0 n
+  [ -d ../shared/data/pdfs ] && sets=shared_pdfs,demo
+  for n in 0 1; do
+    timeout 300 "$py" bench/bench_reading.py --set "$sets" --split heldout --configs app --batch 1 \
+      --prompt-lookup $n --out "$work/reading-lookup$n.jsonl" >"$work/reading-lookup$n.txt" 2>&1 &
+    pids+=($!)
+  done
+  for n in 0 1; do
+    wait "${pids[$n]}" || status=$?
+    echo "-- prompt lookup $n"
+    tail -n 12 "$work/reading-lookup$n.txt"
+  done
+  if [ -n "${OUT:-}" ]; then cp "$work"/reading-lookup*.jsonl "$OUT"/ 2>/dev/null || true; fi
+  return $status
+}
+
+wanted() { [[ ",${GPU_CHECK_PARTS:-tests,qlora,compare,training}," == *",$1,"* ]]; }
+
 main() {
   echo "gpu_check $(date -Is) on $(hostname)"
   nvidia-smi --query-gpu=index,name,memory.total,memory.used,driver_version --format=csv
@@ -104,10 +131,12 @@ print("bitsandbytes", bitsandbytes.__version__, "peft", peft.__version__, "trans
       "trl", trl.__version__)'
   "$py" -c 'import flash_attn; print("flash_attn", flash_attn.__version__)' 2>/dev/null \
     || echo "flash_attn not installed: training pads batches instead of packing"
-  part "1/4 GPU tests" gpu_tests
-  part "2/4 QLoRA Quick fine-tune of the demo Q&A" qlora_quick
-  part "3/4 bench_compare (short)" bench_compare
-  part "4/4 bench_training (short, CPU)" bench_training
+  wanted tests && part "GPU tests" gpu_tests
+  wanted qlora && part "QLoRA Quick fine-tune of the demo Q&A" qlora_quick
+  wanted compare && part "bench_compare (short)" bench_compare
+  wanted training && part "bench_training (short, CPU)" bench_training
+  wanted reading && part "reading sets, held-out half, one at a time, lookup off and on" reading
+  wanted one_column && part "bench_one_column (GPU, lookup off and on)" one_column
   echo
   if [ ${#failed[@]} -gt 0 ]; then
     echo "gpu_check: FAILED: ${failed[*]} (log: $log)"

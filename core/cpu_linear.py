@@ -1,6 +1,12 @@
-"""How the chat model's linear layers compute a few rows on a CPU (decode steps: 1-8 rows), loaded once per model.
-Weights and state dict are unchanged: only each layer instance's forward is wrapped."""
+"""How the chat model's linear layers compute on a CPU, set once per model at load: in fp32 a few rows (decode steps:
+1-8 rows) by columns; in bf16 with each weight packed once for oneDNN. Weights and state dict are unchanged: only
+each layer instance's forward is wrapped."""
 from __future__ import annotations
+
+# oneDNN picks its packed layout for this many rows (a decode step's); any number of rows computes with it.
+PACKED_FOR_ROWS = 8
+# bench/bench_one_column.py switches packing off to measure it in the same run.
+PACK_16BIT = True
 
 
 def few_rows_by_columns(model) -> None:
@@ -31,28 +37,46 @@ def few_rows_by_columns(model) -> None:
         layer.forward = wrapped(layer, layer.forward)
 
 
-def lone_rows_as_two(model) -> None:
-    """16-bit weights: MKL's own layout is the fast one (the LM head: 4.6 ms for 2 rows against 6.9 ms by
-    columns), but its one-row path may round differently from the same row among others (here the 576x1536
-    down-projection did, for 2-64 rows it did not), so a row's answer would depend on whether it decodes alone.
-    A layer whose shape does so, found by a probe at load, gets a lone row as two copies of itself; the others
-    are left alone (sending every layer's lone row as two cost 23.8 -> 18.4 tokens/s)."""
+def packed_16bit(model) -> int:
+    """16-bit weights: each linear layer computes with its weight packed once, at load, in oneDNN's own layout.
+    torch's plain bf16 linear repacks the weight on every call, which a decode step (1-8 rows) pays in full: the
+    LM head took 4.2 ms a row this way against 1.3-1.9 ms packed, the MLP's layers 92 against 37-54 us. The packed
+    product is the same arithmetic (bit for bit the plain one's output, 1-700 rows here); it costs a second copy
+    of the linear weights (the model's own stay, for adapters and the state dict). Returns how many layers.
+
+    The one-row path of some shapes rounds differently from the same row among others (here the 576x1536
+    down-projection; for 2-64 rows none did), so a row's answer would depend on whether it decodes alone: a
+    layer whose shape does so, found by a probe at load, gets a lone row as two copies of itself (for every layer
+    that cost 23.8 -> 18.4 tokens/s)."""
     import torch
 
-    def wrapped(plain):
-        def forward(x):
-            if x.numel() != x.shape[-1]:
+    pack = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
+    if pack is None or not torch.backends.mkldnn.is_available() or not PACK_16BIT:
+        pack = None  # a torch without oneDNN: the plain product, still a lone row as two where that rounds apart
+
+    def wrapped(layer, packed, lone_as_two):
+        plain = layer.forward
+
+        def product(x):
+            if packed is None or x.dtype != packed.dtype:
                 return plain(x)
-            return plain(torch.cat([x.reshape(1, -1)] * 2))[:1].reshape(*x.shape[:-1], -1)
+            return torch.ops.mkldnn._linear_pointwise(x, packed, layer.bias, "none", [], "")
+
+        def forward(x):
+            if lone_as_two and x.numel() == x.shape[-1]:
+                return product(torch.cat([x.reshape(1, -1)] * 2))[:1].reshape(*x.shape[:-1], -1)
+            return product(x)
         return forward
 
     verdicts: dict[tuple, bool] = {}
-    for layer in _linear_layers(model):
+    layers = [layer for layer in _linear_layers(model) if layer.weight.dtype in (torch.bfloat16, torch.float16)]
+    for layer in layers:
         shape = (tuple(layer.weight.shape), layer.weight.dtype, layer.bias is not None)
         if shape not in verdicts:
             verdicts[shape] = _one_row_rounds_apart(layer, torch)
-        if verdicts[shape]:
-            layer.forward = wrapped(layer.forward)
+        packed = pack(layer.weight.detach(), PACKED_FOR_ROWS) if pack is not None else None
+        layer.forward = wrapped(layer, packed, verdicts[shape])
+    return len(layers)
 
 
 def _one_row_rounds_apart(layer, torch, rows: int = 32) -> bool:

@@ -67,9 +67,11 @@ class ModelEntry:
 
 
 def answer_memory_gb(params: float, device: str, weights: str = "fp32") -> float:
-    """GB to answer with a model of `params` parameters: its weights (on a CPU in `weights`, fp32 or bf16; 16-bit on
-    CUDA) + a KV cache for four 1,000-token columns and the runtime."""
-    return round((params * (2 if device.startswith("cuda") or weights == "bf16" else 4) + 0.4e9) / 1e9, 2)
+    """GB to answer with a model of `params` parameters: its weights (16-bit on CUDA; on a CPU in `weights`: fp32, or
+    bf16 plus the packed copy of its linear layers that core/cpu_linear.py keeps, about as much again) + a KV cache
+    for four 1,000-token columns and the runtime."""
+    per_param = 2 if device.startswith("cuda") else 4 if weights == "fp32" else 2 + 2
+    return round((params * per_param + 0.4e9) / 1e9, 2)
 
 
 def memory_figures(config, device: str, weights: str = "fp32") -> tuple[int, float, float]:

@@ -106,6 +106,28 @@ def test_a_few_rows_decode_as_they_would_one_by_one(lab):
     assert not any("forward" in key for key in model.state_dict())
 
 
+def test_bf16_linear_layers_compute_with_their_packed_weight_as_torch_would(lab):
+    """In bf16 on a CPU each linear layer computes with its weight packed once at load (core/cpu_linear.py; torch's
+    own linear repacks it on every call): bit for bit torch's output for 2-40 rows, a lone row exactly as among
+    others, and torch's linear is not called; weights and state dict untouched."""
+    if lab.models.generator.device != "cpu":
+        pytest.skip("the packed layout is used on CPU only")
+    model = Lab(lab.settings.with_(decode_weights="bf16")).models.generator.model
+    assert model.dtype == torch.bfloat16
+    layers = {tuple(m.weight.shape): m for m in model.modules() if type(m) is torch.nn.Linear}
+    assert len(layers) >= 4  # attention, MLP and LM head shapes
+    for shape, layer in layers.items():
+        x = torch.randn(40, 1, shape[1], generator=torch.Generator().manual_seed(1)).bfloat16()
+        with torch.inference_mode():
+            with _Calls() as seen:
+                together = layer(x)
+            assert "linear" not in seen.names, (shape, seen.names)
+            assert torch.equal(together, torch.nn.functional.linear(x, layer.weight)), shape
+            for rows in (1, 2, 3, 8):
+                assert torch.equal(layer(x[:rows].clone()), together[:rows]), (shape, rows)
+    assert not any("forward" in key or "pack" in key for key in model.state_dict())
+
+
 def test_chat_template_and_embedding_shape(lab):
     rendered = lab.models.generator.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                                            add_generation_prompt=True)
