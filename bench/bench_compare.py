@@ -126,7 +126,12 @@ def switched_off(lab: Lab, name: str):
     elif name == "prompt lookup":  # a row left decoding alone no longer checks its prompt's suggestions
         saved["PROMPT_LOOKUP_TOKENS"] = generation.PROMPT_LOOKUP_TOKENS
         generation.PROMPT_LOOKUP_TOKENS = 0
-    elif name == "few-row linear by columns":  # the class's own forward again on every linear layer
+    elif name == "KV cache appended in place":  # transformers' cache, which concatenates every step
+        from core import kv_cache
+
+        saved_roomy = kv_cache.roomy
+        kv_cache.roomy = lambda cache: cache
+    elif name == "CPU linear layout":  # torch's own linear again (fp32: not by columns; bf16: repacked every call)
         patched = {layer: layer.__dict__.pop("forward") for layer in lab.models.generator.model.modules()
                    if isinstance(layer, torch.nn.Linear) and "forward" in layer.__dict__}
     try:
@@ -134,12 +139,15 @@ def switched_off(lab: Lab, name: str):
     finally:
         for attribute, value in saved.items():
             setattr(generation, attribute, value)
-        if name == "few-row linear by columns":
+        if name == "KV cache appended in place":
+            kv_cache.roomy = saved_roomy
+        if name == "CPU linear layout":
             for layer, forward in patched.items():
                 layer.forward = forward
 
 
-SWITCHES = ["prefill apart", "prefill in pieces", "last-position logits", "few-row linear by columns", "prompt lookup"]
+SWITCHES = ["prefill apart", "prefill in pieces", "last-position logits", "CPU linear layout", "KV cache appended in place",
+            "prompt lookup"]
 
 
 def switch_table(lab: Lab, config: GenerationConfig, adapter: str, repeats: int) -> None:

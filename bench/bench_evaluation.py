@@ -2,7 +2,7 @@
 (core.evaluation) against the plain path a competent user would write, in the same process, alternating.
 
     .venv/bin/python bench/bench_evaluation.py [--questions 24] [--repeats 3] [--max-new-tokens 48]
-                                               [--baseline-batch 24] [--variants 2,4]
+                                               [--baseline-batch 24] [--variants 2,4] [--baseline-weights fp32,bf16]
 
 Questions: the first `--questions` answerable questions about United_States_PDF.pdf from
 bench/reading_sets/shared_pdfs.jsonl, in a knowledge base of that PDF (../shared/data/pdfs); without ../shared, the
@@ -10,8 +10,9 @@ demo set (assets/demo, 16 questions) and its documents.
 
 Baseline, per variant: the same prompts (the engine's own search and prompt per question, its time counted), then
 transformers' `generate` over batches of `--baseline-batch` questions, left-padded, greedy, the LoRA adapter
-switched on for the fine-tuned variants and off (peft's `disable_adapter`) for the others. Each baseline batch size
-is its own row; the best one is the baseline the ratio is taken against.
+switched on for the fine-tuned variants and off (peft's `disable_adapter`) for the others, the model loaded in each of
+`--baseline-weights` (on a CPU with native bf16 a competent user would try bf16 too). Each baseline batch size and
+precision is its own row; the best one is the baseline the ratio is taken against.
 
 Engine: `lab.evaluation.run` as the Evaluate tab runs it (the first two questions alone for the latency figures,
 then the rest sharing the model's decode batch, all their prompts read before they decode in step), loop stopping
@@ -68,7 +69,7 @@ def questions(count: int) -> tuple[list[dict], list[Path], str]:
 class PlainBaseline:
     """transformers + peft as a user would run an evaluation: one variant at a time, `generate` over batches."""
 
-    def __init__(self, lab: Lab, adapter_folder: Path):
+    def __init__(self, lab: Lab, adapter_folder: Path, weights: str = "fp32"):
         import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -79,7 +80,9 @@ class PlainBaseline:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), adapter_folder).eval()
+        dtype = torch.bfloat16 if weights == "bf16" else torch.float32
+        self.model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path, dtype=dtype),
+                                               adapter_folder).eval()
 
     def run(self, items: list[dict], variants: list[str], adapter: str, batch: int, max_new_tokens: int) -> dict:
         answers = self.lab.answers
@@ -136,6 +139,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--baseline-batch", default="24")
     parser.add_argument("--variants", default="2,4")
+    parser.add_argument("--baseline-weights", default="fp32,bf16", help="the plain baselines' precisions")
     args = parser.parse_args()
     import torch
 
@@ -144,11 +148,12 @@ def main() -> None:
     lab = Lab(load_settings(data_dir=data_dir))
     lab.kbs.ingest(files, kb="bench")
     adapter = make_adapter(lab, data_dir / "new-adapter")
-    baseline = PlainBaseline(lab, data_dir / "new-adapter")
+    baselines = {w: PlainBaseline(lab, data_dir / "new-adapter", w) for w in args.baseline_weights.split(",")}
     batches = [int(b) for b in args.baseline_batch.split(",")]
     counts = [int(v) for v in args.variants.split(",")]
     engine_run(lab, items[:2], VARIANT_SETS[4], adapter, 2)  # warm-up: loads the model, attaches the adapter
-    baseline.run(items[:2], VARIANT_SETS[4], adapter, 2, 2)
+    for baseline in baselines.values():
+        baseline.run(items[:2], VARIANT_SETS[4], adapter, 2, 2)
 
     runs: dict[tuple[int, str], list[dict]] = {}
     for _ in range(args.repeats):
@@ -157,8 +162,9 @@ def main() -> None:
             runs.setdefault((count, "engine"), []).append(
                 engine_run(lab, items, variants, adapter, args.max_new_tokens))
             for batch in batches:
-                runs.setdefault((count, f"plain generate, batches of {batch}"), []).append(
-                    baseline.run(items, variants, adapter, batch, args.max_new_tokens))
+                for weights, baseline in baselines.items():
+                    runs.setdefault((count, f"plain generate {weights}, batches of {batch}"), []).append(
+                        baseline.run(items, variants, adapter, batch, args.max_new_tokens))
 
     print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__} ({torch.get_num_threads()} threads), device {lab.settings.resolved_device}")

@@ -45,6 +45,10 @@ class Prefill:
                                  device=device)
         self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
         self.cache = DynamicCache(config=model.config)
+        if device == "cpu":  # appending in place; on CUDA a step's copy is cheap and the proven path stays
+            from core.kv_cache import roomy
+
+            roomy(self.cache)
         self.read = 0  # prompt columns prefilled so far
 
     @property
@@ -367,7 +371,12 @@ def joined(batches: list[Batch], torch) -> Batch:
 
     layers = [(stacked([layer.keys for layer in group]), stacked([layer.values for layer in group]))
               for group in zip(*(b.cache.layers for b in batches))]
-    return Batch(DynamicCache(layers), stacked([b.mask for b in batches]), torch.cat([b.positions for b in batches]),
+    cache = DynamicCache(layers)
+    if batches[0].mask.device.type == "cpu":
+        from core.kv_cache import roomy
+
+        roomy(cache)
+    return Batch(cache, stacked([b.mask for b in batches]), torch.cat([b.positions for b in batches]),
                  torch.cat([b.tokens for b in batches]), [r for b in batches for r in b.rows])
 
 

@@ -1,0 +1,57 @@
+"""core/kv_cache.py: a cache layer that appends in place holds exactly what transformers' concatenating layer holds,
+through the decode loop's own edits (cutting drafted tokens, dropping rows, cutting padding columns)."""
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from core.kv_cache import RoomyLayer, roomy
+
+
+def _states(rows, length, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, 3, length, 8, generator=g), torch.randn(rows, 3, length, 8, generator=g)
+
+
+def test_appends_in_place_and_follows_every_edit_as_the_plain_layer_does():
+    plain, room = DynamicLayer(), RoomyLayer()
+    steps = [("update", 2, 700), ("update", 2, 188), ("update", 2, 1), ("cut", 1), ("update", 2, 2),
+             ("select", [1]), ("update", 1, 1), ("drop_first", 5), ("update", 1, 1), ("update", 1, 300)]
+    for n, step in enumerate(steps):
+        if step[0] == "update":
+            k, v = _states(step[1], step[2], n)
+            out_plain, out_room = plain.update(k, v), room.update(k, v)
+            assert all(torch.equal(a, b) for a, b in zip(out_plain, out_room)), step
+        elif step[0] == "cut":  # prompt lookup: the drafted token the model did not confirm leaves the cache
+            for layer in (plain, room):
+                keep = layer.get_seq_length() - step[1]
+                layer.keys, layer.values = layer.keys[:, :, :keep], layer.values[:, :, :keep]
+        elif step[0] == "select":  # a finished row leaves the batch
+            for layer in (plain, room):
+                layer.batch_select_indices(torch.tensor(step[1]))
+        else:  # columns only padding used any more are cut off
+            for layer in (plain, room):
+                layer.keys, layer.values = layer.keys[:, :, step[1]:], layer.values[:, :, step[1]:]
+        assert torch.equal(plain.keys, room.keys) and torch.equal(plain.values, room.values), step
+        assert plain.get_seq_length() == room.get_seq_length(), step
+
+
+def test_a_decode_step_writes_into_the_room_without_copying_the_cache():
+    layer = RoomyLayer()
+    layer.update(*_states(1, 700, 0))
+    whole = layer._keys
+    assert whole.shape[2] > 700  # room kept at the end
+    for n in range(5):
+        keys, _ = layer.update(*_states(1, 1, n + 1))
+        assert layer._keys is whole and keys.data_ptr() == whole.data_ptr() and keys.shape[2] == 701 + n
+    layer.keys, layer.values = layer.keys[:, :, :702], layer.values[:, :, :702]  # a cut keeps the room
+    layer.update(*_states(1, 1, 9))
+    assert layer._keys is whole and layer.get_seq_length() == 703
+
+
+def test_only_plain_full_attention_layers_are_replaced_and_held_tensors_are_kept():
+    k, v = _states(2, 10, 0)
+    cache = DynamicCache([(k, v), (k + 1, v + 1)])
+    roomy(cache)
+    assert all(type(layer) is RoomyLayer for layer in cache.layers)
+    assert torch.equal(cache.layers[1].keys, k + 1) and cache.get_seq_length() == 10
+    cache.update(*_states(2, 1, 3), layer_idx=0)
+    assert cache.layers[0].get_seq_length() == 11
