@@ -58,11 +58,11 @@ def unpacked(lab: Lab):
     import core.cpu_linear
     from core.models import _load_chat_model, resolve_base_model
 
-    core.cpu_linear.PACK_16BIT = False
+    core.cpu_linear.PACK_BF16 = False
     try:
         return _load_chat_model(resolve_base_model(lab.settings.base_model, lab.settings), "unpacked", "cpu", "bf16")
     finally:
-        core.cpu_linear.PACK_16BIT = True
+        core.cpu_linear.PACK_BF16 = True
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 # oneDNN picks its packed layout for this many rows (a decode step's); any number of rows computes with it.
 PACKED_FOR_ROWS = 8
 # bench/bench_one_column.py switches packing off to measure it in the same run.
-PACK_16BIT = True
+PACK_BF16 = True
 
 
 def few_rows_by_columns(model) -> None:
@@ -37,8 +37,8 @@ def few_rows_by_columns(model) -> None:
         layer.forward = wrapped(layer, layer.forward)
 
 
-def packed_16bit(model) -> int:
-    """16-bit weights: each linear layer computes with its weight packed once, at load, in oneDNN's own layout.
+def packed_bf16(model) -> int:
+    """bf16 weights: each linear layer computes with its weight packed once, at load, in oneDNN's own layout.
     torch's plain bf16 linear repacks the weight on every call, which a decode step (1-8 rows) pays in full: the
     LM head took 4.2 ms a row this way against 1.3-1.9 ms packed, the MLP's layers 92 against 37-54 us. The packed
     product is the same arithmetic (bit for bit the plain one's output, 1-700 rows here); it costs a second copy
@@ -51,14 +51,16 @@ def packed_16bit(model) -> int:
     import torch
 
     pack = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
-    if pack is None or not torch.backends.mkldnn.is_available() or not PACK_16BIT:
+    if pack is None or not torch.backends.mkldnn.is_available() or not PACK_BF16:
         pack = None  # a torch without oneDNN: the plain product, still a lone row as two where that rounds apart
 
-    def wrapped(layer, packed, lone_as_two):
-        plain = layer.forward
+    def wrapped(layer, plain, packed, lone_as_two):
+        version = layer.weight._version
 
         def product(x):
-            if packed is None or x.dtype != packed.dtype:
+            # the packed op has no backward, and a weight changed in place would leave the packed copy stale
+            if packed is None or x.dtype != packed.dtype or layer.weight._version != version \
+                    or (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad)):
                 return plain(x)
             return torch.ops.mkldnn._linear_pointwise(x, packed, layer.bias, "none", [], "")
 
@@ -69,13 +71,18 @@ def packed_16bit(model) -> int:
         return forward
 
     verdicts: dict[tuple, bool] = {}
-    layers = [layer for layer in _linear_layers(model) if layer.weight.dtype in (torch.bfloat16, torch.float16)]
+    layers = [layer for layer in _linear_layers(model) if layer.weight.dtype == torch.bfloat16]
     for layer in layers:
-        shape = (tuple(layer.weight.shape), layer.weight.dtype, layer.bias is not None)
-        if shape not in verdicts:
+        plain = layer.forward
+        try:
+            packed = pack(layer.weight.detach(), PACKED_FOR_ROWS) if pack is not None else None
+        except RuntimeError:  # a CPU oneDNN cannot pack this for: torch's own product
+            packed = None
+        layer.forward = wrapped(layer, plain, packed, False)
+        shape = (tuple(layer.weight.shape), layer.bias is not None)
+        if shape not in verdicts:  # probed on the product decoding will use
             verdicts[shape] = _one_row_rounds_apart(layer, torch)
-        packed = pack(layer.weight.detach(), PACKED_FOR_ROWS) if pack is not None else None
-        layer.forward = wrapped(layer, packed, verdicts[shape])
+        layer.forward = wrapped(layer, plain, packed, verdicts[shape])
     return len(layers)
 
 

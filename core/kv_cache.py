@@ -17,31 +17,32 @@ class RoomyLayer(DynamicLayer):
 
     def __init__(self):
         self._keys = self._values = None  # the whole tensors, room included
-        self._length = 0
+        self._key_length = self._value_length = 0  # apart: transformers' crop sets keys, then reads values
         super().__init__()
 
     @property
     def keys(self):
-        return self._view(self._keys)
+        return self._view(self._keys, self._key_length)
 
     @keys.setter
     def keys(self, tensor):
         self._keys, length = self._held(self._keys, tensor)
-        self._length = length if length is not None else self._length
+        self._key_length = length if length is not None else self._key_length
 
     @property
     def values(self):
-        return self._view(self._values)
+        return self._view(self._values, self._value_length)
 
     @values.setter
     def values(self, tensor):
         self._values, length = self._held(self._values, tensor)
-        self._length = length if length is not None else self._length
+        self._value_length = length if length is not None else self._value_length
 
-    def _view(self, whole):
+    @staticmethod
+    def _view(whole, length):
         if whole is None or whole.dim() != 4:
             return whole
-        return whole if whole.shape[2] == self._length else whole[:, :, :self._length]
+        return whole if whole.shape[2] == length else whole[:, :, :length]
 
     @staticmethod
     def _held(whole, tensor):
@@ -57,18 +58,27 @@ class RoomyLayer(DynamicLayer):
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        new = key_states.shape[2]
-        if self._keys is None or self._keys.dim() != 4 or self._keys.shape[2] < self._length + new \
-                or self._keys.shape[:2] != key_states.shape[:2]:
-            capacity = self._length + new + max(ROOM, self._length // 2)
-            for name, old, fresh in (("_keys", self._keys, key_states), ("_values", self._values, value_states)):
+        import torch
+
+        new, length = key_states.shape[2], self._key_length
+        fits = all(whole is not None and whole.dim() == 4 and whole.shape[2] >= length + new
+                   and whole.shape[:2] == key_states.shape[:2] for whole in (self._keys, self._values))
+        # held tensors made under inference mode cannot be written outside it (transformers' layer would copy)
+        fits = fits and self._value_length == length \
+            and not (self._keys.is_inference() and not torch.is_inference_mode_enabled())
+        if not fits:
+            capacity = length + new + max(ROOM, length // 2)
+            kept = [self.keys, self.values] if length else [None, None]
+            for name, old, fresh in zip(("_keys", "_values"), kept, (key_states, value_states)):
                 whole = fresh.new_empty(fresh.shape[0], fresh.shape[1], capacity, fresh.shape[3])
-                if self._length:
-                    whole[:, :, :self._length] = old[:, :, :self._length]
+                if old is not None:
+                    if old.shape[:2] != fresh.shape[:2]:  # as transformers' cat would (no broadcasting)
+                        raise ValueError(f"cache rows {tuple(old.shape[:2])} != new states' {tuple(fresh.shape[:2])}")
+                    whole[:, :, :length] = old
                 setattr(self, name, whole)
-        self._keys[:, :, self._length:self._length + new] = key_states
-        self._values[:, :, self._length:self._length + new] = value_states
-        self._length += new
+        self._keys[:, :, length:length + new] = key_states
+        self._values[:, :, length:length + new] = value_states
+        self._key_length = self._value_length = length + new
         return self.keys, self.values
 
 

@@ -284,7 +284,7 @@ def _load_chat_model(source: str, name: str, device: str, weights: str = "fp32")
     if device == "cpu" and dtype == torch.float32:
         cpu_linear.few_rows_by_columns(model)
     elif device == "cpu":  # bf16: a row's answer must not depend on the rows beside it
-        cpu_linear.packed_16bit(model)
+        cpu_linear.packed_bf16(model)
         use_row_attention(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -14,7 +14,8 @@ def _states(rows, length, seed):
 def test_appends_in_place_and_follows_every_edit_as_the_plain_layer_does():
     plain, room = DynamicLayer(), RoomyLayer()
     steps = [("update", 2, 700), ("update", 2, 188), ("update", 2, 1), ("cut", 1), ("update", 2, 2),
-             ("select", [1]), ("update", 1, 1), ("drop_first", 5), ("update", 1, 1), ("update", 1, 300)]
+             ("select", [1]), ("update", 1, 1), ("drop_first", 5), ("update", 1, 1), ("crop", 3), ("update", 1, 1),
+             ("update", 1, 300)]
     for n, step in enumerate(steps):
         if step[0] == "update":
             k, v = _states(step[1], step[2], n)
@@ -24,6 +25,9 @@ def test_appends_in_place_and_follows_every_edit_as_the_plain_layer_does():
             for layer in (plain, room):
                 keep = layer.get_seq_length() - step[1]
                 layer.keys, layer.values = layer.keys[:, :, :keep], layer.values[:, :, :keep]
+        elif step[0] == "crop":  # transformers' own edit: keys cut, then values read and cut
+            plain.crop(-step[1])
+            room.crop(-step[1])
         elif step[0] == "select":  # a finished row leaves the batch
             for layer in (plain, room):
                 layer.batch_select_indices(torch.tensor(step[1]))
@@ -55,3 +59,13 @@ def test_only_plain_full_attention_layers_are_replaced_and_held_tensors_are_kept
     assert torch.equal(cache.layers[1].keys, k + 1) and cache.get_seq_length() == 10
     cache.update(*_states(2, 1, 3), layer_idx=0)
     assert cache.layers[0].get_seq_length() == 11
+
+
+def test_a_cache_made_under_inference_mode_still_grows_outside_it():
+    layer = RoomyLayer()
+    with torch.inference_mode():
+        layer.update(*_states(1, 5, 0))
+    k, v = _states(1, 1, 1)
+    with torch.no_grad():
+        keys, values = layer.update(k, v)
+    assert keys.shape[2] == 6 and torch.equal(keys[:, :, 5:], k) and torch.equal(values[:, :, 5:], v)

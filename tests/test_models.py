@@ -122,7 +122,7 @@ def test_bf16_linear_layers_compute_with_their_packed_weight_as_torch_would(lab)
             with _Calls() as seen:
                 together = layer(x)
             assert "linear" not in seen.names, (shape, seen.names)
-            assert torch.equal(together, torch.nn.functional.linear(x, layer.weight)), shape
+            assert torch.equal(together, torch.nn.functional.linear(x, layer.weight, layer.bias)), shape
             for rows in (1, 2, 3, 8):
                 assert torch.equal(layer(x[:rows].clone()), together[:rows]), (shape, rows)
     assert not any("forward" in key or "pack" in key for key in model.state_dict())
