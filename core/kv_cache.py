@@ -11,60 +11,57 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 ROOM = 256
 
 
+class _Held:
+    """A layer's keys or values: the first positions of the tensor it holds, room included. Assigning a view of that
+    tensor which starts at its first position (cutting drafted tokens) keeps the room; anything else is held as is.
+    Keys and values keep their own lengths: transformers' crop sets the keys, then reads the values."""
+
+    def __set_name__(self, owner, name):
+        self.whole, self.length = f"_{name}", f"_{name}_length"
+
+    def __get__(self, layer, owner=None):
+        if layer is None:
+            return self
+        whole, length = getattr(layer, self.whole), getattr(layer, self.length)
+        if whole is None or whole.dim() != 4 or whole.shape[2] == length:
+            return whole
+        return whole[:, :, :length]
+
+    def __set__(self, layer, tensor):
+        whole = getattr(layer, self.whole)
+        if tensor is None or tensor.dim() != 4:  # reset, or transformers' empty placeholder before the first update
+            setattr(layer, self.whole, tensor)
+            if tensor is None:
+                setattr(layer, self.length, 0)
+            return
+        prefix = whole is not None and whole.dim() == 4 and tensor.data_ptr() == whole.data_ptr() \
+            and tensor.stride() == whole.stride() and tensor.shape[:2] == whole.shape[:2] \
+            and tensor.shape[3] == whole.shape[3] and tensor.shape[2] <= whole.shape[2]
+        setattr(layer, self.whole, whole if prefix else tensor)
+        setattr(layer, self.length, tensor.shape[2])
+
+
 class RoomyLayer(DynamicLayer):
-    """keys/values are views of the first `length` positions of larger tensors; assigning a view of those same
-    tensors that starts at their first position (cutting drafted tokens) keeps the room."""
+    """keys/values are views of the first positions of larger tensors (_Held); update writes into the room."""
+
+    keys = _Held()
+    values = _Held()
 
     def __init__(self):
         self._keys = self._values = None  # the whole tensors, room included
-        self._key_length = self._value_length = 0  # apart: transformers' crop sets keys, then reads values
+        self._keys_length = self._values_length = 0
         super().__init__()
-
-    @property
-    def keys(self):
-        return self._view(self._keys, self._key_length)
-
-    @keys.setter
-    def keys(self, tensor):
-        self._keys, length = self._held(self._keys, tensor)
-        self._key_length = length if length is not None else self._key_length
-
-    @property
-    def values(self):
-        return self._view(self._values, self._value_length)
-
-    @values.setter
-    def values(self, tensor):
-        self._values, length = self._held(self._values, tensor)
-        self._value_length = length if length is not None else self._value_length
-
-    @staticmethod
-    def _view(whole, length):
-        if whole is None or whole.dim() != 4:
-            return whole
-        return whole if whole.shape[2] == length else whole[:, :, :length]
-
-    @staticmethod
-    def _held(whole, tensor):
-        """(the tensor to keep, the new length): a prefix of `whole` keeps `whole`; anything else is kept as is."""
-        if tensor is None or tensor.dim() != 4:
-            return tensor, 0 if tensor is None else None
-        if whole is not None and whole.dim() == 4 and tensor.data_ptr() == whole.data_ptr() \
-                and tensor.stride() == whole.stride() and tensor.shape[:2] == whole.shape[:2] \
-                and tensor.shape[3] == whole.shape[3] and tensor.shape[2] <= whole.shape[2]:
-            return whole, tensor.shape[2]
-        return tensor, tensor.shape[2]
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         import torch
 
-        new, length = key_states.shape[2], self._key_length
+        new, length = key_states.shape[2], self._keys_length
         fits = all(whole is not None and whole.dim() == 4 and whole.shape[2] >= length + new
                    and whole.shape[:2] == key_states.shape[:2] for whole in (self._keys, self._values))
         # held tensors made under inference mode cannot be written outside it (transformers' layer would copy)
-        fits = fits and self._value_length == length \
+        fits = fits and self._values_length == length \
             and not (self._keys.is_inference() and not torch.is_inference_mode_enabled())
         if not fits:
             capacity = length + new + max(ROOM, length // 2)
@@ -78,7 +75,7 @@ class RoomyLayer(DynamicLayer):
                 setattr(self, name, whole)
         self._keys[:, :, length:length + new] = key_states
         self._values[:, :, length:length + new] = value_states
-        self._key_length = self._value_length = length + new
+        self._keys_length = self._values_length = length + new
         return self.keys, self.values
 
 
