@@ -130,7 +130,12 @@ def switched_off(lab: Lab, name: str):
         from core import kv_cache
 
         saved_roomy = kv_cache.roomy
-        kv_cache.roomy = lambda cache: cache
+        kv_cache.roomy = lambda cache, *held: cache
+    elif name == "KV cache held in fp32":  # a 16-bit model's cache held in 16 bits, cast up by each step's attention
+        from core import row_attention
+
+        saved_held = row_attention.held_dtype
+        row_attention.held_dtype = lambda model: None
     elif name == "CPU linear layout":  # torch's own linear again (fp32: not by columns; bf16: repacked every call)
         patched = {layer: layer.__dict__.pop("forward") for layer in lab.models.generator.model.modules()
                    if isinstance(layer, torch.nn.Linear) and "forward" in layer.__dict__}
@@ -141,13 +146,15 @@ def switched_off(lab: Lab, name: str):
             setattr(generation, attribute, value)
         if name == "KV cache appended in place":
             kv_cache.roomy = saved_roomy
+        if name == "KV cache held in fp32":
+            row_attention.held_dtype = saved_held
         if name == "CPU linear layout":
             for layer, forward in patched.items():
                 layer.forward = forward
 
 
 SWITCHES = ["prefill apart", "prefill in pieces", "last-position logits", "CPU linear layout", "KV cache appended in place",
-            "prompt lookup"]
+            "KV cache held in fp32", "prompt lookup"]
 
 
 def switch_table(lab: Lab, config: GenerationConfig, adapter: str, repeats: int) -> None:

@@ -47,8 +47,9 @@ class Prefill:
         self.cache = DynamicCache(config=model.config)
         if device == "cpu":  # appending in place; on CUDA a step's copy is cheap and the proven path stays
             from core.kv_cache import roomy
+            from core.row_attention import held_dtype
 
-            roomy(self.cache)
+            roomy(self.cache, held_dtype(model))
         self.read = 0  # prompt columns prefilled so far
 
     @property
@@ -375,7 +376,7 @@ def joined(batches: list[Batch], torch) -> Batch:
     if batches[0].mask.device.type == "cpu":
         from core.kv_cache import roomy
 
-        roomy(cache)
+        roomy(cache, getattr(batches[0].cache.layers[0], "held_dtype", None))
     return Batch(cache, stacked([b.mask for b in batches]), torch.cat([b.positions for b in batches]),
                  torch.cat([b.tokens for b in batches]), [r for b in batches for r in b.rows])
 

@@ -33,6 +33,15 @@ def use_row_attention(model) -> bool:
     return True
 
 
+def held_dtype(model):
+    """The dtype a CPU KV cache holds for `model` (core/kv_cache.py): fp32 where a 16-bit model attends row by row,
+    since each step would otherwise cast every row's keys and values up; None (as computed) elsewhere."""
+    import torch
+
+    rows = getattr(model.config, "_attn_implementation", None) == NAME
+    return torch.float32 if rows and model.dtype in (torch.bfloat16, torch.float16) else None
+
+
 def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
               **kwargs):
     """transformers' attention signature: query (batch, heads, q, dim), key/value (batch, kv heads, k, dim), a
@@ -59,6 +68,7 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
             o = torch.cat([_one_query(q[0, :, i], k[0, :, :m - n + i + 1], v[0, :, :m - n + i + 1], scaling)
                            for i in range(n)], dim=1)[None]
         else:
+            k, v = k.to(q.dtype), v.to(q.dtype)  # a cache held in fp32 (held_dtype) holds 16-bit values exactly
             mask = None if n == m else torch.ones(n, m, dtype=torch.bool, device=q.device).tril(m - n)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=n > 1 and n == m, scale=scaling,
                                                enable_gqa=grouped)

@@ -1,26 +1,31 @@
 """core/kv_cache.py: a cache layer that appends in place holds exactly what transformers' concatenating layer holds,
 through the decode loop's own edits (cutting drafted tokens, dropping rows, cutting padding columns)."""
+import pytest
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from core.kv_cache import RoomyLayer, roomy
 
 
-def _states(rows, length, seed):
+def _states(rows, length, seed, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(rows, 3, length, 8, generator=g), torch.randn(rows, 3, length, 8, generator=g)
+    return (torch.randn(rows, 3, length, 8, generator=g).to(dtype),
+            torch.randn(rows, 3, length, 8, generator=g).to(dtype))
 
 
-def test_appends_in_place_and_follows_every_edit_as_the_plain_layer_does():
-    plain, room = DynamicLayer(), RoomyLayer()
+@pytest.mark.parametrize("states_dtype,held_dtype", [(torch.float32, None), (torch.bfloat16, torch.float32)])
+def test_appends_in_place_and_follows_every_edit_as_the_plain_layer_does(states_dtype, held_dtype):
+    """Held in fp32, a bf16 model's keys and values are the plain layer's values cast up, exactly."""
+    plain, room = DynamicLayer(), RoomyLayer(held_dtype)
+    held = held_dtype or states_dtype
     steps = [("update", 2, 700), ("update", 2, 188), ("update", 2, 1), ("cut", 1), ("update", 2, 2),
              ("select", [1]), ("update", 1, 1), ("drop_first", 5), ("update", 1, 1), ("crop", 3), ("update", 1, 1),
              ("update", 1, 300)]
     for n, step in enumerate(steps):
         if step[0] == "update":
-            k, v = _states(step[1], step[2], n)
+            k, v = _states(step[1], step[2], n, states_dtype)
             out_plain, out_room = plain.update(k, v), room.update(k, v)
-            assert all(torch.equal(a, b) for a, b in zip(out_plain, out_room)), step
+            assert all(b.dtype == held and torch.equal(a.to(held), b) for a, b in zip(out_plain, out_room)), step
         elif step[0] == "cut":  # prompt lookup: the drafted token the model did not confirm leaves the cache
             for layer in (plain, room):
                 keep = layer.get_seq_length() - step[1]
@@ -34,7 +39,7 @@ def test_appends_in_place_and_follows_every_edit_as_the_plain_layer_does():
         else:  # columns only padding used any more are cut off
             for layer in (plain, room):
                 layer.keys, layer.values = layer.keys[:, :, step[1]:], layer.values[:, :, step[1]:]
-        assert torch.equal(plain.keys, room.keys) and torch.equal(plain.values, room.values), step
+        assert torch.equal(plain.keys.to(held), room.keys) and torch.equal(plain.values.to(held), room.values), step
         assert plain.get_seq_length() == room.get_seq_length(), step
 
 

@@ -45,3 +45,41 @@ def test_each_row_attends_to_its_own_tokens_only(q_len, k_len):
     unpadded = torch.stack([(torch.arange(k_len) <= position)] * batch)[:, None]
     torch.testing.assert_close(attention(Layer(), query, key, value, None, scaling=scale)[0],
                                attention(Layer(), query, key, value, unpadded, scaling=scale)[0])
+
+
+def test_a_bf16_model_decodes_the_same_logits_with_its_cache_held_in_fp32(lab):
+    """core/kv_cache.py holds a 16-bit model's CPU cache in fp32 for the row-by-row attention (which computes in
+    fp32 anyway): the same logits, bit for bit, as a cache held in bf16, for a prompt read in two pieces and
+    decode steps after it."""
+    from transformers import DynamicCache
+
+    from core.kv_cache import roomy
+    from core.lab import Lab
+    from core.row_attention import held_dtype
+
+    if lab.settings.resolved_device != "cpu":
+        pytest.skip("a CPU's option: a GPU keeps transformers' cache")
+    model = Lab(lab.settings.with_(decode_weights="bf16")).models.generator.model
+    assert model.dtype == torch.bfloat16 and held_dtype(model) == torch.float32
+    ids = torch.randint(0, 5000, (2, 90), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :17] = 0  # the second row left-padded
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def decoded(held):
+        cache, logits, out = roomy(DynamicCache(config=model.config), held), None, []
+        with torch.inference_mode():
+            for piece in (slice(0, 50), slice(50, 90)):
+                logits = model(input_ids=ids[:, piece], attention_mask=mask[:, :piece.stop],
+                               position_ids=positions[:, piece], past_key_values=cache, logits_to_keep=1).logits
+            step_mask, step_positions = mask, positions[:, -1:]
+            for _ in range(6):
+                out.append(logits[:, -1])
+                step_mask = torch.cat([step_mask, torch.ones(2, 1, dtype=mask.dtype)], dim=1)
+                step_positions = step_positions + 1
+                logits = model(input_ids=logits[:, -1].argmax(-1, keepdim=True), attention_mask=step_mask,
+                               position_ids=step_positions, past_key_values=cache, logits_to_keep=1).logits
+        assert cache.layers[0].keys.dtype == (held or torch.bfloat16)
+        return torch.stack(out)
+
+    assert torch.equal(decoded(None), decoded(torch.float32))
