@@ -130,7 +130,8 @@ def main() -> None:
     for precision, model in baselines.items():
         runs[f"plain generate, {precision}"] = plain(model, f"plain generate, {precision}")
     for w, generator in generators.items():
-        precision = str(generator.model.dtype).removeprefix("torch.") + (" unpacked" if w == "bf16-unpacked" else "")
+        precision = str(generator.model.dtype).removeprefix("torch.") + {"bf16-unpacked": " unpacked",
+                                                                         "int8": " int8"}.get(w, "")
         for lookup in (int(n) for n in args.lookups.split(",")):
             name = f"engine {precision}, " + (f"prompt lookup of {lookup}" if lookup else "prompt lookup off")
             runs[name], reference_of[name] = engine(generator, lookup, name), f"plain generate, {precision.split()[0]}"

@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="reuse a data folder (its ingested documents)")
     parser.add_argument("--out", type=Path, default=None, help="write every answer here (JSON lines)")
     parser.add_argument("--summary", type=Path, default=None, help="write the table's rows here (JSON)")
-    parser.add_argument("--weights", default="fp32", choices=["fp32", "bf16"],
+    parser.add_argument("--weights", default="fp32", choices=["fp32", "bf16", "int8"],
                         help="the generator's weights while answering (bf16: issue 19's candidate, bench_decode.py)")
     parser.add_argument("--batch", type=int, default=BATCH, help="questions decoded together (1: one at a time)")
     parser.add_argument("--prompt-lookup", type=int, default=None,

@@ -1,10 +1,14 @@
 """How the chat model's linear layers compute on a CPU, set once per model at load: in fp32 a few rows (decode steps:
-1-8 rows) by columns; in bf16 with each weight packed once for oneDNN. Weights and state dict are unchanged: only
-each layer instance's forward is wrapped."""
+1-8 rows) by columns; in bf16 with each weight packed once for oneDNN; in int8 (weight-only) from an int8 copy of
+each weight with a scale per output channel. Weights and state dict are unchanged: only each layer instance's
+forward is wrapped."""
 from __future__ import annotations
 
 # oneDNN picks its packed layout for this many rows (a decode step's); any number of rows computes with it.
 PACKED_FOR_ROWS = 8
+# int8 weights compute the new tokens of decode steps (up to this many a row: drafted tokens included); a prompt's
+# tokens are read with the bf16 weights, whose matrix product is the faster one for many rows (and exact).
+FEW_TOKENS = 8
 # bench/bench_one_column.py switches packing off to measure it in the same run.
 PACK_BF16 = True
 
@@ -84,6 +88,55 @@ def packed_bf16(model) -> int:
             verdicts[shape] = _one_row_rounds_apart(layer, torch)
         layer.forward = wrapped(layer, plain, packed, verdicts[shape])
     return len(layers)
+
+
+def int8_weights(model) -> int:
+    """Weight-only int8 for decode steps: each bf16 linear layer computes the new tokens (up to FEW_TOKENS a row) from
+    an int8 copy of its weight (symmetric, one scale per output channel), with bf16 inputs and outputs (torch's
+    `_weight_int8pack_mm`); prompts are read with the bf16 weights (torch's product, repacked per call: for hundreds
+    of rows that costs little, and int8's product was slower there). A decode step reads the weights from memory
+    once per token, so one byte a weight instead of two makes a one-row step ~1.4x faster here. The
+    answers change (the measured cost is in docs/EVALUATION.md); training, adapters and the state dict use the
+    model's own bf16 weights, as before. Returns how many layers."""
+    import torch
+
+    quantized = getattr(torch, "_weight_int8pack_mm", None)
+
+    def wrapped(layer, plain, weight8, scales, lone_as_two):
+        version = layer.weight._version
+
+        def product(x):
+            if x.dtype != scales.dtype or layer.weight._version != version or x.dim() > 1 and x.shape[-2] > FEW_TOKENS \
+                    or (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad)):
+                return plain(x)
+            out = quantized(x.reshape(-1, x.shape[-1]).contiguous(), weight8, scales)
+            if layer.bias is not None:
+                out = out + layer.bias
+            return out.reshape(*x.shape[:-1], out.shape[-1])
+
+        def forward(x):
+            if lone_as_two and x.numel() == x.shape[-1]:
+                return product(torch.cat([x.reshape(1, -1)] * 2))[:1].reshape(*x.shape[:-1], -1)
+            return product(x)
+        return forward
+
+    count, verdicts = 0, {}
+    for layer in [layer for layer in _linear_layers(model) if layer.weight.dtype == torch.bfloat16]:
+        weight = layer.weight.detach().float()
+        scales = (weight.abs().amax(1) / 127).clamp(min=1e-12)
+        weight8 = (weight / scales[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()
+        plain = layer.forward
+        layer.forward = wrapped(layer, plain, weight8, scales.to(torch.bfloat16), False)
+        try:
+            shape = (tuple(layer.weight.shape), layer.bias is not None)
+            if shape not in verdicts:
+                verdicts[shape] = _one_row_rounds_apart(layer, torch)
+        except (RuntimeError, TypeError):  # a torch or a shape its int8 product does not take: the plain product
+            layer.forward = plain
+            continue
+        layer.forward = wrapped(layer, plain, weight8, scales.to(torch.bfloat16), verdicts[shape])
+        count += 1
+    return count
 
 
 def _one_row_rounds_apart(layer, torch, rows: int = 32) -> bool:

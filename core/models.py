@@ -267,12 +267,13 @@ def load_full_model(path: Path, version: str, device: str, weights: str = "fp32"
 
 
 def _load_chat_model(source: str, name: str, device: str, weights: str = "fp32") -> Generator:
-    """`weights` "bf16": on a CPU, bf16 weights (settings.decode_weights); on CUDA always 16-bit."""
+    """`weights` "bf16": on a CPU, bf16 weights (settings.decode_weights), "int8" bf16 with int8 linear layers; on
+    CUDA always 16-bit."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
-    dtype = torch.bfloat16 if weights == "bf16" else torch.float32
+    dtype = torch.bfloat16 if weights in ("bf16", "int8") else torch.float32
     if device.startswith("cuda"):
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     try:
@@ -284,7 +285,7 @@ def _load_chat_model(source: str, name: str, device: str, weights: str = "fp32")
     if device == "cpu" and dtype == torch.float32:
         cpu_linear.few_rows_by_columns(model)
     elif device == "cpu":  # bf16: a row's answer must not depend on the rows beside it
-        cpu_linear.packed_bf16(model)
+        cpu_linear.int8_weights(model) if weights == "int8" else cpu_linear.packed_bf16(model)
         use_row_attention(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -128,6 +128,37 @@ def test_bf16_linear_layers_compute_with_their_packed_weight_as_torch_would(lab)
     assert not any("forward" in key or "pack" in key for key in model.state_dict())
 
 
+def test_int8_linear_layers_compute_from_an_int8_copy_and_a_row_the_same_among_others(lab):
+    """LAB_DECODE_WEIGHTS=int8 (core/cpu_linear.py): each bf16 linear layer computes decode steps' tokens from an int8
+    copy of its weight, one scale per output channel: within int8's rounding of torch's bf16 product but not torch's
+    product itself (the int8 path is on), a lone row exactly as among others, a prompt's tokens with the bf16 weight, four rows' logits exactly those alone; the model's own
+    bf16 weights and state dict untouched."""
+    if lab.models.generator.device != "cpu":
+        pytest.skip("the int8 layout is used on CPU only")
+    model = Lab(lab.settings.with_(decode_weights="int8")).models.generator.model
+    assert model.dtype == torch.bfloat16
+    layers = {tuple(m.weight.shape): m for m in model.modules() if type(m) is torch.nn.Linear}
+    assert len(layers) >= 4
+    for shape, layer in layers.items():
+        x = torch.randn(40, 1, shape[1], generator=torch.Generator().manual_seed(1)).bfloat16()
+        with torch.inference_mode():
+            together = layer(x)
+            exact = torch.nn.functional.linear(x, layer.weight, layer.bias)
+            assert not torch.equal(together, exact), shape
+            error = (together.float() - exact.float()).norm() / exact.float().norm()
+            assert error < 0.02, (shape, float(error))
+            for rows in (1, 2, 3, 8):
+                assert torch.equal(layer(x[:rows].clone()), together[:rows]), (shape, rows)
+            prompt = x.reshape(1, 40, shape[1])  # a prompt's 40 tokens: read with the bf16 weights
+            assert torch.equal(layer(prompt), torch.nn.functional.linear(prompt, layer.weight, layer.bias)), shape
+    ids = torch.tensor([[504], [2103], [28], [4933]])
+    with torch.inference_mode():
+        assert torch.equal(model(input_ids=ids).logits[:, -1],
+                           torch.cat([model(input_ids=row[None]).logits[:, -1] for row in ids]))
+    assert not any("forward" in key or "int8" in key for key in model.state_dict())
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
 def test_chat_template_and_embedding_shape(lab):
     rendered = lab.models.generator.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                                            add_generation_prompt=True)

@@ -51,7 +51,7 @@ def test_environment_settings_are_checked_with_a_clear_message(monkeypatch):
     monkeypatch.setenv("LAB_DECODE_WEIGHTS", "BF16")
     assert load_settings().decode_weights == "bf16"
     monkeypatch.setenv("LAB_DECODE_WEIGHTS", "int4")
-    with pytest.raises(LabError, match="LAB_DECODE_WEIGHTS must be one of auto, fp32, bf16, got 'int4'"):
+    with pytest.raises(LabError, match="LAB_DECODE_WEIGHTS must be one of auto, fp32, bf16, int8, got 'int4'"):
         load_settings()
     monkeypatch.delenv("LAB_DECODE_WEIGHTS")
     monkeypatch.setenv("LAB_TOP_K", "four")
