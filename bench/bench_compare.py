@@ -84,15 +84,25 @@ def run(lab: Lab, columns: list[str], config: GenerationConfig, adapter: str) ->
     return {"wall": wall, **{a.variant: a.timings for a in answers}}
 
 
-def decode_step_ms(lab: Lab, rows: int, cached: int = 1000, steps: int = 20) -> float:
-    """One decode step of the bare model (no adapters, no engine) over `rows` rows: what batching costs here."""
+CACHES = {"transformers' cache": None, "engine's cache (in place, held fp32)": "held",
+          "engine's cache, held in the model's dtype": "own"}
+
+
+def decode_step_ms(lab: Lab, rows: int, cached: int = 1000, steps: int = 20, cache_kind: str | None = None) -> float:
+    """One decode step of the bare model (no adapters) over `rows` rows: what batching costs here; with
+    `cache_kind` ("held", "own") the engine's CPU cache (core/kv_cache.py) instead of transformers'."""
     import torch
     from transformers import DynamicCache
+
+    from core.kv_cache import roomy
+    from core.row_attention import held_dtype
 
     model = lab.models.generator.model
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
     ids = torch.randint(0, 1000, (rows, cached), device=model.device)
     cache = DynamicCache(config=model.config)
+    if cache_kind:
+        roomy(cache, held_dtype(model) if cache_kind == "held" else None)
     times = []
     with torch.inference_mode():
         model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -210,7 +220,11 @@ def main() -> None:
             together.append(run(lab, COLUMNS, config, adapter))
         peaks["all"] = max(peaks.get("all", 0), rss.peak)
 
-    steps = {rows: decode_step_ms(lab, rows) for rows in (1, 4)}  # the hardware's own cost of a wider batch
+    step_runs: dict[tuple, list[float]] = {}  # the hardware's own cost of a wider batch, per cache, interleaved
+    for _ in range(args.repeats):
+        for label, kind in (CACHES.items() if lab.settings.resolved_device == "cpu" else [("transformers' cache", None)]):
+            for rows in (1, 4):
+                step_runs.setdefault((label, rows), []).append(decode_step_ms(lab, rows, cache_kind=kind))
     med = statistics.median
     single_wall = {c: med(r["wall"] for r in singles[c]) for c in COLUMNS}
     single_ttft = {c: med(r[c]["ttft_ms"] for r in singles[c]) for c in COLUMNS}
@@ -234,8 +248,10 @@ def main() -> None:
     for c in COLUMNS:
         print(f"| first token ms, {c}: alone / in four | {single_ttft[c]:.0f} / {all_ttft[c]:.0f} | "
               f"{all_ttft[c] / single_ttft[c]:.2f}x |")
-    print(f"| decode step ms, plain model forward, 1 row / 4 rows (~1,000 cached tokens) | {steps[1]:.0f} / "
-          f"{steps[4]:.0f} | {steps[4] / steps[1]:.2f}x |")
+    for label in dict.fromkeys(key[0] for key in step_runs):
+        one, four = med(step_runs[label, 1]), med(step_runs[label, 4])
+        print(f"| decode step ms, model forward with {label}, 1 row / 4 rows (~1,000 cached tokens) | {one:.0f} / "
+              f"{four:.0f} | {four / one:.2f}x |")
     mib = 1 / 2**20
     print(f"| resident memory MiB, model + adapter loaded, idle | {idle_rss * mib:.0f} | 1.00x |")
     for c in COLUMNS:
