@@ -163,8 +163,8 @@ def switched_off(lab: Lab, name: str):
                 layer.forward = forward
 
 
-SWITCHES = ["prefill apart", "prefill in pieces", "last-position logits", "CPU linear layout", "KV cache appended in place",
-            "KV cache held in fp32", "prompt lookup"]
+SWITCHES = ["prefill apart", "prefill in pieces", "last-position logits", "CPU linear layout",
+            "KV cache appended in place", "KV cache held in fp32", "prompt lookup"]
 
 
 def switch_table(lab: Lab, config: GenerationConfig, adapter: str, repeats: int) -> None:
@@ -221,8 +221,9 @@ def main() -> None:
         peaks["all"] = max(peaks.get("all", 0), rss.peak)
 
     step_runs: dict[tuple, list[float]] = {}  # the hardware's own cost of a wider batch, per cache, interleaved
+    caches = CACHES.items() if lab.settings.resolved_device == "cpu" else [("transformers' cache", None)]
     for _ in range(args.repeats):
-        for label, kind in (CACHES.items() if lab.settings.resolved_device == "cpu" else [("transformers' cache", None)]):
+        for label, kind in caches:
             for rows in (1, 4):
                 step_runs.setdefault((label, rows), []).append(decode_step_ms(lab, rows, cache_kind=kind))
     med = statistics.median

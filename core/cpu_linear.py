@@ -58,35 +58,23 @@ def packed_bf16(model) -> int:
     if pack is None or not torch.backends.mkldnn.is_available() or not PACK_BF16:
         pack = None  # a torch without oneDNN: the plain product, still a lone row as two where that rounds apart
 
-    def wrapped(layer, plain, packed, lone_as_two):
+    def packed_product(layer, plain, packed):
         version = layer.weight._version
 
         def product(x):
-            # the packed op has no backward, and a weight changed in place would leave the packed copy stale
-            if packed is None or x.dtype != packed.dtype or layer.weight._version != version \
-                    or (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad)):
+            if packed is None or x.dtype != packed.dtype or not _copy_stands(layer, version, x, torch):
                 return plain(x)
             return torch.ops.mkldnn._linear_pointwise(x, packed, layer.bias, "none", [], "")
-
-        def forward(x):
-            if lone_as_two and x.numel() == x.shape[-1]:
-                return product(torch.cat([x.reshape(1, -1)] * 2))[:1].reshape(*x.shape[:-1], -1)
-            return product(x)
-        return forward
+        return product
 
     verdicts: dict[tuple, bool] = {}
     layers = [layer for layer in _linear_layers(model) if layer.weight.dtype == torch.bfloat16]
     for layer in layers:
-        plain = layer.forward
         try:
             packed = pack(layer.weight.detach(), PACKED_FOR_ROWS) if pack is not None else None
         except RuntimeError:  # a CPU oneDNN cannot pack this for: torch's own product
             packed = None
-        layer.forward = wrapped(layer, plain, packed, False)
-        shape = (tuple(layer.weight.shape), layer.bias is not None)
-        if shape not in verdicts:  # probed on the product decoding will use
-            verdicts[shape] = _one_row_rounds_apart(layer, torch)
-        layer.forward = wrapped(layer, plain, packed, verdicts[shape])
+        _wrap_probed(layer, packed_product(layer, layer.forward, packed), verdicts, torch)
     return len(layers)
 
 
@@ -102,23 +90,18 @@ def int8_weights(model) -> int:
 
     quantized = getattr(torch, "_weight_int8pack_mm", None)
 
-    def wrapped(layer, plain, weight8, scales, lone_as_two):
+    def int8_product(layer, plain, weight8, scales):
         version = layer.weight._version
 
         def product(x):
-            if x.dtype != scales.dtype or layer.weight._version != version or x.dim() > 1 and x.shape[-2] > FEW_TOKENS \
-                    or (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad)):
+            if x.dtype != scales.dtype or x.dim() > 1 and x.shape[-2] > FEW_TOKENS \
+                    or not _copy_stands(layer, version, x, torch):
                 return plain(x)
             out = quantized(x.reshape(-1, x.shape[-1]).contiguous(), weight8, scales)
             if layer.bias is not None:
                 out = out + layer.bias
             return out.reshape(*x.shape[:-1], out.shape[-1])
-
-        def forward(x):
-            if lone_as_two and x.numel() == x.shape[-1]:
-                return product(torch.cat([x.reshape(1, -1)] * 2))[:1].reshape(*x.shape[:-1], -1)
-            return product(x)
-        return forward
+        return product
 
     count, verdicts = 0, {}
     for layer in [layer for layer in _linear_layers(model) if layer.weight.dtype == torch.bfloat16]:
@@ -126,17 +109,37 @@ def int8_weights(model) -> int:
         scales = (weight.abs().amax(1) / 127).clamp(min=1e-12)
         weight8 = (weight / scales[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()
         plain = layer.forward
-        layer.forward = wrapped(layer, plain, weight8, scales.to(torch.bfloat16), False)
         try:
-            shape = (tuple(layer.weight.shape), layer.bias is not None)
-            if shape not in verdicts:
-                verdicts[shape] = _one_row_rounds_apart(layer, torch)
+            _wrap_probed(layer, int8_product(layer, plain, weight8, scales.to(torch.bfloat16)), verdicts, torch)
         except (RuntimeError, TypeError):  # a torch or a shape its int8 product does not take: the plain product
             layer.forward = plain
             continue
-        layer.forward = wrapped(layer, plain, weight8, scales.to(torch.bfloat16), verdicts[shape])
         count += 1
     return count
+
+
+def _copy_stands(layer, version: int, x, torch) -> bool:
+    """Whether a product from a copy of the layer's weight made at load may serve this call: the weight was not
+    changed in place since (the copy would be stale), and no backward pass will need it (the copies' ops have none)."""
+    return layer.weight._version == version \
+        and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
+
+
+def _wrap_probed(layer, product, verdicts: dict, torch) -> None:
+    """Make `product` the layer's forward, a lone row sent as two copies of itself where the probe finds that
+    product's one-row path rounding apart from the same row among others (probed once per shape, in `verdicts`)."""
+    def forward_with(lone_as_two: bool):
+        def forward(x):
+            if lone_as_two and x.numel() == x.shape[-1]:
+                return product(torch.cat([x.reshape(1, -1)] * 2))[:1].reshape(*x.shape[:-1], -1)
+            return product(x)
+        return forward
+
+    layer.forward = forward_with(False)  # probed on the product decoding will use
+    shape = (tuple(layer.weight.shape), layer.bias is not None)
+    if shape not in verdicts:
+        verdicts[shape] = _one_row_rounds_apart(layer, torch)
+    layer.forward = forward_with(verdicts[shape])
 
 
 def _one_row_rounds_apart(layer, torch, rows: int = 32) -> bool:

@@ -69,8 +69,7 @@ class ModelEntry:
 def answer_memory_gb(params: float, device: str, weights: str = "fp32") -> float:
     """GB to answer with a model of `params` parameters: its weights (16-bit on CUDA; on a CPU in `weights`: fp32, or
     bf16 plus the packed copy of its linear layers that core/cpu_linear.py keeps, about as much again; int8: bf16 plus
-    an int8 copy) + a KV cache
-    for four 1,000-token columns and the runtime."""
+    an int8 copy) + a KV cache for four 1,000-token columns and the runtime."""
     per_param = 2 if device.startswith("cuda") else {"fp32": 4, "int8": 2 + 1}.get(weights, 2 + 2)
     return round((params * per_param + 0.4e9) / 1e9, 2)
 

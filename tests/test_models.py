@@ -131,8 +131,8 @@ def test_bf16_linear_layers_compute_with_their_packed_weight_as_torch_would(lab)
 def test_int8_linear_layers_compute_from_an_int8_copy_and_a_row_the_same_among_others(lab):
     """LAB_DECODE_WEIGHTS=int8 (core/cpu_linear.py): each bf16 linear layer computes decode steps' tokens from an int8
     copy of its weight, one scale per output channel: within int8's rounding of torch's bf16 product but not torch's
-    product itself (the int8 path is on), a lone row exactly as among others, a prompt's tokens with the bf16 weight, four rows' logits exactly those alone; the model's own
-    bf16 weights and state dict untouched."""
+    product itself (the int8 path is on), a lone row exactly as among others, a prompt's tokens with the bf16 weight,
+    four rows' logits exactly those alone; the model's own bf16 weights and state dict untouched."""
     if lab.models.generator.device != "cpu":
         pytest.skip("the int8 layout is used on CPU only")
     model = Lab(lab.settings.with_(decode_weights="int8")).models.generator.model
