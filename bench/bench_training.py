@@ -1,7 +1,8 @@
 """Training throughput and memory: the engine's fine-tune (core.training_run.train: TRL's SFTTrainer, completion-only loss;
 on a CPU core/sft.py's cheaper batch layout, answer-only LM head and LoRA dropout) against what a competent user
 would run on the same data and settings: transformers Trainer + peft with random or length-grouped batches, and TRL's
-SFTTrainer as it comes and with its padding-free collator; ratios are against the fastest of them.
+SFTTrainer as it comes and with its padding-free collator; ratios are against the fastest of them. In bf16 mixed
+precision the engine also runs without its bf16 copy of the frozen weights (the switch: its figure before it).
 
     .venv/bin/python bench/bench_training.py [--examples 96] [--steps 24] [--batch-size 4] [--repeats 3]
 
@@ -35,6 +36,9 @@ BASELINES = {  # what a competent user would run instead of the engine
     "trl": "TRL SFTTrainer as it comes (prompt-completion, padded batches)",
     "trl-padding-free": "TRL SFTTrainer, padding_free=True",
 }
+
+ENGINE = "engine: TRL SFTTrainer + core/sft.py (random batches)"
+ENGINE_BEFORE = "engine-frozen-fp32"  # bf16 mixed only: the engine without its bf16 copy of the frozen weights
 
 
 def make_dataset(data_dir: Path, examples: int) -> None:
@@ -173,7 +177,11 @@ def run_trl(data_dir: Path, steps: int, batch: int, max_length: int, padding_fre
 def child(kind: str, data_dir: Path, steps: int, batch: int, max_length: int) -> None:
     import core  # noqa: F401 - offline environment
 
-    if kind == "engine":
+    if kind.startswith("engine"):
+        if kind == ENGINE_BEFORE:  # the switch: autocast casts the frozen fp32 weights at every step, as before
+            import core.sft
+
+            core.sft.keep_frozen_lora_weights_in = lambda model, dtype: 0
         result = run_engine(data_dir, steps, batch, max_length)
     elif kind.startswith("trl"):
         result = run_trl(data_dir, steps, batch, max_length, padding_free=kind == "trl-padding-free")
@@ -190,7 +198,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--child", choices=list(BASELINES) + ["engine"])
+    parser.add_argument("--child", choices=list(BASELINES) + ["engine", ENGINE_BEFORE])
     parser.add_argument("--data-dir", type=Path)
     args = parser.parse_args()
     if args.child:
@@ -205,7 +213,10 @@ def main() -> None:
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-train-"))
     make_dataset(data_dir, args.examples)
-    runs: dict[str, list[dict]] = {kind: [] for kind in [*BASELINES, "engine"]}
+    engines = {"engine": ENGINE}
+    if cpu_computes_bf16():
+        engines[ENGINE_BEFORE] = "engine, frozen weights left in fp32 (autocast casts them every step)"
+    runs: dict[str, list[dict]] = {kind: [] for kind in [*BASELINES, *engines]}
     for _ in range(args.repeats):
         for kind in runs:
             out = subprocess.run([sys.executable, __file__, "--child", kind, "--data-dir", str(data_dir),
@@ -220,7 +231,7 @@ def main() -> None:
     print("| run | useful tokens/s | vs the best baseline | wall s | peak RSS GB | vs the best baseline |")
     print("|---|---:|---:|---:|---:|---:|")
     base = max((results[kind] for kind in BASELINES), key=lambda r: r["tokens_per_s"])  # the best baseline
-    for kind, label in [*BASELINES.items(), ("engine", "engine: TRL SFTTrainer + core/sft.py (random batches)")]:
+    for kind, label in [*BASELINES.items(), *engines.items()]:
         r = results[kind]
         print(f"| {label} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
               f"{r['seconds']:.0f} | {r['peak_rss_gb']:.2f} | {r['peak_rss_gb'] / base['peak_rss_gb']:.2f}x |")

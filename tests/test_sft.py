@@ -12,7 +12,7 @@ import torch
 from conftest import ROOT
 from core.config import load_settings
 from core.models import resolve_base_model
-from core.sft import PER_EXAMPLE, CheapDropout, CpuSFTTrainer
+from core.sft import PER_EXAMPLE, CheapDropout, CpuSFTTrainer, keep_frozen_lora_weights_in, sdpa_per_example
 from core.config import cpu_computes_bf16
 
 FACTS = ROOT / "tests" / "data" / "zorblat_facts.jsonl"
@@ -132,6 +132,59 @@ def test_training_tracks_stock_trl_step_by_step():
     if "CpuSFTTrainer bf16" in losses:  # bf16 products round: close to fp32's losses, and it learns as well
         mixed = losses["CpuSFTTrainer bf16"]
         assert mixed == pytest.approx(stock, rel=0.05) and sum(mixed[2:]) < 0.75 * sum(mixed[:2])
+
+
+def test_in_bf16_mixed_the_frozen_weights_are_kept_in_bf16_and_the_step_is_bit_for_bit_the_same():
+    """bf16 mixed precision: the LoRA layers' frozen base weights are held in bf16 (autocast would cast them at every
+    step), everything that trains or is shared stays fp32, and a training step's loss and LoRA gradients under
+    autocast are exactly those of the same model with fp32 base weights. DoRA layers keep fp32."""
+    from peft import LoraConfig
+
+    mixed, plain = make_trainer(CpuSFTTrainer, dropout=0.0, bf16=True), make_trainer(CpuSFTTrainer, dropout=0.0)
+    mixed.model.load_state_dict({k: v for k, v in plain.model.state_dict().items() if "lora_" in k}, strict=False)
+    layers = 7 * plain.model.config.num_hidden_layers
+    bases = [m.base_layer.weight for m in mixed.model.modules() if hasattr(m, "base_layer")]
+    assert len(bases) == layers and all(w.dtype == torch.bfloat16 for w in bases)
+    assert all(p.dtype == torch.float32 for p in mixed.model.parameters() if p.requires_grad)
+    assert mixed.model.get_input_embeddings().weight.dtype == torch.float32
+    assert all(m.base_layer.weight.dtype == torch.float32 for m in plain.model.modules() if hasattr(m, "base_layer"))
+    batch = mixed.data_collator([mixed.train_dataset[i] for i in range(4)])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, reference = lora_gradients(mixed, batch), lora_gradients(plain, batch)
+    assert ours.keys() == reference.keys() and len(ours) == 2 * layers
+    assert any(g.abs().sum() > 0 for n, g in ours.items() if "lora_B" in n)
+    assert all(torch.equal(ours[name], reference[name]) for name in ours)
+    plain.model.add_adapter("dora", LoraConfig(r=4, use_dora=True, target_modules=["q_proj"]))
+    assert keep_frozen_lora_weights_in(plain.model, torch.bfloat16) == layers - plain.model.config.num_hidden_layers
+    kept = {name: m.base_layer.weight.dtype for name, m in plain.model.named_modules() if hasattr(m, "base_layer")}
+    assert all((dtype == torch.float32) == name.endswith("q_proj") for name, dtype in kept.items())
+
+
+def test_per_example_attention_runs_in_fp32_under_autocast():
+    """Under bf16 autocast each example's attention is computed in fp32 (twice as fast on this CPU as autocast's
+    bf16, and exact to its inputs): the same numbers as fp32 attention per example, not autocast's, and gradients
+    reach a bf16 value (as v_proj gives it under autocast)."""
+    import torch.nn.functional as F
+
+    class Attention:  # what transformers' SDPA function reads of the module
+        is_causal, num_key_value_groups, training = True, 3, True
+
+    torch.manual_seed(0)
+    query, key = torch.randn(1, 9, 50, 64), torch.randn(1, 3, 50, 64)
+    value = torch.randn(1, 3, 50, 64, dtype=torch.bfloat16, requires_grad=True)
+    bounds = torch.tensor([0, 20, 50])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = sdpa_per_example(Attention(), query, key, value, None, cu_seq_lens_q=bounds, scaling=0.125)
+        autocast_bf16 = F.scaled_dot_product_attention(query[:, :, :20], key[:, :, :20], value[:, :, :20],
+                                                       is_causal=True, scale=0.125, enable_gqa=True)
+    expected = torch.cat([F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b].float(),
+                                                         is_causal=True, scale=0.125, enable_gqa=True)
+                          for a, b in ((0, 20), (20, 50))], dim=2).transpose(1, 2)
+    assert out.dtype == torch.float32 and autocast_bf16.dtype == torch.bfloat16
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert not torch.allclose(out[:, :20], autocast_bf16.transpose(1, 2).float(), atol=1e-4)
+    out.sum().backward()
+    assert value.grad.dtype == torch.bfloat16 and value.grad.abs().sum() > 0
 
 
 def test_the_start_up_check_catches_a_flat_row_whose_examples_see_each_other(trainer):
