@@ -53,16 +53,19 @@ def rag_prompts(lab: Lab, limit: int) -> list[list[dict]]:
     return conversations
 
 
-def unpacked(lab: Lab):
-    """The app's bf16 model with its linear layers as torch computes them (the weight repacked on every call)."""
+def variant(lab: Lab, name: str):
+    """The app's bf16 model with one linear-layer optimisation switched off: "bf16-unpacked", torch's own product
+    (the weight repacked on every call); "bf16-apart", packed, but sibling layers (query/key/value, gate/up) each
+    with its own product."""
     import core.cpu_linear
     from core.models import _load_chat_model, resolve_base_model
 
-    core.cpu_linear.PACK_BF16 = False
+    switch = {"bf16-unpacked": "PACK_BF16", "bf16-apart": "SHARE_SIBLINGS"}[name]
+    setattr(core.cpu_linear, switch, False)
     try:
-        return _load_chat_model(resolve_base_model(lab.settings.base_model, lab.settings), "unpacked", "cpu", "bf16")
+        return _load_chat_model(resolve_base_model(lab.settings.base_model, lab.settings), name, "cpu", "bf16")
     finally:
-        core.cpu_linear.PACK_BF16 = True
+        setattr(core.cpu_linear, switch, True)
 
 
 def main() -> None:
@@ -73,7 +76,8 @@ def main() -> None:
     parser.add_argument("--lookups", default="0,1,4", help="prompt lookup draft lengths to run the engine with")
     parser.add_argument("--weights", default="app",
                         help="the engine's weights on a CPU, comma-separated: app (the app's choice), fp32, bf16, "
-                             "bf16-unpacked (bf16 with each linear layer's weight repacked per call, as before)")
+                             "bf16-unpacked (bf16 with each linear layer's weight repacked per call, as before), "
+                             "bf16-apart (packed, sibling layers each with its own product)")
     args = parser.parse_args()
     import torch
     from transformers import AutoModelForCausalLM
@@ -83,8 +87,8 @@ def main() -> None:
     lab = Lab(load_settings(data_dir=Path(tempfile.mkdtemp(prefix="bench-one-column-"))))
     conversations = rag_prompts(lab, args.limit)
     weights = [lab.settings.resolved_decode_weights if w == "app" else w for w in args.weights.split(",")]
-    generators = {w: unpacked(lab) if w == "bf16-unpacked" else Lab(lab.settings.with_(decode_weights=w)).models.generator
-                  for w in dict.fromkeys(weights)}
+    generators = {w: variant(lab, w) if w.startswith("bf16-")
+                  else Lab(lab.settings.with_(decode_weights=w)).models.generator for w in dict.fromkeys(weights)}
     tokenizer = lab.models.generator.tokenizer
     device = lab.models.generator.model.device
     # The baselines are the model as a user loads it (`from_pretrained`, without the engine's own layer layout and
@@ -130,8 +134,8 @@ def main() -> None:
     for precision, model in baselines.items():
         runs[f"plain generate, {precision}"] = plain(model, f"plain generate, {precision}")
     for w, generator in generators.items():
-        precision = str(generator.model.dtype).removeprefix("torch.") + {"bf16-unpacked": " unpacked",
-                                                                         "int8": " int8"}.get(w, "")
+        precision = str(generator.model.dtype).removeprefix("torch.") + {
+            "bf16-unpacked": " unpacked", "bf16-apart": " apart", "int8": " int8"}.get(w, "")
         for lookup in (int(n) for n in args.lookups.split(",")):
             name = f"engine {precision}, " + (f"prompt lookup of {lookup}" if lookup else "prompt lookup off")
             runs[name], reference_of[name] = engine(generator, lookup, name), f"plain generate, {precision.split()[0]}"

@@ -109,14 +109,16 @@ def test_a_few_rows_decode_as_they_would_one_by_one(lab):
 def test_bf16_linear_layers_compute_with_their_packed_weight_as_torch_would(lab):
     """In bf16 on a CPU each linear layer computes with its weight packed once at load (core/cpu_linear.py; torch's
     own linear repacks it on every call): bit for bit torch's output for 2-40 rows, a lone row exactly as among
-    others, and torch's linear is not called; weights and state dict untouched."""
+    others, and torch's linear is not called; siblings that read the same input (query, key and value; gate and up)
+    get their outputs from one product, each still torch's; weights and state dict untouched."""
     if lab.models.generator.device != "cpu":
         pytest.skip("the packed layout is used on CPU only")
     model = Lab(lab.settings.with_(decode_weights="bf16")).models.generator.model
     assert model.dtype == torch.bfloat16
-    layers = {tuple(m.weight.shape): m for m in model.modules() if type(m) is torch.nn.Linear}
-    assert len(layers) >= 4  # attention, MLP and LM head shapes
-    for shape, layer in layers.items():
+    attention, mlp = model.model.layers[0].self_attn, model.model.layers[-1].mlp
+    siblings = [[attention.q_proj, attention.k_proj, attention.v_proj], [mlp.gate_proj, mlp.up_proj]]
+    for layer in sum(siblings, []) + [attention.o_proj, mlp.down_proj, model.lm_head]:
+        shape = tuple(layer.weight.shape)
         x = torch.randn(40, 1, shape[1], generator=torch.Generator().manual_seed(1)).bfloat16()
         with torch.inference_mode():
             with _Calls() as seen:
@@ -125,6 +127,14 @@ def test_bf16_linear_layers_compute_with_their_packed_weight_as_torch_would(lab)
             assert torch.equal(together, torch.nn.functional.linear(x, layer.weight, layer.bias)), shape
             for rows in (1, 2, 3, 8):
                 assert torch.equal(layer(x[:rows].clone()), together[:rows]), (shape, rows)
+    for group in siblings:
+        for rows in (1, 4, 300):  # a decode step's lone row, four Compare columns, a prompt's piece
+            x = torch.randn(rows, 576, generator=torch.Generator().manual_seed(rows)).bfloat16()
+            with torch.inference_mode(), _Calls() as seen:
+                outputs = [layer(x) for layer in group]
+            assert seen.names.count("_linear_pointwise") == 1, (rows, seen.names)
+            for layer, out in zip(group, outputs):
+                assert out.is_contiguous() and torch.equal(out, torch.nn.functional.linear(x, layer.weight)), rows
     assert not any("forward" in key or "pack" in key for key in model.state_dict())
 
 
