@@ -209,15 +209,17 @@ def estimate(model_config, train_tokens: int, examples: int, settings: TrainSett
         startup_s, step_floor_s = (15.0, 0.3) if cuda else (0.0, 0.0)
     else:
         # The CPU trainer (core/sft.py): the frozen base needs no weight gradients (forward + backward ~ 4 x params
-        # per token), and the LM head runs on answer tokens only. Rate and start-up (loading, tokenizing) measured
-        # on a 2-core CPU against 9-example Q&A and RAFT sets: 50 s and 121 s actual, 0.9 and 2.6 min estimated.
+        # per token), and the LM head runs on answer tokens only. Rate and start-up (the job's process, loading,
+        # tokenizing) measured on a 2-core CPU, a job from start to completed (2026-12-05): 12 short facts (30
+        # steps) 36 s, 48 PubMedQA Q&A (24 steps of 4) 46 s, 48 passage + question prompts (24 steps) 113 s;
+        # estimated 0.6, 0.8 and 1.9 min.
         head = embeddings // (1 if getattr(model_config, "tie_word_embeddings", False) else 2)
         answers = (answer_tokens if answer_tokens is not None else train_tokens) * epochs_tokens / max(train_tokens, 1)
         # (+ the weights' own gradients, 2 x params per token, in a full fine-tune)
         flops = (6 if full else 4) * (params - head) * epochs_tokens + 4 * head * answers
-        # bf16 mixed precision (cpu_computes_bf16): 1.65x the fp32 tokens/s, measured on the RAFT set above
-        rate = _measured_flops(device) * 0.45 * (1.65 if cpu_computes_bf16() else 1.0)
-        startup_s = 12.0
+        # bf16 mixed precision (cpu_computes_bf16): 1.65x the fp32 tokens/s, measured on a RAFT set
+        rate = _measured_flops(device) * 0.5 * (1.65 if cpu_computes_bf16() else 1.0)
+        startup_s = 18.0
     return {
         "parameters": params, "lora_parameters": lora_params, "quantized_4bit": quantized,
         "memory_gb": round(need / 1e9, 2), "available_gb": round(available / 1e9, 2),
