@@ -64,24 +64,32 @@ def packed_bf16(model) -> int:
     if pack is None or not torch.backends.mkldnn.is_available() or not PACK_BF16:
         pack = None  # a torch without oneDNN: the plain product, still a lone row as two where that rounds apart
 
-    def packed_product(weight, bias):
+    def packed(weight):
         try:
-            packed = pack(weight, PACKED_FOR_ROWS) if pack is not None else None
+            return pack(weight, PACKED_FOR_ROWS) if pack is not None else None
         except RuntimeError:  # a CPU oneDNN cannot pack this for: torch's own product
-            packed = None
+            return None
 
-        if packed is None:
+    def packed_product(weight_packed, weight, bias):
+        if weight_packed is None:
             return lambda x: torch.nn.functional.linear(x, weight, bias)
-        return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")  # not holding `weight`
+        return lambda x: torch.ops.mkldnn._linear_pointwise(x, weight_packed, bias, "none", [], "")
 
     verdicts: dict[tuple, bool] = {}
     layers = [layer for layer in _linear_layers(model) if layer.weight.dtype == torch.bfloat16]
     groups = _sibling_groups(model, layers, torch) if pack is not None else [[layer] for layer in layers]
     for group in groups:
-        weight = group[0].weight.detach() if len(group) == 1 else torch.cat([g.weight.detach() for g in group])
-        bias = None if group[0].bias is None else torch.cat([g.bias.detach() for g in group])
-        shared = _probed(packed_product(weight, bias), weight, bias, verdicts, torch)
-        _share(group, shared, torch)
+        if len(group) > 1:
+            weight = torch.cat([g.weight.detach() for g in group])
+            bias = None if group[0].bias is None else torch.cat([g.bias.detach() for g in group])
+            weight_packed = packed(weight)
+            if weight_packed is not None:
+                _share(group, _probed(packed_product(weight_packed, None, bias), weight, bias, verdicts, torch), torch)
+                continue
+        for layer in group:  # alone (or siblings whose stacked weight oneDNN cannot pack: each its own product)
+            weight = layer.weight.detach()
+            product = packed_product(packed(weight), weight, layer.bias)
+            _share([layer], _probed(product, weight, layer.bias, verdicts, torch), torch)
     return len(layers)
 
 
@@ -145,17 +153,22 @@ def _sibling_groups(model, layers: list, torch) -> list[list]:
 
 def _share(group: list, product, torch) -> None:
     """Make each layer of `group` compute its part of `product` (the layers' outputs side by side; one layer: all of
-    it), computed once per input: siblings are called in turn with the same tensor. A call that finds a weight
-    changed in place since load (the copies would be stale) or a backward pass to come gets the layer's own forward."""
+    it), computed once per input: siblings are called in turn with the same tensor. A call that finds a weight or
+    bias changed in place since load (the copies would be stale) or a backward pass to come gets the layer's own
+    forward (torch's product, a lone row as it is)."""
     import threading
 
-    versions = [layer.weight._version for layer in group]
+    tensors = [t for layer in group for t in (layer.weight, layer.bias) if t is not None]
+    versions = [t._version for t in tensors]
     widths = [layer.out_features for layer in group]
-    last = threading.local()  # per thread: the input and the parts not yet returned
+    # Per thread: the input (held, so no other tensor can take its identity; inference tensors have no version
+    # counter, and no caller changes its input in place between siblings) and the parts not yet returned: until
+    # the last sibling takes its part, or the next call, at most one prompt piece's products a group.
+    last = threading.local()
 
     def copies_stand(x) -> bool:
-        return all(layer.weight._version == version for layer, version in zip(group, versions)) \
-            and not (torch.is_grad_enabled() and (x.requires_grad or any(g.weight.requires_grad for g in group)))
+        return all(t._version == version for t, version in zip(tensors, versions)) \
+            and not (torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in tensors)))
 
     def forward_of(index: int, layer, plain):
         def forward(x):

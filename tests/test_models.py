@@ -127,14 +127,22 @@ def test_bf16_linear_layers_compute_with_their_packed_weight_as_torch_would(lab)
             assert torch.equal(together, torch.nn.functional.linear(x, layer.weight, layer.bias)), shape
             for rows in (1, 2, 3, 8):
                 assert torch.equal(layer(x[:rows].clone()), together[:rows]), (shape, rows)
+    linear = torch.nn.functional.linear
     for group in siblings:
+        width = group[0].in_features
         for rows in (1, 4, 300):  # a decode step's lone row, four Compare columns, a prompt's piece
-            x = torch.randn(rows, 576, generator=torch.Generator().manual_seed(rows)).bfloat16()
+            x = torch.randn(rows, width, generator=torch.Generator().manual_seed(rows)).bfloat16()
             with torch.inference_mode(), _Calls() as seen:
                 outputs = [layer(x) for layer in group]
             assert seen.names.count("_linear_pointwise") == 1, (rows, seen.names)
             for layer, out in zip(group, outputs):
-                assert out.is_contiguous() and torch.equal(out, torch.nn.functional.linear(x, layer.weight)), rows
+                assert out.is_contiguous() and torch.equal(out, linear(x, layer.weight, layer.bias)), rows
+        first, other = (torch.randn(4, width, generator=torch.Generator().manual_seed(seed)).bfloat16()
+                        for seed in (9, 10))
+        with torch.inference_mode():  # a sibling called with another input gets that input's product
+            group[0](first)
+            assert torch.equal(group[1](other), linear(other, group[1].weight, group[1].bias))
+            assert torch.equal(group[1](first), linear(first, group[1].weight, group[1].bias))
     assert not any("forward" in key or "pack" in key for key in model.state_dict())
 
 
