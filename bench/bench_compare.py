@@ -146,6 +146,10 @@ def switched_off(lab: Lab, name: str):
 
         saved_held = row_attention.held_dtype
         row_attention.held_dtype = lambda model: None
+    elif name == "decode-step attention path":  # a decode step's rows through the general row-by-row loop
+        from core import row_attention as attention_module
+
+        attention_module.DECODE_STEP_PATH = False
     elif name == "CPU linear layout":  # torch's own linear again (fp32: not by columns; bf16: repacked every call)
         patched = {layer: layer.__dict__.pop("forward") for layer in lab.models.generator.model.modules()
                    if isinstance(layer, torch.nn.Linear) and "forward" in layer.__dict__}
@@ -158,13 +162,15 @@ def switched_off(lab: Lab, name: str):
             kv_cache.roomy = saved_roomy
         if name == "KV cache held in fp32":
             row_attention.held_dtype = saved_held
+        if name == "decode-step attention path":
+            attention_module.DECODE_STEP_PATH = True
         if name == "CPU linear layout":
             for layer, forward in patched.items():
                 layer.forward = forward
 
 
 SWITCHES = ["prefill apart", "prefill in pieces", "last-position logits", "CPU linear layout",
-            "KV cache appended in place", "KV cache held in fp32", "prompt lookup"]
+            "KV cache appended in place", "KV cache held in fp32", "decode-step attention path", "prompt lookup"]
 
 
 def switch_table(lab: Lab, config: GenerationConfig, adapter: str, repeats: int) -> None:

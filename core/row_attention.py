@@ -12,6 +12,8 @@ FEW_QUERIES = 8
 # Model types whose attention is plain causal attention through transformers' attention interface (no sliding
 # window, soft-capping or sinks, which this function does not compute); others keep SDPA, batch-dependent in bf16.
 PLAIN_CAUSAL = {"llama", "qwen2", "qwen3", "granite"}
+# Decode steps (one query a row) take their own shorter path (_decode_step); bench/bench_compare.py switches it off.
+DECODE_STEP_PATH = True
 _registered = False
 
 
@@ -52,10 +54,9 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
 
     batch, heads, q_len, _ = query.shape
     k_len = key.shape[2]
-    if attention_mask is None:
-        starts = [0] * batch
-    else:
-        starts = (~attention_mask[:, 0, -1, :]).sum(-1).tolist()
+    starts = _starts(attention_mask, batch)
+    if q_len == 1 and DECODE_STEP_PATH and all(k_len - start > 1 for start in starts if start < k_len):
+        return _decode_step(query, key, value, starts, scaling), None
     out = query.new_zeros(batch, q_len, heads, value.shape[-1])
     grouped = key.shape[1] != heads
     for row, start in enumerate(starts):
@@ -74,6 +75,35 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
                                                enable_gqa=grouped)
         out[row, first:] = o[0].transpose(0, 1)
     return out, None
+
+
+def _decode_step(query, key, value, starts: list[int], scaling):
+    """A decode step (one query a row): what `attention`'s loop computes for it, bit for bit, in fewer operations a
+    row (a four-row step's attention spent about half its time on operations around the two products)."""
+    import torch
+
+    batch, heads, _, dim = query.shape
+    queries = query[:, :, 0].float()  # exact; _one_query computes in fp32 anyway
+    out = torch.zeros(batch, 1, heads, value.shape[-1], dtype=torch.float32, device=query.device)
+    for row, start in enumerate(starts):
+        if start < key.shape[2]:  # a row all padding is left at zero
+            out[row, 0] = _one_query(queries[row], key[row, :, start:], value[row, :, start:], scaling)[:, 0]
+    return out.to(query.dtype)  # rounded once, as the loop's assignment into query.dtype rounds each row
+
+
+_last_mask: tuple = (None, None)  # the mask of the last call and its rows' starts: every layer of a pass gets the same
+
+
+def _starts(attention_mask, batch: int) -> list[int]:
+    """Where each row's real keys start (left padding), from transformers' boolean mask (None: no padding)."""
+    global _last_mask
+    if attention_mask is None:
+        return [0] * batch
+    held, starts = _last_mask
+    if held is not attention_mask:
+        starts = (~attention_mask[:, 0, -1, :]).sum(-1).tolist()
+        _last_mask = (attention_mask, starts)
+    return starts
 
 
 def _one_query(q, k, v, scaling):

@@ -47,6 +47,26 @@ def test_each_row_attends_to_its_own_tokens_only(q_len, k_len):
                                attention(Layer(), query, key, value, unpadded, scaling=scale)[0])
 
 
+@pytest.mark.parametrize("held", [torch.float32, torch.bfloat16])
+def test_a_decode_step_gives_each_row_exactly_what_a_drafted_token_over_the_same_keys_gets(held):
+    """A decode step (one query a row) takes its own shorter path; each row's output is bit for bit what the general
+    path computes for the same query as the last of two drafted tokens over the same keys (the two have to agree:
+    prompt lookup's drafted tokens stand for decode steps); a row all padding stays zero."""
+    torch.manual_seed(1)
+    heads, kv_heads, dim, k_len, pads = 9, 3, 64, 300, [0, 7, 120, 300]
+    query = torch.randn(len(pads), heads, 2, dim).bfloat16()
+    key, value = (torch.randn(len(pads), kv_heads, k_len, dim).to(held) for _ in range(2))
+    position = torch.arange(k_len - 2, k_len)[:, None]
+    mask = torch.stack([(torch.arange(k_len) >= pad) & (torch.arange(k_len) <= position) for pad in pads])[:, None]
+    two, _ = attention(Layer(), query, key, value, mask, scaling=0.125)
+    for step_mask in (mask[:, :, -1:].clone(), mask[:, :, -1:].clone()):  # the second: a new mask, same rows
+        one, _ = attention(Layer(), query[:, :, 1:], key, value, step_mask, scaling=0.125)
+        assert one.dtype == torch.bfloat16 and torch.equal(one[:, 0], two[:, 1])
+        assert not one[-1].any() and two[0, 1].any()
+    unpadded, _ = attention(Layer(), query[:1, :, 1:], key[:1], value[:1], None, scaling=0.125)
+    assert torch.equal(unpadded[0, 0], two[0, 1])
+
+
 def test_a_bf16_model_decodes_the_same_logits_with_its_cache_held_in_fp32(lab):
     """core/kv_cache.py holds a 16-bit model's CPU cache in fp32 for the row-by-row attention (which computes in
     fp32 anyway): the same logits, bit for bit, as a cache held in bf16, for a prompt read in two pieces and
