@@ -4,8 +4,18 @@ each weight with a scale per output channel. Weights and state dict are unchange
 forward is wrapped."""
 from __future__ import annotations
 
-# oneDNN picks its packed layout for this many rows (a decode step's); any number of rows computes with it.
-PACKED_FOR_ROWS = 8
+# oneDNN packs a weight for a number of rows (its layout, and so its kernels, follow it); any number of rows computes
+# with it. Tried in this order at load, each probed (_rows_apart): on an AMD EPYC (AVX512-BF16) 8 rows' layout gave
+# every row its own result except a lone row of one shape; on an Intel Xeon with AMX, 8 rows' layout gave 33 and
+# more rows other results than fewer, and 1 row's none for up to 128 rows.
+PACKED_FOR_ROWS = (1, 8)
+# A bf16 product takes at most this many rows at a time (more are computed in pieces of this many): the probe checks
+# every number of rows up to here, and beyond it kernels may split the sum otherwise (AMX, 576x1536: some of
+# 150-250 rows rounded apart). A 512-token piece of a prompt took 58 against 36 ms in the linear layers this way.
+CHUNK_ROWS = 128
+# The LM head's probe alone took 1.7 s at 128 rows (its weight is the vocabulary's); it computes the last position
+# of each row (a few rows), so it takes pieces of this many.
+HEAD_CHUNK_ROWS = 32
 # int8 weights compute the new tokens of decode steps (up to this many a row: drafted tokens included); a prompt's
 # tokens are read with the bf16 weights, whose matrix product is the faster one for many rows (and exact).
 FEW_TOKENS = 8
@@ -44,9 +54,11 @@ def few_rows_by_columns(model) -> None:
 def packed_bf16(model) -> int:
     """bf16 weights: each linear layer computes with its weight packed once, at load, in oneDNN's own layout.
     torch's plain bf16 linear repacks the weight on every call, which a decode step (1-8 rows) pays in full: the
-    LM head took 4.2 ms a row this way against 1.3-1.9 ms packed, the MLP's layers 92 against 37-54 us. The packed
-    product is the same arithmetic (bit for bit the plain one's output, 1-700 rows here); it costs a second copy
-    of the linear weights (the model's own stay, for adapters and the state dict). Returns how many layers.
+    LM head took 4.2 ms a row this way against 1.3-1.9 ms packed, the MLP's layers 92 against 37-54 us (AMD EPYC).
+    The packed product is the same arithmetic (on that EPYC bit for bit the plain one's output, 1-700 rows; on an
+    Intel Xeon with AMX torch's own product rounds 33 rows and more otherwise than fewer, the packed one within bf16
+    rounding of it); it costs a second copy of the linear weights (the model's own stay, for adapters and the state
+    dict). Returns how many layers.
 
     Layers that read the same input (SIBLINGS: an attention's query, key and value, an MLP's gate and up) share one
     packed weight, their rows stacked: one product instead of two or three, each layer's output its part of it. In a
@@ -54,43 +66,103 @@ def packed_bf16(model) -> int:
     GB/s): the linear layers of a one-row step took 11.8 ms together against 14.0 ms apart. Bit for bit the same
     (every layer of SmolLM2, 1-500 rows).
 
-    The one-row path of some shapes rounds differently from the same row among others (here the 576x1536
-    down-projection; for 2-64 rows none did), so a row's answer would depend on whether it decodes alone: a
-    product whose shape does so, found by a probe at load, gets a lone row as two copies of itself (for every layer
-    that cost 23.8 -> 18.4 tokens/s)."""
+    A row's result must not depend on how many rows are computed with it (a visitor's answer would then depend on
+    the others'), and which kernel oneDNN runs, so how it rounds, depends on the layout and the number of rows. So
+    each shape is probed at load (_steady): the first layout of PACKED_FOR_ROWS under which every row's result is
+    its result alone, for any number of rows up to CHUNK_ROWS, is taken, and inputs of more rows are computed in
+    pieces of CHUNK_ROWS; where only a lone row rounds apart (AMD EPYC, 576x1536), it is computed as two copies of
+    itself (for every layer that cost 23.8 -> 18.4 tokens/s)."""
     import torch
 
     pack = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
     if pack is None or not torch.backends.mkldnn.is_available() or not PACK_BF16:
-        pack = None  # a torch without oneDNN: the plain product, still a lone row as two where that rounds apart
+        pack = None  # a torch without oneDNN: the plain product, probed all the same
 
-    def packed(weight):
-        try:
-            return pack(weight, PACKED_FOR_ROWS) if pack is not None else None
-        except RuntimeError:  # a CPU oneDNN cannot pack this for: torch's own product
-            return None
+    def maker(weight, bias):
+        """rows -> the product of `weight` packed for that many rows (None: torch's own), or None if it cannot."""
+        def make(rows):
+            if rows is None:
+                return lambda x: torch.nn.functional.linear(x, weight, bias)
+            try:
+                weight_packed = pack(weight, rows)
+            except RuntimeError:  # a CPU oneDNN cannot pack this for
+                return None
+            return lambda x: torch.ops.mkldnn._linear_pointwise(x, weight_packed, bias, "none", [], "")
+        return make
 
-    def packed_product(weight_packed, weight, bias):
-        if weight_packed is None:
-            return lambda x: torch.nn.functional.linear(x, weight, bias)
-        return lambda x: torch.ops.mkldnn._linear_pointwise(x, weight_packed, bias, "none", [], "")
-
-    verdicts: dict[tuple, bool] = {}
+    layouts = (*PACKED_FOR_ROWS, None) if pack is not None else (None,)
+    head = model.get_output_embeddings()
     layers = [layer for layer in _linear_layers(model) if layer.weight.dtype == torch.bfloat16]
     groups = _sibling_groups(model, layers, torch) if pack is not None else [[layer] for layer in layers]
     for group in groups:
         if len(group) > 1:
             weight = torch.cat([g.weight.detach() for g in group])
             bias = None if group[0].bias is None else torch.cat([g.bias.detach() for g in group])
-            weight_packed = packed(weight)
-            if weight_packed is not None:
-                _share(group, _probed(packed_product(weight_packed, None, bias), weight, bias, verdicts, torch), torch)
+            product = _steady(maker(weight, bias), layouts, weight, bias, CHUNK_ROWS, torch, stacked=True)
+            if product is not None:
+                _share(group, product, torch)
                 continue
         for layer in group:  # alone (or siblings whose stacked weight oneDNN cannot pack: each its own product)
             weight = layer.weight.detach()
-            product = packed_product(packed(weight), weight, layer.bias)
-            _share([layer], _probed(product, weight, layer.bias, verdicts, torch), torch)
+            rows = HEAD_CHUNK_ROWS if layer is head else CHUNK_ROWS
+            _share([layer], _steady(maker(weight, layer.bias), layouts, weight, layer.bias, rows, torch), torch)
     return len(layers)
+
+
+_verdicts: dict[tuple, tuple] = {}  # (shape, bias, piece rows, threads) -> (layout rows, lone row as two)
+
+
+def _steady(make, layouts: tuple, weight, bias, piece: int, torch, stacked: bool = False):
+    """The product (make(rows), rows from `layouts`) of the first layout whose rows each come out as they do alone
+    (a lone row as two copies of itself, if only it rounds apart), computed in pieces of `piece` rows; probed once
+    per shape and process. Where none passes, the first that computes, in pieces all the same. None for a
+    `stacked` weight (siblings) that no packed layout takes: each layer alone instead, with no stacked copy kept."""
+    shape = (tuple(weight.shape), bias is not None, piece, torch.get_num_threads())
+    if shape in _verdicts:
+        rows, as_two = _verdicts[shape]
+        product = make(rows) if rows is not None or not stacked else None
+        return _in_pieces(product, as_two, piece, torch) if product is not None else None
+    fallback = None
+    for rows in layouts:
+        product = make(rows)
+        if product is None or (stacked and rows is None):
+            continue
+        fallback = fallback or (rows, product)
+        apart = _rows_apart(product, weight.shape[1], weight.dtype, piece, torch)
+        if not apart or apart == {1}:
+            _verdicts[shape] = (rows, bool(apart))
+            return _in_pieces(product, bool(apart), piece, torch)
+    if fallback is None:
+        return None
+    _verdicts[shape] = (fallback[0], False)
+    return _in_pieces(fallback[1], False, piece, torch)
+
+
+def _in_pieces(product, lone_as_two: bool, piece: int, torch):
+    """`product` for at most `piece` rows a call (a lone row as two copies of itself where `lone_as_two`)."""
+    def pieces(x):
+        width = x.shape[-1]
+        if x.numel() == width and lone_as_two:
+            return product(torch.cat([x.reshape(1, width)] * 2))[:1].reshape(*x.shape[:-1], -1)
+        if x.numel() <= piece * width:
+            return product(x)
+        flat = x.reshape(-1, width)
+        return torch.cat([product(part) for part in flat.split(piece)]).reshape(*x.shape[:-1], -1)
+    return pieces
+
+
+def _rows_apart(product, width: int, dtype, piece: int, torch) -> set[int]:
+    """The numbers of rows (1 to `piece`) for which some row of random inputs comes out other than the same row among
+    `piece` rows; 0 in the set: some row among them other than alone."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(piece, width, generator=generator).to(dtype)
+    with torch.no_grad():
+        together = product(x)
+        apart = {m for m in range(1, piece) if not torch.equal(product(x[:m].clone()), together[:m])}
+        if 1 not in apart and any(not torch.equal(product(x[i:i + 1].clone()), together[i:i + 1])
+                                  for i in range(1, piece)):
+            apart.add(0)
+    return apart
 
 
 def int8_weights(model) -> int:
