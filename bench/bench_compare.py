@@ -85,15 +85,17 @@ def run(lab: Lab, columns: list[str], config: GenerationConfig, adapter: str) ->
 
 
 CACHES = {"transformers' cache": None, "engine's cache (in place, held fp32)": "held",
-          "engine's cache, held in the model's dtype": "own"}
+          "engine's cache, held in the model's dtype": "own", "engine's cache and lean step (the app)": "lean"}
 
 
 def decode_step_ms(lab: Lab, rows: int, cached: int = 1000, steps: int = 20, cache_kind: str | None = None) -> float:
     """One decode step of the bare model (no adapters) over `rows` rows: what batching costs here; with
-    `cache_kind` ("held", "own") the engine's CPU cache (core/kv_cache.py) instead of transformers'."""
+    `cache_kind` ("held", "own") the engine's CPU cache (core/kv_cache.py) instead of transformers'; "lean": that
+    cache, and the step through core.lean_step as the engine takes it."""
     import torch
     from transformers import DynamicCache
 
+    from core import lean_step
     from core.kv_cache import roomy
     from core.row_attention import held_dtype
 
@@ -102,14 +104,20 @@ def decode_step_ms(lab: Lab, rows: int, cached: int = 1000, steps: int = 20, cac
     ids = torch.randint(0, 1000, (rows, cached), device=model.device)
     cache = DynamicCache(config=model.config)
     if cache_kind:
-        roomy(cache, held_dtype(model) if cache_kind == "held" else None)
+        roomy(cache, held_dtype(model) if cache_kind in ("held", "lean") else None)
+    lean = cache_kind == "lean" and lean_step.usable(model)
     times = []
     with torch.inference_mode():
         model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         for i in range(steps):
             mask = torch.ones(rows, cached + i + 1, dtype=torch.long, device=model.device)
             t0 = time.perf_counter()
-            model(input_ids=ids[:, :1], attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            if lean:
+                positions = torch.full((rows, 1), cached + i, device=model.device)
+                lean_step.forward(model, ids[:, :1], mask, positions, cache)
+            else:
+                model(input_ids=ids[:, :1], attention_mask=mask, past_key_values=cache, use_cache=True,
+                      logits_to_keep=1)
             if model.device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
@@ -150,6 +158,10 @@ def switched_off(lab: Lab, name: str):
         from core import row_attention as attention_module
 
         attention_module.DECODE_STEP_PATH = False
+    elif name == "lean decode steps":  # decode steps through transformers' forward
+        from core import lean_step
+
+        lean_step.LEAN_STEPS = False
     elif name == "CPU linear layout":  # torch's own linear again (fp32: not by columns; bf16: repacked every call)
         patched = {layer: layer.__dict__.pop("forward") for layer in lab.models.generator.model.modules()
                    if isinstance(layer, torch.nn.Linear) and "forward" in layer.__dict__}
@@ -164,13 +176,16 @@ def switched_off(lab: Lab, name: str):
             row_attention.held_dtype = saved_held
         if name == "decode-step attention path":
             attention_module.DECODE_STEP_PATH = True
+        if name == "lean decode steps":
+            lean_step.LEAN_STEPS = True
         if name == "CPU linear layout":
             for layer, forward in patched.items():
                 layer.forward = forward
 
 
 SWITCHES = ["prefill apart", "prefill in pieces", "last-position logits", "CPU linear layout",
-            "KV cache appended in place", "KV cache held in fp32", "decode-step attention path", "prompt lookup"]
+            "KV cache appended in place", "KV cache held in fp32", "decode-step attention path", "lean decode steps",
+            "prompt lookup"]
 
 
 def switch_table(lab: Lab, config: GenerationConfig, adapter: str, repeats: int) -> None:

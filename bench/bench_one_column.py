@@ -54,12 +54,17 @@ def rag_prompts(lab: Lab, limit: int) -> list[list[dict]]:
 
 
 def variant(lab: Lab, name: str):
-    """The app's bf16 model with one linear-layer optimisation switched off: "bf16-unpacked", torch's own product
-    (the weight repacked on every call); "bf16-apart", packed, but sibling layers (query/key/value, gate/up) each
-    with its own product."""
+    """The app's bf16 model with one optimisation switched off: "bf16-unpacked", torch's own product (the weight
+    repacked on every call); "bf16-apart", packed, but sibling layers (query/key/value, gate/up) each with its own
+    product; "bf16-forward", decode steps through transformers' forward instead of core.lean_step's."""
     import core.cpu_linear
+    from core import lean_step
     from core.models import _load_chat_model, resolve_base_model
 
+    if name == "bf16-forward":
+        generator = _load_chat_model(resolve_base_model(lab.settings.base_model, lab.settings), name, "cpu", "bf16")
+        lean_step._verdicts[id(generator.model)] = False  # this model alone: as if its probe had failed
+        return generator
     switch = {"bf16-unpacked": "PACK_BF16", "bf16-apart": "SHARE_SIBLINGS"}[name]
     setattr(core.cpu_linear, switch, False)
     try:
@@ -77,7 +82,8 @@ def main() -> None:
     parser.add_argument("--weights", default="app",
                         help="the engine's weights on a CPU, comma-separated: app (the app's choice), fp32, bf16, "
                              "bf16-unpacked (bf16 with each linear layer's weight repacked per call, as before), "
-                             "bf16-apart (packed, sibling layers each with its own product)")
+                             "bf16-apart (packed, sibling layers each with its own product), bf16-forward "
+                             "(decode steps through transformers' forward, not core.lean_step's)")
     args = parser.parse_args()
     import torch
     from transformers import AutoModelForCausalLM
@@ -135,7 +141,7 @@ def main() -> None:
         runs[f"plain generate, {precision}"] = plain(model, f"plain generate, {precision}")
     for w, generator in generators.items():
         precision = str(generator.model.dtype).removeprefix("torch.") + {
-            "bf16-unpacked": " unpacked", "bf16-apart": " apart", "int8": " int8"}.get(w, "")
+            "bf16-unpacked": " unpacked", "bf16-apart": " apart", "bf16-forward": " forward", "int8": " int8"}.get(w, "")
         for lookup in (int(n) for n in args.lookups.split(",")):
             name = f"engine {precision}, " + (f"prompt lookup of {lookup}" if lookup else "prompt lookup off")
             runs[name], reference_of[name] = engine(generator, lookup, name), f"plain generate, {precision.split()[0]}"

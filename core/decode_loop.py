@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from core.decode_rows import (FINISHED, Cohort, Delta, Request, Row, RowDone, loop_start, plan_batches,
                               requests_of)
+from core import lean_step
 from core.errors import InputError
 from core.models import Generator, accepts_logits_to_keep
 
@@ -79,6 +80,7 @@ class Loop:
         on_cpu = not self.device.startswith("cuda")  # a GPU reads a long prompt in one go at little cost
         self.chunk = PREFILL_CHUNK_TOKENS if on_cpu and self.mergeable else None
         self.keeps_last_logits = accepts_logits_to_keep(self.model)
+        self.lean = on_cpu and lean_step.usable(self.model)  # decode steps without transformers' plumbing
         self.per_row_adapters = bool(generator.adapters)
         self.tuner_layers: list | None = None  # the model's LoRA layers, found when first needed
         self.active: str | None = None  # in mode None, the adapter switched on for the passes (see _forward)
@@ -173,6 +175,10 @@ class Loop:
             if one != self.active:
                 self._activate([one] if one else [])
                 self.active = one
+        if self.lean and "adapter_names" not in kwargs:
+            logits = lean_step.forward(self.model, input_ids, mask, positions, cache, last)
+            if logits is not None:
+                return logits
         if self.keeps_last_logits:
             kwargs["logits_to_keep"] = last  # a long prompt's full logits would be prompt x vocabulary floats
         logits = self.model(**kwargs).logits

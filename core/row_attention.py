@@ -49,14 +49,18 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     """transformers' attention signature: query (batch, heads, q, dim), key/value (batch, kv heads, k, dim), a
     boolean mask (batch, 1, q, k) or None; returns (batch, q, heads, dim). Each row's real keys are the ones its
     last query may see (left padding: a contiguous tail); its queries over padding are left at zero."""
+    return attend(query, key, value, _starts(attention_mask, query.shape[0]), scaling), None
+
+
+def attend(query, key, value, starts: list[int], scaling: float | None):
+    """`attention` for rows whose real keys start at `starts` (core/lean_step.py knows them without a mask)."""
     import torch
     import torch.nn.functional as F
 
     batch, heads, q_len, _ = query.shape
     k_len = key.shape[2]
-    starts = _starts(attention_mask, batch)
     if q_len == 1 and DECODE_STEP_PATH and all(k_len - start > 1 for start in starts if start < k_len):
-        return _decode_step(query, key, value, starts, scaling), None
+        return _decode_step(query, key, value, starts, scaling)
     out = query.new_zeros(batch, q_len, heads, value.shape[-1])
     grouped = key.shape[1] != heads
     for row, start in enumerate(starts):
@@ -74,7 +78,7 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=n > 1 and n == m, scale=scaling,
                                                enable_gqa=grouped)
         out[row, first:] = o[0].transpose(0, 1)
-    return out, None
+    return out
 
 
 def _decode_step(query, key, value, starts: list[int], scaling):

@@ -1,8 +1,10 @@
 """Several callers at once share the model's one decode batch (continuous batching): each gets what it gets alone,
 a short answer asked while a long one runs is not held behind it, and a caller who leaves does not disturb the
 others. The real bundled model, several threads, as Gradio's workers call it for simultaneous visitors."""
+import contextlib
 import threading
 
+from core import lean_step
 from core.decode_loop import mergeable
 from core.generation import Delta, GenerationConfig, RowDone, stream_chat
 
@@ -17,6 +19,27 @@ def chat(text: str) -> list[dict]:
 
 def reply(generator, conversation, config) -> RowDone:
     return next(e for e in stream_chat(generator, [conversation], config) if isinstance(e, RowDone))
+
+
+@contextlib.contextmanager
+def forward_passes(generator, monkeypatch):
+    """A list that gets an item for each forward pass of the model: its forward, or a lean step (core/lean_step.py)."""
+    calls = []
+    lean = lean_step.forward
+
+    def counted(*args, **kwargs):
+        logits = lean(*args, **kwargs)
+        if logits is not None:
+            calls.append(1)
+        return logits
+
+    hook = generator.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    monkeypatch.setattr(lean_step, "forward", counted)
+    try:
+        yield calls
+    finally:
+        hook.remove()
+        monkeypatch.setattr(lean_step, "forward", lean)
 
 
 def test_visitors_asking_at_once_each_get_what_they_get_alone(lab):
@@ -99,7 +122,7 @@ def test_a_visitor_who_leaves_does_not_disturb_the_others(lab):
     assert generator.batcher.loop is None and not generator.batcher.waiting  # nothing left running or waiting
 
 
-def test_a_row_alone_that_copies_its_prompt_takes_fewer_steps_and_answers_the_same(lab):
+def test_a_row_alone_that_copies_its_prompt_takes_fewer_steps_and_answers_the_same(lab, monkeypatch):
     """Prompt lookup: a row decoding alone checks, in one forward pass, the tokens that its prompt suggests come
     next (a RAG answer copies from its passages). The greedy answer is the one plain `generate` gives (exactly, in
     on a CPU), in fewer forward passes than tokens; with it switched off, one pass per token."""
@@ -112,12 +135,8 @@ def test_a_row_alone_that_copies_its_prompt_takes_fewer_steps_and_answers_the_sa
     config = GenerationConfig(max_new_tokens=40, stop_loops=False)
 
     def counted() -> tuple[RowDone, int]:
-        calls = []
-        hook = generator.model.register_forward_pre_hook(lambda module, args: calls.append(1))
-        try:
+        with forward_passes(generator, monkeypatch) as calls:
             return reply(generator, conversation, config), len(calls)
-        finally:
-            hook.remove()
 
     done, passes = counted()
     saved, core.decode_loop.PROMPT_LOOKUP_TOKENS = core.decode_loop.PROMPT_LOOKUP_TOKENS, 0
@@ -137,7 +156,7 @@ def test_a_row_alone_that_copies_its_prompt_takes_fewer_steps_and_answers_the_sa
         assert done.text == plain_done.text == alone
 
 
-def test_rows_that_start_together_decode_in_step_and_answer_the_same(lab):
+def test_rows_that_start_together_decode_in_step_and_answer_the_same(lab, monkeypatch):
     """A call that waits for all its rows (an evaluation, generated questions) asks them to start together: every
     row's first token comes before any row's second, in fewer forward passes than when the first rows read start
     decoding while the rest are still being read, with the same answers (exactly, on a CPU)."""
@@ -148,18 +167,15 @@ def test_rows_that_start_together_decode_in_step_and_answer_the_same(lab):
     config = GenerationConfig(max_new_tokens=12, min_new_tokens=12, stop_loops=False)
 
     def run(together: bool) -> tuple[list[tuple[int, int]], dict[int, str], int]:
-        order, texts, calls = [], {}, []
+        order, texts = [], {}
         seen = [0] * len(conversations)
-        hook = generator.model.register_forward_pre_hook(lambda module, args: calls.append(1))
-        try:
+        with forward_passes(generator, monkeypatch) as calls:
             for event in stream_chat(generator, conversations, config, together=together):
                 if isinstance(event, Delta):
                     seen[event.row] += 1
                     order.append((event.row, seen[event.row]))
                 elif isinstance(event, RowDone):
                     texts[event.row] = event.text
-        finally:
-            hook.remove()
         return order, texts, len(calls)
 
     order, texts, passes = run(together=True)
