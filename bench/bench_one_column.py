@@ -63,7 +63,7 @@ def variant(lab: Lab, name: str):
 
     if name == "bf16-forward":
         generator = _load_chat_model(resolve_base_model(lab.settings.base_model, lab.settings), name, "cpu", "bf16")
-        lean_step._verdicts[id(generator.model)] = False  # this model alone: as if its probe had failed
+        lean_step._verdicts[lean_step.causal_lm(generator.model)] = False  # this model alone: as if its probe failed
         return generator
     switch = {"bf16-unpacked": "PACK_BF16", "bf16-apart": "SHARE_SIBLINGS"}[name]
     setattr(core.cpu_linear, switch, False)

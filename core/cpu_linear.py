@@ -109,7 +109,10 @@ def packed_bf16(model) -> int:
     return len(layers)
 
 
-_verdicts: dict[tuple, tuple] = {}  # (shape, bias, piece rows, threads) -> (layout rows, lone row as two)
+# What the probe found, per process: (shape, dtype, bias, piece rows, threads, layouts tried, stacked) -> (layout
+# rows, lone row as two). Kernels follow the shape, not the values: a model loaded again, or another of the same
+# shapes, is not probed again.
+_verdicts: dict[tuple, tuple] = {}
 
 
 def _steady(make, layouts: tuple, weight, bias, piece: int, torch, stacked: bool = False):
@@ -117,10 +120,12 @@ def _steady(make, layouts: tuple, weight, bias, piece: int, torch, stacked: bool
     (a lone row as two copies of itself, if only it rounds apart), computed in pieces of `piece` rows; probed once
     per shape and process. Where none passes, the first that computes, in pieces all the same. None for a
     `stacked` weight (siblings) that no packed layout takes: each layer alone instead, with no stacked copy kept."""
-    shape = (tuple(weight.shape), bias is not None, piece, torch.get_num_threads())
-    if shape in _verdicts:
-        rows, as_two = _verdicts[shape]
+    key = (tuple(weight.shape), weight.dtype, bias is not None, piece, torch.get_num_threads(), layouts, stacked)
+    if key in _verdicts:
+        rows, as_two = _verdicts[key]
         product = make(rows) if rows is not None or not stacked else None
+        if product is None and not stacked:
+            product, as_two = make(None), False  # this weight would not pack as the shape's first did
         return _in_pieces(product, as_two, piece, torch) if product is not None else None
     fallback = None
     for rows in layouts:
@@ -130,11 +135,11 @@ def _steady(make, layouts: tuple, weight, bias, piece: int, torch, stacked: bool
         fallback = fallback or (rows, product)
         apart = _rows_apart(product, weight.shape[1], weight.dtype, piece, torch)
         if not apart or apart == {1}:
-            _verdicts[shape] = (rows, bool(apart))
+            _verdicts[key] = (rows, bool(apart))
             return _in_pieces(product, bool(apart), piece, torch)
     if fallback is None:
         return None
-    _verdicts[shape] = (fallback[0], False)
+    _verdicts[key] = (fallback[0], False)
     return _in_pieces(fallback[1], False, piece, torch)
 
 

@@ -8,10 +8,15 @@ runs) took 29.3 against 30.4 ms for one row, 43.4 against 45.2 for four.
 Only where it computes exactly what the model's forward does: the layer classes it was written against, the row
 attention, and a probe at first use that compares its logits with the model's forward, bit for bit, on a short
 prompt (one row and two, left-padded; a decode step and a step with a drafted token). Anything else (a batch of
-mixed adapters, a longer piece of a prompt, a model that fails the probe) takes the model's forward."""
+mixed adapters, a piece of a prompt, a model that fails the probe) takes the model's forward."""
 from __future__ import annotations
 
+import logging
+import weakref
+
 from core import row_attention
+
+log = logging.getLogger(__name__)
 
 # bench/bench_compare.py switches this off to measure the step through transformers' forward.
 LEAN_STEPS = True
@@ -19,7 +24,7 @@ LEAN_STEPS = True
 # gated MLP, residual. (Qwen3's query/key norms and Granite's multipliers are not; those models keep the forward.)
 LAYERS = {"LlamaDecoderLayer", "Qwen2DecoderLayer"}
 
-_verdicts: dict[int, bool] = {}  # id of a causal LM -> whether its probe passed (models live as long as the app)
+_verdicts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a causal LM -> whether its probe passed
 
 
 def causal_lm(model):
@@ -29,15 +34,21 @@ def causal_lm(model):
 
 
 def usable(model) -> bool:
-    """Whether decode steps of `model` (a causal LM, or peft's wrapper of one) can take `forward`: the structure it
-    computes, and the probe passed (run once per model, here)."""
-    if not LEAN_STEPS:
-        return False
+    """Whether decode steps of `model` (a causal LM, or peft's wrapper of one, with the adapters it has now) can take
+    `forward`: the structure it computes, no adapter whose forward does more than its layers (peft's aLoRA reads the
+    tokens), and the probe passed (run once per model: core.models runs it at load)."""
     causal = causal_lm(model)
-    key = id(causal)
-    if key not in _verdicts:
-        _verdicts[key] = _shaped(causal) and _probe(model)
-    return _verdicts[key]
+    if not LEAN_STEPS or not _shaped(causal):
+        return False
+    if any(getattr(config, "alora_invocation_tokens", None) for config in getattr(model, "peft_config", {}).values()):
+        return False
+    if causal not in _verdicts:
+        try:
+            _verdicts[causal] = _probe(model)
+        except Exception:  # noqa: BLE001 - a model the probe cannot run: the forward, which can
+            log.warning("lean decode steps off for this model: the probe failed", exc_info=True)
+            _verdicts[causal] = False
+    return _verdicts[causal]
 
 
 def forward(model, input_ids, mask, positions, cache, last: int = 1):
@@ -46,9 +57,9 @@ def forward(model, input_ids, mask, positions, cache, last: int = 1):
     None where this step is not one it computes (the caller takes the model's forward)."""
     import torch
 
-    new = input_ids.shape[1]
-    if new > row_attention.FEW_QUERIES + 1 or cache.get_seq_length() + new != mask.shape[1]:
-        return None
+    new, cached = input_ids.shape[1], cache.get_seq_length()
+    if new != last or new > row_attention.FEW_QUERIES + 1 or not cached or cached + new != mask.shape[1]:
+        return None  # a piece of a prompt, or arguments of another kind: the model's forward
     causal = causal_lm(model)
     inner = causal.model
     starts = (mask == 0).sum(-1).tolist()  # left padding: where each row's real keys start
@@ -131,7 +142,7 @@ def _probe(model) -> bool:
 
     causal = causal_lm(model)
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(10, min(1000, causal.config.vocab_size), (2, 12), generator=generator)
+    ids = torch.randint(0, min(1000, causal.config.vocab_size), (2, 12), generator=generator)
     ids = ids.to(next(causal.parameters()).device)
     mask = torch.ones_like(ids)
     mask[1, :5] = 0

@@ -19,6 +19,7 @@ from core.config import (BUNDLED_BASE_MODEL, BUNDLED_EMBED_MODEL, HUB_BASE_MODEL
                          models_folder_path)
 from core.errors import ModelError
 from core.fileio import file_lock
+from core import lean_step
 from core.row_attention import use_row_attention
 
 log = logging.getLogger(__name__)
@@ -287,6 +288,7 @@ def _load_chat_model(source: str, name: str, device: str, weights: str = "fp32")
     elif device == "cpu":  # bf16: a row's answer must not depend on the rows beside it
         cpu_linear.int8_weights(model) if weights == "int8" else cpu_linear.packed_bf16(model)
         use_row_attention(model)
+        lean_step.usable(model)  # its probe, now rather than at the first question
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:

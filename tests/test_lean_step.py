@@ -70,6 +70,19 @@ def test_lean_steps_answer_as_transformers_forward_does(bf16_generator, monkeypa
     assert len(set(lean[:4])) == 4 and all(lean)
 
 
+def test_the_probe_tells_a_step_that_rounds_once_differently(bf16_generator, monkeypatch):
+    """A lean step whose norm multiplies by its weight before rounding to bf16 instead of after (within one bf16
+    rounding of the model's) fails the probe, so the model keeps transformers' forward."""
+    generator, _ = bf16_generator
+    assert lean_step._probe(generator.model)
+
+    def rounded_once(norm, x):
+        return (norm.weight.float() * torch.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon)).to(x.dtype)
+
+    monkeypatch.setattr(lean_step, "_norm", rounded_once)
+    assert not lean_step._probe(generator.model)
+
+
 def test_lean_steps_with_lora_adapters(bf16_generator, monkeypatch, tmp_path):
     """A random (non-zero) LoRA adapter on every linear layer: its rows alone take lean steps through peft's layers;
     a batch mixing it with base rows takes peft's forward; either way the answers are the forward's."""
