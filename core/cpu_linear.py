@@ -143,13 +143,14 @@ def _steady(make, layouts: tuple, weight, bias, piece: int, torch, stacked: bool
     return _in_pieces(fallback[1], False, piece, torch)
 
 
-def _in_pieces(product, lone_as_two: bool, piece: int, torch):
-    """`product` for at most `piece` rows a call (a lone row as two copies of itself where `lone_as_two`)."""
+def _in_pieces(product, lone_as_two: bool, piece: int | None, torch):
+    """`product` for at most `piece` rows a call (None: any number), a lone row as two copies of itself where
+    `lone_as_two`."""
     def pieces(x):
         width = x.shape[-1]
         if x.numel() == width and lone_as_two:
             return product(torch.cat([x.reshape(1, width)] * 2))[:1].reshape(*x.shape[:-1], -1)
-        if x.numel() <= piece * width:
+        if piece is None or x.numel() <= piece * width:
             return product(x)
         flat = x.reshape(-1, width)
         return torch.cat([product(part) for part in flat.split(piece)]).reshape(*x.shape[:-1], -1)
@@ -271,14 +272,7 @@ def _probed(product, weight, bias, verdicts: dict, torch):
     shape = (tuple(weight.shape), bias is not None)
     if shape not in verdicts:
         verdicts[shape] = _one_row_rounds_apart(product, weight.shape[1], weight.dtype, torch)
-    if not verdicts[shape]:
-        return product
-
-    def lone_as_two(x):
-        if x.numel() == x.shape[-1]:
-            return product(torch.cat([x.reshape(1, -1)] * 2))[:1].reshape(*x.shape[:-1], -1)
-        return product(x)
-    return lone_as_two
+    return _in_pieces(product, True, None, torch) if verdicts[shape] else product
 
 
 def _one_row_rounds_apart(product, width: int, dtype, torch, rows: int = 32) -> bool:

@@ -7,9 +7,9 @@ import copy
 import time
 from dataclasses import dataclass
 
+from core import lean_step
 from core.decode_rows import (FINISHED, Cohort, Delta, Request, Row, RowDone, loop_start, plan_batches,
                               requests_of)
-from core import lean_step
 from core.errors import InputError
 from core.models import Generator, accepts_logits_to_keep
 

@@ -6,8 +6,8 @@ step of SmolLM2 over ~1,000 cached tokens (Intel Xeon with AMX, 2 threads; one p
 runs) took 29.3 against 30.4 ms for one row, 43.4 against 45.2 for four.
 
 Only where it computes exactly what the model's forward does: the layer classes it was written against, the row
-attention, and a probe at first use that compares its logits with the model's forward, bit for bit, on a short
-prompt (one row and two, left-padded; a decode step and a step with a drafted token). Anything else (a batch of
+attention, and a probe (run at load by core.models) that compares its logits with the model's forward, bit for bit,
+on a short prompt (one row and two, left-padded; a decode step and a step with a drafted token). Anything else (a batch of
 mixed adapters, a piece of a prompt, a model that fails the probe) takes the model's forward."""
 from __future__ import annotations
 

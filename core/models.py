@@ -14,12 +14,11 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core import cpu_linear
+from core import cpu_linear, lean_step
 from core.config import (BUNDLED_BASE_MODEL, BUNDLED_EMBED_MODEL, HUB_BASE_MODEL, Settings, local_name,
                          models_folder_path)
 from core.errors import ModelError
 from core.fileio import file_lock
-from core import lean_step
 from core.row_attention import use_row_attention
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -95,6 +95,27 @@ def tiny_chat_model(folder: Path, tokenizer, seed: int = 0) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@contextmanager
+def lean_steps_counted(monkeypatch, calls: list):
+    """While inside: `calls` gets an item for each decode step core/lean_step.py computes (not those it hands back
+    to the model's forward)."""
+    from core import lean_step
+
+    forward = lean_step.forward
+
+    def counted(*args, **kwargs):
+        logits = forward(*args, **kwargs)
+        if logits is not None:
+            calls.append(1)
+        return logits
+
+    monkeypatch.setattr(lean_step, "forward", counted)
+    try:
+        yield calls
+    finally:
+        monkeypatch.setattr(lean_step, "forward", forward)
 
 
 def free_port() -> int:

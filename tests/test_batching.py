@@ -4,7 +4,7 @@ others. The real bundled model, several threads, as Gradio's workers call it for
 import contextlib
 import threading
 
-from core import lean_step
+from conftest import lean_steps_counted
 from core.decode_loop import mergeable
 from core.generation import Delta, GenerationConfig, RowDone, stream_chat
 
@@ -25,21 +25,12 @@ def reply(generator, conversation, config) -> RowDone:
 def forward_passes(generator, monkeypatch):
     """A list that gets an item for each forward pass of the model: its forward, or a lean step (core/lean_step.py)."""
     calls = []
-    lean = lean_step.forward
-
-    def counted(*args, **kwargs):
-        logits = lean(*args, **kwargs)
-        if logits is not None:
-            calls.append(1)
-        return logits
-
     hook = generator.model.register_forward_pre_hook(lambda module, args: calls.append(1))
-    monkeypatch.setattr(lean_step, "forward", counted)
     try:
-        yield calls
+        with lean_steps_counted(monkeypatch, calls):
+            yield calls
     finally:
         hook.remove()
-        monkeypatch.setattr(lean_step, "forward", lean)
 
 
 def test_visitors_asking_at_once_each_get_what_they_get_alone(lab):

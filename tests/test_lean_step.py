@@ -5,6 +5,7 @@ a layer the lean step does not compute (Qwen3's query/key norms) fails its probe
 import pytest
 import torch
 
+from conftest import lean_steps_counted
 from core import lean_step
 from core.generation import GenerationConfig, RowDone, stream_chat
 
@@ -45,19 +46,11 @@ def answers(generator, adapters=None, each_alone: bool = False) -> list[str]:
 
 def with_and_without_lean(monkeypatch, run) -> tuple[list[str], list[str], int]:
     """`run()` with lean steps on (counting the steps they computed) and off."""
-    taken = []
-    forward = lean_step.forward
-
-    def counted(*args, **kwargs):
-        logits = forward(*args, **kwargs)
-        taken.append(logits is not None)
-        return logits
-
-    monkeypatch.setattr(lean_step, "forward", counted)
-    lean = run()
+    with lean_steps_counted(monkeypatch, []) as taken:
+        lean = run()
     monkeypatch.setattr(lean_step, "LEAN_STEPS", False)
     plain = run()
-    return lean, plain, sum(taken)
+    return lean, plain, len(taken)
 
 
 def test_lean_steps_answer_as_transformers_forward_does(bf16_generator, monkeypatch):
